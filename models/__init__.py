@@ -1,0 +1,1 @@
+"""The model catalog: model specs, where weights come from, small artifacts we train."""

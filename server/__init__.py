@@ -1,0 +1,1 @@
+"""HTTP edge: the Litestar app, settings, health, CLI."""

@@ -1,0 +1,66 @@
+"""The Litestar application factory.
+
+``create_app()`` reads the settings from the environment (the path taken by
+``companion serve`` workers); tests and embedders pass a `Settings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.compression import CompressionConfig
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.types import ControllerRouterHandler
+
+from server.errors import exception_handlers
+from server.health import HealthController
+from server.logs import RequestContext, configure_logging
+from server.resources import open_resources
+from server.settings import Settings, load_settings
+
+GZIP_MINIMUM_BYTES = 1024
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    extra_route_handlers: Sequence[ControllerRouterHandler] = (),
+) -> Litestar:
+    """Build the app; its lifespan opens and closes every resource."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            yield
+
+    metrics = PrometheusConfig(app_name="companion", prefix="companion", group_path=True)
+    app = Litestar(
+        route_handlers=[HealthController, PrometheusController, *extra_route_handlers],
+        lifespan=[lifespan],
+        middleware=[metrics.middleware],
+        exception_handlers=exception_handlers,
+        compression_config=CompressionConfig(backend="gzip", minimum_size=GZIP_MINIMUM_BYTES),
+        cors_config=_cors(settings),
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"settings": settings}),
+        logging_config=None,
+        debug=False,
+    )
+    # Outermost, as Litestar itself wraps CORS: it must see requests that match no route.
+    app.asgi_handler = RequestContext(app.asgi_handler)
+    return app
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    if not settings.cors_origins:
+        return None
+    origins: Any = list(settings.cors_origins)
+    return CORSConfig(allow_origins=origins, allow_credentials="*" not in origins)

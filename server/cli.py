@@ -1,0 +1,156 @@
+"""The ``companion`` command: serve, migrate, doctor.
+
+``serve`` starts the embedded PostgreSQL and Redis (where no URL is set) in
+this process, before any worker, and hands their URLs to the workers through
+the environment: every worker then shares the same two servers, and they stop
+when the service stops. With several workers, Prometheus runs in
+multiprocess mode so ``/metrics`` adds up all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import click
+
+from memory.embedded import EmbeddedPostgres, EmbeddedRedis
+from server.logs import configure_logging
+from server.settings import CONFIG_FILE_VAR, Settings, SettingsError, load_settings
+
+_OVERRIDE_ENV = {"host": "COMPANION_HOST", "port": "COMPANION_PORT", "workers": "COMPANION_WORKERS"}
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"TOML settings file (else ${CONFIG_FILE_VAR}).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """Companion: a self-hosted AI companion service."""
+    ctx.obj = config
+
+
+@main.command()
+@click.option("--host", help="Interface to listen on.")
+@click.option("--port", type=int, help="Port to listen on.")
+@click.option("--workers", type=int, help="Worker processes.")
+@click.pass_obj
+def serve(config: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Start the API (and the embedded databases when no URLs are configured)."""
+    overrides = {"host": host, "port": port, "workers": workers}
+    settings = _load(config, overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    _export_for_workers(config, overrides)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; turn
+    # that second one into a normal exit so the embedded servers are stopped too.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    with embedded_services(settings):
+        if settings.workers > 1:
+            _prepare_multiprocess_metrics(settings.data_dir)
+        import uvicorn
+
+        uvicorn.run(
+            "server.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+
+
+@main.command()
+@click.pass_obj
+def migrate(config: Path | None) -> None:
+    """Apply pending schema migrations and exit."""
+    from memory.migrate import migrate_url
+
+    settings = _load(config)
+    configure_logging(settings.log_level, settings.log_format)
+    with embedded_services(settings, redis=False, stop_adopted=False):
+        applied = asyncio.run(migrate_url(os.environ["DATABASE_URL"]))
+    for migration in applied:
+        click.echo(f"applied {migration.version:04d}_{migration.name}")
+    if not applied:
+        click.echo("schema is up to date")
+
+
+@main.command()
+@click.pass_obj
+def doctor(config: Path | None) -> None:
+    """Print the effective configuration (secrets masked) and what is reachable."""
+    from server.doctor import run_doctor
+
+    try:
+        settings = load_settings(config_file=config, check_production=False)
+    except SettingsError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    sys.exit(0 if asyncio.run(run_doctor(settings, click.echo)) else 1)
+
+
+@contextmanager
+def embedded_services(
+    settings: Settings, *, redis: bool = True, stop_adopted: bool = True
+) -> Iterator[None]:
+    """Run the embedded servers that ``settings`` asks for; export their URLs to the environment.
+
+    A server already running on the data dir (left by a crashed run, or serving
+    while ``migrate`` runs) is adopted; ``stop_adopted`` says whether we stop it
+    at the end too. ``serve`` does: it owns the data dir while it runs.
+    """
+    services: list[EmbeddedPostgres | EmbeddedRedis] = []
+    if settings.embedded_database:
+        services.append(EmbeddedPostgres(settings.data_dir))
+    else:
+        os.environ["DATABASE_URL"] = settings.database.url or ""
+    if redis and settings.embedded_redis:
+        services.append(EmbeddedRedis(settings.data_dir))
+    with ExitStack() as stack:
+        for service in services:
+            url = service.start()
+            os.environ["DATABASE_URL" if isinstance(service, EmbeddedPostgres) else "REDIS_URL"] = (
+                url
+            )
+            if stop_adopted or not service.adopted:
+                stack.callback(service.stop)
+        yield
+
+
+def _load(config: Path | None, overrides: Mapping[str, object] | None = None) -> Settings:
+    try:
+        return load_settings(config_file=config, overrides=overrides)
+    except SettingsError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _export_for_workers(config: Path | None, overrides: Mapping[str, object]) -> None:
+    """Workers read the settings from the environment: pass them what the flags said."""
+    if config is not None:
+        os.environ[CONFIG_FILE_VAR] = str(config.resolve())
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[_OVERRIDE_ENV[key]] = str(value)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _prepare_multiprocess_metrics(data_dir: Path) -> None:
+    directory = data_dir / "prometheus"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)

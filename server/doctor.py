@@ -1,0 +1,94 @@
+"""``companion doctor``: the effective configuration, what is reachable, which models resolve.
+
+It never starts anything: embedded servers are reported as such (and pinged
+when one is already running); configured URLs are connected to. The exit
+status is non-zero when a configured service is unreachable, or when a
+production configuration would be refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable
+
+import asyncpg
+from redis.asyncio import Redis
+
+from memory.embedded import EmbeddedRedis
+from models.packaged import BUILTIN_MODELS
+from server.settings import Settings
+
+CONNECT_TIMEOUT_S = 5.0
+
+Echo = Callable[[str], None]
+
+
+async def run_doctor(settings: Settings, echo: Echo) -> bool:
+    """Print the report; return whether everything needed is in order."""
+    echo("Configuration (secrets masked):")
+    for key, value in settings.describe().items():
+        echo(f"  {key:<24} {value}")
+    healthy = _report_production(settings, echo)
+    echo("Services:")
+    for name, (ok, text) in (
+        ("database", await _database_status(settings)),
+        ("redis", await _redis_status(settings)),
+    ):
+        echo(f"  {name:<24} {'ok  ' if ok else 'FAIL'} {text}")
+        healthy = healthy and ok
+    echo("Models:")
+    for model in BUILTIN_MODELS:
+        path = model.locate()
+        where = str(path) if path else f"not installed (package {model.package}; extra 'cpu')"
+        echo(f"  {model.id:<24} {model.role:<10} {where}")
+    return healthy
+
+
+def _report_production(settings: Settings, echo: Echo) -> bool:
+    problems = settings.production_problems()
+    if not problems:
+        echo("Production checks: all pass")
+        return True
+    verdict = "refused" if settings.is_production else "would be refused in production"
+    echo(f"Production checks: {verdict}:")
+    for problem in problems:
+        echo(f"  - {problem}")
+    return not settings.is_production
+
+
+async def _database_status(settings: Settings) -> tuple[bool, str]:
+    if settings.database.url is None:
+        installed = importlib.util.find_spec("pgserver") is not None
+        where = settings.data_dir / "postgres"
+        return installed, f"embedded under {where} (starts with `companion serve`)"
+    try:
+        conn = await asyncpg.connect(settings.database.url, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return False, f"unreachable: {type(exc).__name__}: {exc}"
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        vector = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    finally:
+        await conn.close()
+    pgvector = f"pgvector {vector}" if vector else "pgvector not yet created (migrate creates it)"
+    return True, f"PostgreSQL {version}, {pgvector}"
+
+
+async def _redis_status(settings: Settings) -> tuple[bool, str]:
+    if settings.redis.url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        if not embedded.socket_path.exists():
+            return True, f"embedded under {embedded.dir} (starts with `companion serve`)"
+        url = embedded.url
+    else:
+        url = settings.redis.url
+    client = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    try:
+        info = await asyncio.wait_for(client.info("server"), CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, Exception) as exc:
+        return False, f"unreachable: {type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+    where = url if settings.redis.url is None else "REDIS_URL"
+    return True, f"Redis {info.get('redis_version', '?')} at {where}"

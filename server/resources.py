@@ -1,0 +1,75 @@
+"""Everything the app opens at start-up and closes at shutdown, in one place.
+
+Order at start: the embedded servers (only where no URL is configured), the
+schema migrations, then the PostgreSQL pool and the Redis client. Shutdown
+closes them in reverse order. A failure part-way closes what was opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+from redis.asyncio import Redis
+
+from memory.db import create_pool
+from memory.embedded import EmbeddedPostgres, EmbeddedRedis
+from memory.migrate import migrate_url
+from memory.redis_client import create_redis
+from server.health import Probe
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Service(Protocol):
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Resources:
+    """Open handles shared by the request handlers of one process."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    probes: list[Probe] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Open every resource for ``settings``; close them all on exit."""
+    async with AsyncExitStack() as stack:
+        database_url = settings.database.url or await _start(
+            stack, EmbeddedPostgres(settings.data_dir)
+        )
+        redis_url = settings.redis.url or await _start(stack, EmbeddedRedis(settings.data_dir))
+        if settings.database.migrate_on_start:
+            applied = await migrate_url(database_url)
+            log.info("schema up to date", extra={"applied": [m.version for m in applied]})
+        pool = await create_pool(settings.database, database_url)
+        stack.push_async_callback(pool.close)
+        redis = create_redis(settings.redis, redis_url)
+        stack.push_async_callback(redis.aclose)
+        yield Resources(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            probes=[
+                Probe("database", lambda: pool.fetchval("SELECT 1")),
+                Probe("redis", redis.ping),
+            ],
+        )
+
+
+async def _start(stack: AsyncExitStack, service: _Service) -> str:
+    """Start an embedded server off the event loop and register its stop."""
+    url = await asyncio.to_thread(service.start)
+    stack.push_async_callback(asyncio.to_thread, service.stop)
+    return url

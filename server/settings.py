@@ -1,0 +1,387 @@
+"""Service settings: read once from the environment and an optional TOML file, then validated.
+
+Precedence, highest first: explicit overrides (CLI flags), environment
+variables, the TOML file (``COMPANION_CONFIG`` or ``--config``), defaults.
+The TOML file is one flat table whose keys are the setting names below
+(``port = 8000``, ``database_url = "postgresql://..."``).
+
+Every problem is collected before anything is raised, so an operator sees the
+whole list at once: malformed values name the variable and what was expected,
+and production mode adds its own refusals (see `production_problems`).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+
+from memory.config import DatabaseConfig, RedisConfig
+
+MIN_JWT_SECRET_BYTES = 32
+CONFIG_FILE_VAR = "COMPANION_CONFIG"
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class SettingsError(Exception):
+    """The configuration is unusable; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` requests per ``period_s`` seconds."""
+
+    count: int
+    period_s: int
+
+    def __str__(self) -> str:
+        unit = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(self.period_s)
+        return f"{self.count}/{unit}" if unit else f"{self.count}/{self.period_s}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole service configuration, typed. Build it with `load_settings`."""
+
+    environment: Environment
+    host: str
+    port: int
+    workers: int
+    data_dir: Path
+    database: DatabaseConfig
+    redis: RedisConfig
+    jwt_secret: str | None
+    jwt_ttl_s: int
+    cors_origins: tuple[str, ...]
+    rate_limit_user: RateLimit
+    rate_limit_ip: RateLimit
+    log_level: str
+    log_format: str
+    dev_header_auth: bool
+    max_body_bytes: int
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database.url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis.url is None
+
+    def production_problems(self) -> list[str]:
+        """Why this configuration must not run in production (empty when it may)."""
+        problems = []
+        if not self.jwt_secret:
+            problems.append("COMPANION_JWT_SECRET: required in production")
+        elif len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            problems.append(
+                f"COMPANION_JWT_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes in production"
+            )
+        if "*" in self.cors_origins:
+            problems.append("COMPANION_CORS_ORIGINS: '*' is not allowed in production")
+        if self.dev_header_auth:
+            problems.append("COMPANION_DEV_HEADER_AUTH: development header auth is refused")
+        if self.embedded_database:
+            problems.append("DATABASE_URL: required in production (no embedded PostgreSQL)")
+        if self.embedded_redis:
+            problems.append("REDIS_URL: required in production (no embedded Redis)")
+        return problems
+
+    def describe(self) -> dict[str, str]:
+        """The effective settings as text, secrets masked (for `companion doctor`)."""
+        return {
+            "environment": self.environment.value,
+            "host": self.host,
+            "port": str(self.port),
+            "workers": str(self.workers),
+            "data_dir": str(self.data_dir),
+            "database_url": mask_url(self.database.url) if self.database.url else "(embedded)",
+            "database_pool": f"{self.database.pool_min}..{self.database.pool_max}",
+            "redis_url": mask_url(self.redis.url) if self.redis.url else "(embedded)",
+            "redis_max_connections": str(self.redis.max_connections),
+            "jwt_secret": "(set, masked)" if self.jwt_secret else "(not set)",
+            "jwt_ttl_s": str(self.jwt_ttl_s),
+            "cors_origins": ",".join(self.cors_origins) or "(none)",
+            "rate_limit_user": str(self.rate_limit_user),
+            "rate_limit_ip": str(self.rate_limit_ip),
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+            "dev_header_auth": str(self.dev_header_auth).lower(),
+            "max_body_bytes": str(self.max_body_bytes),
+        }
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL with ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- parsers: each takes a raw value (str from the environment, or a TOML value)
+# and returns the typed value, raising ValueError("expected ...") when malformed.
+
+
+def _text(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("expected a string")
+    return raw.strip()
+
+
+def _optional_text(raw: object) -> str | None:
+    return _text(raw) or None
+
+
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def parse(raw: object) -> int:
+        try:
+            value = int(raw) if isinstance(raw, (int, str)) and not isinstance(raw, bool) else None
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: object) -> float:
+    try:
+        value = float(raw) if isinstance(raw, (int, float, str)) else -1.0
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError("expected a positive number of seconds")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError("expected true or false")
+
+
+def _choice(*options: str) -> Callable[[object], str]:
+    def parse(raw: object) -> str:
+        text = str(raw).strip().lower()
+        if text not in options:
+            raise ValueError("expected one of " + ", ".join(options))
+        return text
+
+    return parse
+
+
+def _environment(raw: object) -> Environment:
+    return Environment(_choice(*(e.value for e in Environment))(raw))
+
+
+def _url(*schemes: str) -> Callable[[object], str | None]:
+    def parse(raw: object) -> str | None:
+        text = _text(raw)
+        if not text:
+            return None
+        if urlsplit(text).scheme not in schemes:
+            raise ValueError(
+                "expected a URL starting with " + " or ".join(f"{s}://" for s in schemes)
+            )
+        return text
+
+    return parse
+
+
+def _origins(raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError("expected '*' or comma-separated origins like https://example.com")
+    return origins
+
+
+_PERIODS = {"s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600, "day": 86400}
+
+
+def _rate(raw: object) -> RateLimit:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*([a-z]+)\s*", str(raw).lower())
+    if not match or match[2] not in _PERIODS or int(match[1]) < 1:
+        raise ValueError("expected a rate like 60/minute (second, minute, hour or day)")
+    return RateLimit(int(match[1]), _PERIODS[match[2]])
+
+
+def _path(raw: object) -> Path:
+    text = _text(raw)
+    if not text:
+        raise ValueError("expected a directory path")
+    return Path(text).expanduser().resolve()
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    key: str  # setting name, also the TOML key
+    env: str
+    parse: Callable[[object], Any]
+    default: object
+    secret: bool = False
+
+
+_FIELDS: tuple[_Field, ...] = (
+    _Field("environment", "COMPANION_ENV", _environment, "development"),
+    _Field("host", "COMPANION_HOST", _text, "127.0.0.1"),
+    _Field("port", "COMPANION_PORT", _integer(1, 65535), 8000),
+    _Field("workers", "COMPANION_WORKERS", _integer(1, 64), 1),
+    _Field("data_dir", "COMPANION_DATA_DIR", _path, platformdirs.user_data_dir("companion")),
+    _Field("database_url", "DATABASE_URL", _url("postgresql", "postgres"), "", secret=True),
+    _Field("database_pool_min", "COMPANION_DATABASE_POOL_MIN", _integer(0, 1000), 2),
+    _Field("database_pool_max", "COMPANION_DATABASE_POOL_MAX", _integer(1, 1000), 20),
+    _Field("database_timeout_s", "COMPANION_DATABASE_TIMEOUT", _seconds, 30.0),
+    _Field("migrate_on_start", "COMPANION_MIGRATE_ON_START", _boolean, True),
+    _Field("redis_url", "REDIS_URL", _url("redis", "rediss", "unix"), "", secret=True),
+    _Field("redis_max_connections", "COMPANION_REDIS_MAX_CONNECTIONS", _integer(1, 10000), 100),
+    _Field("jwt_secret", "COMPANION_JWT_SECRET", _optional_text, "", secret=True),
+    _Field("jwt_ttl_s", "COMPANION_JWT_TTL", _integer(60, 30 * 86400), 86400),
+    _Field("cors_origins", "COMPANION_CORS_ORIGINS", _origins, ""),
+    _Field("rate_limit_user", "COMPANION_RATE_LIMIT_USER", _rate, "60/minute"),
+    _Field("rate_limit_ip", "COMPANION_RATE_LIMIT_IP", _rate, "120/minute"),
+    _Field(
+        "log_level", "COMPANION_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"
+    ),
+    _Field("log_format", "COMPANION_LOG_FORMAT", _choice("json", "console"), "json"),
+    _Field("dev_header_auth", "COMPANION_DEV_HEADER_AUTH", _boolean, False),
+    _Field("max_body_bytes", "COMPANION_MAX_BODY_BYTES", _integer(1024, 1 << 30), 1 << 20),
+)
+_BY_KEY = {field.key: field for field in _FIELDS}
+
+# The table of settings for the README and `companion doctor`.
+SETTINGS_TABLE = tuple((f.env, f.key, f.default) for f in _FIELDS)
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    check_production: bool = True,
+) -> Settings:
+    """Read, parse and validate the settings; raise `SettingsError` listing every problem.
+
+    ``check_production=False`` skips the production refusals (for `companion doctor`,
+    which reports them instead of refusing).
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    file_values = _read_config_file(config_file or _config_path(env), problems)
+    values: dict[str, Any] = {}
+    for field in _FIELDS:
+        raw, source = _raw_value(field, env, file_values, overrides or {})
+        try:
+            values[field.key] = field.parse(raw)
+        except ValueError as exc:
+            shown = "" if field.secret else f", got {raw!r}"
+            problems.append(f"{source}: {exc}{shown}")
+    if not problems:
+        problems.extend(_cross_field_problems(values))
+    settings = _build(values) if not problems else None
+    if settings is not None and settings.is_production and check_production:
+        problems.extend(settings.production_problems())
+    if problems or settings is None:
+        raise SettingsError(problems)
+    return settings
+
+
+def _config_path(env: Mapping[str, str]) -> Path | None:
+    path = env.get(CONFIG_FILE_VAR, "").strip()
+    return Path(path).expanduser() if path else None
+
+
+def _read_config_file(path: Path | None, problems: list[str]) -> dict[str, object]:
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"{CONFIG_FILE_VAR}: cannot read {path}: {exc.strerror}")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{CONFIG_FILE_VAR}: {path} is not valid TOML: {exc}")
+        return {}
+    unknown = sorted(set(data) - set(_BY_KEY))
+    if unknown:
+        problems.append(f"{path}: unknown settings {', '.join(unknown)}")
+    return {key: value for key, value in data.items() if key in _BY_KEY}
+
+
+def _raw_value(
+    field: _Field,
+    env: Mapping[str, str],
+    file_values: Mapping[str, object],
+    overrides: Mapping[str, object],
+) -> tuple[object, str]:
+    if overrides.get(field.key) is not None:
+        return overrides[field.key], f"--{field.key.replace('_', '-')}"
+    if field.env in env:
+        return env[field.env], field.env
+    if field.key in file_values:
+        return file_values[field.key], f"{field.key} (config file)"
+    return field.default, f"{field.env} (default)"
+
+
+def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
+    if values["database_pool_min"] > values["database_pool_max"]:
+        return ["COMPANION_DATABASE_POOL_MIN: must not exceed COMPANION_DATABASE_POOL_MAX"]
+    return []
+
+
+def _build(values: Mapping[str, Any]) -> Settings:
+    return Settings(
+        environment=values["environment"],
+        host=values["host"],
+        port=values["port"],
+        workers=values["workers"],
+        data_dir=values["data_dir"],
+        database=DatabaseConfig(
+            url=values["database_url"],
+            pool_min=values["database_pool_min"],
+            pool_max=values["database_pool_max"],
+            command_timeout_s=values["database_timeout_s"],
+            migrate_on_start=values["migrate_on_start"],
+        ),
+        redis=RedisConfig(url=values["redis_url"], max_connections=values["redis_max_connections"]),
+        jwt_secret=values["jwt_secret"],
+        jwt_ttl_s=values["jwt_ttl_s"],
+        cors_origins=values["cors_origins"],
+        rate_limit_user=values["rate_limit_user"],
+        rate_limit_ip=values["rate_limit_ip"],
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+        dev_header_auth=values["dev_header_auth"],
+        max_body_bytes=values["max_body_bytes"],
+    )
