@@ -25,6 +25,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -65,8 +66,12 @@ class EmbeddedPostgres:
         """Start (or adopt an already running) server and return its connection URL."""
         if self._url is not None:
             return self._url
-        from pgserver.postgres_server import get_server
-        from pgserver.utils import PostmasterInfo
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir at import; without
+            # XDG_RUNTIME_DIR that warns, harmlessly (it falls back to /tmp).
+            warnings.simplefilter("ignore", UserWarning)
+            from pgserver.postgres_server import get_server
+            from pgserver.utils import PostmasterInfo
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         running = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None

@@ -52,6 +52,7 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
     _export_for_workers(config, overrides)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; turn
     # that second one into a normal exit so the embedded servers are stopped too.
+    # (SIGINT already arrives as KeyboardInterrupt, which unwinds the same way.)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     with embedded_services(settings):
         if settings.workers > 1:
@@ -145,8 +146,8 @@ def _export_for_workers(config: Path | None, overrides: Mapping[str, object]) ->
             os.environ[_OVERRIDE_ENV[key]] = str(value)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _exit_on_signal(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # a requested stop that completed cleanly
 
 
 def _prepare_multiprocess_metrics(data_dir: Path) -> None:

@@ -1,0 +1,67 @@
+"""Real PostgreSQL (with pgvector) and Redis, started once for the whole session."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from memory.embedded import EmbeddedPostgres, EmbeddedRedis
+from server.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    # Short path: unix socket paths are limited to about 100 bytes.
+    with tempfile.TemporaryDirectory(prefix="cmp-", dir="/tmp") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(services_dir: Path) -> Iterator[str]:
+    server = EmbeddedPostgres(services_dir)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(services_dir: Path) -> Iterator[str]:
+    server = EmbeddedRedis(services_dir)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(postgres_url, name)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "COMPANION_DATA_DIR": str(tmp_path),
+            "COMPANION_LOG_LEVEL": "warning",
+        }
+    )

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.settings import Environment, RateLimit, SettingsError, load_settings, mask_url
+
+GOOD_SECRET = "s" * 32
+PRODUCTION = {
+    "COMPANION_ENV": "production",
+    "COMPANION_JWT_SECRET": GOOD_SECRET,
+    "DATABASE_URL": "postgresql://app:pw@db:5432/companion",
+    "REDIS_URL": "redis://cache:6379/0",
+    "COMPANION_CORS_ORIGINS": "https://chat.example.com",
+}
+
+
+def problems_of(env: dict[str, str], **kwargs: object) -> list[str]:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env, **kwargs)  # type: ignore[arg-type]
+    return info.value.problems
+
+
+def test_development_defaults_need_no_environment(tmp_path: Path) -> None:
+    settings = load_settings({"COMPANION_DATA_DIR": str(tmp_path)})
+    assert settings.environment is Environment.DEVELOPMENT
+    assert settings.data_dir == tmp_path
+    assert settings.embedded_database and settings.embedded_redis
+    assert settings.database.pool_max >= 20
+    assert settings.rate_limit_user == RateLimit(60, 60)
+
+
+def test_environment_values_are_parsed_and_typed() -> None:
+    settings = load_settings(
+        {
+            "COMPANION_PORT": "9001",
+            "COMPANION_WORKERS": "4",
+            "COMPANION_DATABASE_POOL_MAX": "50",
+            "COMPANION_RATE_LIMIT_IP": "10/second",
+            "COMPANION_DEV_HEADER_AUTH": "yes",
+            "COMPANION_CORS_ORIGINS": "http://localhost:3000, https://a.example/",
+        }
+    )
+    assert (settings.port, settings.workers, settings.database.pool_max) == (9001, 4, 50)
+    assert settings.rate_limit_ip == RateLimit(10, 1)
+    assert settings.dev_header_auth is True
+    assert settings.cors_origins == ("http://localhost:3000", "https://a.example")
+
+
+def test_malformed_values_name_the_variable_and_the_expectation() -> None:
+    problems = problems_of(
+        {
+            "COMPANION_PORT": "eighty",
+            "COMPANION_RATE_LIMIT_USER": "lots",
+            "COMPANION_DEV_HEADER_AUTH": "maybe",
+            "DATABASE_URL": "mysql://x",
+            "COMPANION_LOG_LEVEL": "loud",
+        }
+    )
+    text = "\n".join(problems)
+    assert len(problems) == 5, text
+    assert "COMPANION_PORT: expected an integer from 1 to 65535, got 'eighty'" in text
+    assert "COMPANION_RATE_LIMIT_USER: expected a rate like 60/minute" in text
+    assert "COMPANION_DEV_HEADER_AUTH: expected true or false" in text
+    assert "COMPANION_LOG_LEVEL: expected one of debug, info, warning, error" in text
+    assert "DATABASE_URL: expected a URL starting with postgresql://" in text
+
+
+def test_secret_values_are_never_echoed_in_errors() -> None:
+    problems = problems_of({"DATABASE_URL": "mysql://user:hunter2@db/x"})
+    assert problems and all("hunter2" not in p for p in problems)
+
+
+def test_production_lists_every_refusal_at_once() -> None:
+    problems = problems_of(
+        {
+            "COMPANION_ENV": "production",
+            "COMPANION_CORS_ORIGINS": "*",
+            "COMPANION_DEV_HEADER_AUTH": "1",
+        }
+    )
+    text = "\n".join(problems)
+    assert len(problems) == 5, text
+    for variable in (
+        "COMPANION_JWT_SECRET",
+        "COMPANION_CORS_ORIGINS",
+        "COMPANION_DEV_HEADER_AUTH",
+        "DATABASE_URL",
+        "REDIS_URL",
+    ):
+        assert variable in text
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"COMPANION_JWT_SECRET": "short"}, "at least 32 bytes"),
+        ({"COMPANION_JWT_SECRET": ""}, "COMPANION_JWT_SECRET: required"),
+        ({"COMPANION_CORS_ORIGINS": "https://a.example,*"}, "'*' is not allowed"),
+        ({"COMPANION_DEV_HEADER_AUTH": "true"}, "header auth is refused"),
+        ({"DATABASE_URL": ""}, "no embedded PostgreSQL"),
+        ({"REDIS_URL": ""}, "no embedded Redis"),
+    ],
+)
+def test_each_production_refusal_alone(change: dict[str, str], expected: str) -> None:
+    problems = problems_of({**PRODUCTION, **change})
+    assert len(problems) == 1
+    assert expected in problems[0]
+
+
+def test_a_complete_production_configuration_starts() -> None:
+    settings = load_settings(PRODUCTION)
+    assert settings.is_production
+    assert settings.production_problems() == []
+
+
+def test_production_checks_can_be_reported_instead_of_refused() -> None:
+    settings = load_settings({"COMPANION_ENV": "production"}, check_production=False)
+    assert len(settings.production_problems()) == 3
+
+
+def test_toml_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    config = tmp_path / "companion.toml"
+    config.write_text('port = 7000\nworkers = 3\nlog_format = "console"\n')
+    settings = load_settings({"COMPANION_CONFIG": str(config), "COMPANION_WORKERS": "2"})
+    assert (settings.port, settings.workers, settings.log_format) == (7000, 2, "console")
+
+
+def test_overrides_beat_environment() -> None:
+    settings = load_settings({"COMPANION_PORT": "7000"}, overrides={"port": 7100, "host": None})
+    assert settings.port == 7100
+    assert settings.host == "127.0.0.1"
+
+
+def test_toml_problems_are_reported(tmp_path: Path) -> None:
+    config = tmp_path / "companion.toml"
+    config.write_text('port = "high"\nfavourite_colour = "blue"\n')
+    text = "\n".join(problems_of({}, config_file=config))
+    assert "unknown settings favourite_colour" in text
+    assert "port (config file): expected an integer" in text
+
+    config.write_text("port = \n")
+    assert "is not valid TOML" in "\n".join(problems_of({}, config_file=config))
+    missing = tmp_path / "absent.toml"
+    assert "cannot read" in "\n".join(problems_of({}, config_file=missing))
+
+
+def test_pool_bounds_must_be_ordered() -> None:
+    problems = problems_of(
+        {"COMPANION_DATABASE_POOL_MIN": "30", "COMPANION_DATABASE_POOL_MAX": "10"}
+    )
+    assert problems == ["COMPANION_DATABASE_POOL_MIN: must not exceed COMPANION_DATABASE_POOL_MAX"]
+
+
+def test_describe_masks_secrets() -> None:
+    shown = load_settings(PRODUCTION).describe()
+    assert shown["database_url"] == "postgresql://app:***@db:5432/companion"
+    assert GOOD_SECRET not in str(shown)
+    assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
