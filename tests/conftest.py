@@ -1,9 +1,16 @@
-"""Suite-wide settings: offline, and `gpu` tests only where CUDA is present."""
+"""Suite-wide settings: offline, and `gpu` tests only where CUDA is present.
+
+Also the shared `tiny_gguf` model: a random llama GGUF of a few MB with the real
+SmolLM2 tokenizer, for engine tests that need a model file but not a sensible one.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +29,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+_TINY_GGUF_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_tiny_gguf.py"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_builder() -> Callable[..., Path]:
+    """`build_tiny_gguf(out_path, seed=0)` from scripts/, which is no importable package."""
+    # Loaded here rather than at import time: tests without a model skip gguf and numpy.
+    spec = importlib.util.spec_from_file_location("make_tiny_gguf", _TINY_GGUF_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    builder: Callable[..., Path] = module.build_tiny_gguf
+    return builder
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(
+    tiny_gguf_builder: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny random llama GGUF with SmolLM2's tokenizer and chat template, built once."""
+    return tiny_gguf_builder(tmp_path_factory.mktemp("models") / "tiny.gguf")

@@ -1,0 +1,41 @@
+"""The `Engine` protocol: what the server needs from any inference backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from inference.stats import EngineStats
+from inference.types import GenerationRequest, StreamEvent
+
+
+class Engine(Protocol):
+    """A running model that streams completions.
+
+    ``generate`` yields `TextDelta` events and ends with one `Finished`; it
+    raises `inference.errors.InferenceError` subclasses for requests it cannot
+    serve. Closing the iterator early (a client went away) aborts the request.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    async def start(self) -> None:
+        """Load the model and start serving."""
+
+    async def close(self) -> None:
+        """Stop serving; requests still in flight end with an error."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Stream the completion of ``request``."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request wherever it is (waiting or running); unknown ids are ignored."""
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's state and counters."""
+        ...
+
+    async def health(self) -> None:
+        """Return when the engine can serve; raise `EngineUnavailable` otherwise."""

@@ -1,0 +1,1 @@
+"""Engine implementations. Each module imports its own backend library, nothing else does."""
