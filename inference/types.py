@@ -44,6 +44,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate max_tokens regardless (benchmarks)
 
     def problems(self) -> list[str]:
         """Why these parameters are unusable (empty when they are fine)."""

@@ -471,7 +471,7 @@ class LlamaCppEngine:
         active.generated.append(token)
         self._counters["generated"] += 1
         model = self._require_model()
-        if model.is_end_of_generation(token):
+        if model.is_end_of_generation(token) and not active.request.sampling.ignore_eos:
             self._finish(active, "stop")
             return
         text = active.text.feed(model.token_bytes(token))

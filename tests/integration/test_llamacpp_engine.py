@@ -1,0 +1,295 @@
+"""The llama.cpp engine on a real (tiny, random) GGUF model: batching, KV reuse, isolation, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from inference.errors import (
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    EngineOverloaded,
+    InvalidRequest,
+)
+from inference.types import (
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    StreamEvent,
+    TextDelta,
+)
+
+PERSONA = ChatMessage("system", "You are Mira, a warm and curious companion. " * 12)
+_ids = itertools.count()
+
+EngineFactory = Callable[..., LlamaCppEngine]
+
+
+@pytest.fixture
+async def make_engine(tiny_gguf: Path) -> AsyncIterator[EngineFactory]:
+    engines: list[LlamaCppEngine] = []
+
+    def make(**overrides: object) -> LlamaCppEngine:
+        settings: dict[str, object] = {"n_ctx": 2048, "n_slots": 4, "n_threads": 1}
+        settings.update(overrides)
+        engine = LlamaCppEngine(
+            LlamaCppConfig(model_path=tiny_gguf, model_id="tiny", **settings)  # type: ignore[arg-type]
+        )
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.close()
+
+
+@pytest.fixture
+async def engine(make_engine: EngineFactory) -> LlamaCppEngine:
+    started = make_engine()
+    await started.start()
+    return started
+
+
+def request(
+    user: str, messages: list[ChatMessage], max_tokens: int = 12, **extra: object
+) -> GenerationRequest:
+    sampling = extra.pop("sampling", SamplingParams(temperature=0, max_tokens=max_tokens))
+    return GenerationRequest(
+        request_id=f"r{next(_ids)}",
+        user_id=user,
+        messages=messages,
+        sampling=sampling,  # type: ignore[arg-type]
+        public_prefix_messages=1 if messages and messages[0] is PERSONA else 0,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class Reply:
+    text: str
+    chunks: list[str]
+    finished: Finished
+
+
+async def collect(stream: AsyncIterator[StreamEvent]) -> Reply:
+    chunks: list[str] = []
+    finished = None
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            chunks.append(event.text)
+        else:
+            finished = event
+    assert finished is not None
+    return Reply("".join(chunks), chunks, finished)
+
+
+async def ask(engine: LlamaCppEngine, req: GenerationRequest) -> Reply:
+    return await collect(engine.generate(req))
+
+
+def turn(user_text: str) -> list[ChatMessage]:
+    return [PERSONA, ChatMessage("user", user_text)]
+
+
+async def test_greedy_output_is_the_same_alone_and_batched(engine: LlamaCppEngine) -> None:
+    prompts = [turn(f"Tell me about your day number {i}.") for i in range(4)]
+    alone = [await ask(engine, request(f"u{i}", p, 24)) for i, p in enumerate(prompts)]
+    together = await asyncio.gather(
+        *(ask(engine, request(f"v{i}", p, 24)) for i, p in enumerate(prompts))
+    )
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert all(r.finished.usage.completion_tokens == 24 for r in together)
+
+
+async def test_second_turn_reuses_the_first_turns_prompt(engine: LlamaCppEngine) -> None:
+    first_messages = turn("Hi! I just adopted a cat.")
+    first = await ask(engine, request("alice", first_messages, conversation_id="c1"))
+    assert first.finished.usage.cached_prompt_tokens == 0
+    second_messages = [
+        *first_messages,
+        ChatMessage("assistant", first.text),
+        ChatMessage("user", "She is called Miso."),
+    ]
+    second = await ask(engine, request("alice", second_messages, conversation_id="c1"))
+    usage = second.finished.usage
+    assert usage.cached_prompt_tokens >= first.finished.usage.prompt_tokens
+    assert usage.cached_prompt_tokens < usage.prompt_tokens
+
+
+async def test_cached_and_uncached_prompts_give_the_same_output(
+    engine: LlamaCppEngine, make_engine: EngineFactory
+) -> None:
+    first_messages = turn("What should I cook tonight?")
+    first = await ask(engine, request("alice", first_messages))
+    follow_up = [*first_messages, ChatMessage("assistant", first.text), ChatMessage("user", "Ok")]
+    cached = await ask(engine, request("alice", follow_up, 20))
+    assert cached.finished.usage.cached_prompt_tokens > 0
+
+    fresh_engine = make_engine()
+    await fresh_engine.start()
+    fresh = await ask(fresh_engine, request("alice", follow_up, 20))
+    assert fresh.finished.usage.cached_prompt_tokens == 0
+    assert cached.text == fresh.text
+
+
+async def test_another_user_only_gets_the_public_persona(engine: LlamaCppEngine) -> None:
+    secret = turn("My password hint is the name of my first dog, Biscuit.")
+    alice = await ask(engine, request("alice", secret))
+    persona_only = await ask(engine, request("carol", turn("x")))
+    public_tokens = persona_only.finished.usage.cached_prompt_tokens
+    assert public_tokens > 0  # the persona prompt is shared
+
+    mallory = await ask(engine, request("mallory", secret))
+    assert mallory.finished.usage.cached_prompt_tokens <= public_tokens
+    assert alice.text == mallory.text  # same prompt, same greedy output, computed anew
+
+    private = GenerationRequest(
+        request_id="private",
+        user_id="eve",
+        messages=secret,
+        sampling=SamplingParams(temperature=0, max_tokens=4),
+    )
+    eve = await ask(engine, private)
+    assert eve.finished.usage.cached_prompt_tokens == 0  # nothing declared public: nothing shared
+
+
+async def test_evicted_conversation_is_restored_from_host_memory(
+    make_engine: EngineFactory,
+) -> None:
+    engine = make_engine(n_slots=2)
+    await engine.start()
+    first_messages = turn("I love hiking in the Alps every summer.")
+    first = await ask(engine, request("alice", first_messages, conversation_id="alps"))
+    for user in ("bob", "carol", "dave"):  # push alice's sequence out of both slots
+        await ask(engine, request(user, turn(f"Hello from {user}, who likes chess.")))
+    assert engine.stats().host_cache_entries >= 1
+
+    follow_up = [*first_messages, ChatMessage("assistant", first.text), ChatMessage("user", "Why?")]
+    restored = await ask(engine, request("alice", follow_up, 20, conversation_id="alps"))
+    assert restored.finished.usage.cached_prompt_tokens >= first.finished.usage.prompt_tokens
+
+    fresh_engine = make_engine()
+    await fresh_engine.start()
+    fresh = await ask(fresh_engine, request("alice", follow_up, 20))
+    assert restored.text == fresh.text  # the restored KV is the same as computed KV
+
+
+async def test_abort_frees_the_kv_for_others(make_engine: EngineFactory) -> None:
+    engine = make_engine(n_ctx=640, n_slots=2)
+    await engine.start()
+    hog = engine.generate(request("alice", turn("Go on and on."), 480))
+    assert isinstance(await anext(hog), TextDelta)  # running, holding its reservation
+    waiting = asyncio.ensure_future(ask(engine, request("bob", turn("My turn?"), 480)))
+    await asyncio.sleep(0.05)
+    assert engine.stats().waiting == 1  # does not fit beside alice
+
+    await hog.aclose()  # the client went away
+    reply = await asyncio.wait_for(waiting, 60)
+    assert reply.finished.usage.completion_tokens == 480
+    stats = engine.stats()
+    assert (stats.running, stats.waiting, stats.kv_cells_used) == (0, 0, 0)
+
+
+async def test_explicit_abort_ends_the_stream(engine: LlamaCppEngine) -> None:
+    req = request("alice", turn("Talk to me."), 1500)
+    stream = engine.generate(req)
+    await anext(stream)
+    await engine.abort(req.request_id)
+    rest = await collect(stream)
+    assert rest.finished.finish_reason == "abort"
+    assert rest.finished.usage.completion_tokens < 1500
+
+
+async def test_full_queue_fails_fast(make_engine: EngineFactory) -> None:
+    engine = make_engine(n_slots=1, max_waiting=1)
+    await engine.start()
+    running = engine.generate(request("alice", turn("Long story please."), 1500))
+    await anext(running)
+    queued = engine.generate(request("bob", turn("Me next.")))
+    queued_task = asyncio.ensure_future(anext(queued))
+    await asyncio.sleep(0.05)
+    with pytest.raises(EngineOverloaded):
+        await anext(engine.generate(request("carol", turn("And me."))))
+    await running.aclose()
+    assert isinstance(await asyncio.wait_for(queued_task, 60), TextDelta)
+    await queued.aclose()
+
+
+async def test_multibyte_text_streams_intact(engine: LlamaCppEngine) -> None:
+    target = "héllo 👋 你好, ça va? ✓"
+    req = request("alice", turn("Greet me."), 64, grammar=f'root ::= "{target}"')
+    reply = await ask(engine, req)
+    assert reply.text == target
+    assert reply.finished.finish_reason == "stop"
+    assert "\ufffd" not in "".join(reply.chunks)
+
+
+async def test_json_schema_output_is_valid_json(engine: LlamaCppEngine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "mood": {"type": "string", "enum": ["happy", "sad", "calm"]},
+            "intensity": {"type": "integer"},
+        },
+        "required": ["mood", "intensity"],
+    }
+    reply = await ask(engine, request("alice", turn("How do I feel?"), 200, json_schema=schema))
+    parsed = json.loads(reply.text)
+    assert parsed["mood"] in {"happy", "sad", "calm"}
+    assert isinstance(parsed["intensity"], int)
+
+
+async def test_stop_string_ends_the_reply_before_it(engine: LlamaCppEngine) -> None:
+    unconstrained = await ask(engine, request("alice", turn("Say something."), 24))
+    stop_at = unconstrained.text[len(unconstrained.text) // 2 :][:3]
+    sampling = SamplingParams(temperature=0, max_tokens=24, stop=(stop_at,))
+    stopped = await ask(engine, request("alice", turn("Say something."), sampling=sampling))
+    assert stopped.finished.finish_reason == "stop"
+    assert stopped.text == unconstrained.text[: unconstrained.text.index(stop_at)]
+
+
+async def test_seeded_sampling_is_reproducible(engine: LlamaCppEngine) -> None:
+    sampling = SamplingParams(temperature=0.9, top_k=40, top_p=0.9, seed=7, max_tokens=16)
+    first = await ask(engine, request("alice", turn("Surprise me."), sampling=sampling))
+    second = await ask(engine, request("alice", turn("Surprise me."), sampling=sampling))
+    assert first.text == second.text
+
+
+async def test_bad_requests_are_refused_before_queueing(engine: LlamaCppEngine) -> None:
+    with pytest.raises(InvalidRequest, match="temperature"):
+        sampling = SamplingParams(temperature=-1)
+        await ask(engine, request("alice", turn("x"), sampling=sampling))
+    with pytest.raises(ContextLengthExceeded):
+        await ask(engine, request("alice", turn("x"), 4000))
+    with pytest.raises(InvalidRequest, match="grammar"):
+        await ask(engine, request("alice", turn("x"), grammar="root ::= ("))
+    assert engine.stats().waiting == 0
+
+
+async def test_waiting_past_the_deadline_fails(make_engine: EngineFactory) -> None:
+    engine = make_engine(n_slots=1)
+    await engine.start()
+    running = engine.generate(request("alice", turn("Long story please."), 1500))
+    await anext(running)
+    with pytest.raises(DeadlineExceeded):
+        await ask(engine, request("bob", turn("Quick one?"), deadline_s=0.2))
+    await running.aclose()
+
+
+async def test_prompt_tokens_are_accepted_and_checked(engine: LlamaCppEngine) -> None:
+    tokens = GenerationRequest(
+        request_id="tok", user_id="alice", prompt_tokens=[1, 17, 42, 99], sampling=SamplingParams(0)
+    )
+    reply = await ask(engine, tokens)
+    assert reply.finished.usage.prompt_tokens == 4
+    bad = GenerationRequest(request_id="bad", user_id="alice", prompt_tokens=[10**9])
+    with pytest.raises(InvalidRequest, match="token ids"):
+        await ask(engine, bad)
