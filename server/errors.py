@@ -15,6 +15,13 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
+from inference.errors import (
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    EngineOverloaded,
+    EngineUnavailable,
+    InvalidRequest,
+)
 from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,18 @@ def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[d
     return error_response(status, message, headers=exc.headers, details=details)
 
 
+def _overloaded(_: Request[Any, Any, Any], exc: EngineOverloaded) -> Response[dict[str, Any]]:
+    retry_after = str(max(1, round(exc.retry_after_s)))
+    return error_response(503, str(exc), code="overloaded", headers={"Retry-After": retry_after})
+
+
+def _inference_error(status: int, code: str) -> Any:
+    def handle(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+        return error_response(status, str(exc), code=code)
+
+    return handle
+
+
 def _unhandled(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "Internal Server Error")
@@ -81,5 +100,10 @@ def _unhandled(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, 
 
 exception_handlers: ExceptionHandlersMap = {
     HTTPException: _http_exception,
+    EngineOverloaded: _overloaded,
+    ContextLengthExceeded: _inference_error(413, "context_length_exceeded"),
+    InvalidRequest: _inference_error(400, "invalid_request"),
+    DeadlineExceeded: _inference_error(504, "deadline_exceeded"),
+    EngineUnavailable: _inference_error(503, "engine_unavailable"),
     Exception: _unhandled,
 }

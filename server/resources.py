@@ -1,13 +1,16 @@
 """Everything the app opens at start-up and closes at shutdown, in one place.
 
 Order at start: the embedded servers (only where no URL is configured), the
-schema migrations, then the PostgreSQL pool and the Redis client. Shutdown
-closes them in reverse order. A failure part-way closes what was opened.
+schema migrations, the PostgreSQL pool and the Redis client, then the chat
+engine (its model loads off the event loop) with a task that publishes its
+stats as metrics every second. Shutdown closes them in reverse order. A
+failure part-way closes what was opened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,6 +20,9 @@ from typing import Protocol
 import asyncpg
 from redis.asyncio import Redis
 
+from inference.engine import Engine
+from inference.factory import create_engine
+from inference.metrics import EngineMetrics, default_engine_metrics
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
 from memory.migrate import migrate_url
@@ -39,6 +45,7 @@ class Resources:
     settings: Settings
     pool: asyncpg.Pool
     redis: Redis
+    engine: Engine | None = None
     probes: list[Probe] = field(default_factory=list)
 
 
@@ -57,15 +64,35 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(pool.close)
         redis = create_redis(settings.redis, redis_url)
         stack.push_async_callback(redis.aclose)
-        yield Resources(
-            settings=settings,
-            pool=pool,
-            redis=redis,
-            probes=[
-                Probe("database", lambda: pool.fetchval("SELECT 1")),
-                Probe("redis", redis.ping),
-            ],
-        )
+        probes = [Probe("database", lambda: pool.fetchval("SELECT 1")), Probe("redis", redis.ping)]
+        engine = await _start_engine(stack, settings)
+        if engine is not None:
+            probes.append(Probe("engine", engine.health))
+        yield Resources(settings=settings, pool=pool, redis=redis, engine=engine, probes=probes)
+
+
+async def _start_engine(stack: AsyncExitStack, settings: Settings) -> Engine | None:
+    metrics = default_engine_metrics()
+    engine = create_engine(settings.chat_engine, observer=metrics)
+    if engine is None:
+        return None
+    await engine.start()
+    stack.push_async_callback(engine.close)
+    task = asyncio.create_task(_publish_stats(engine, metrics), name="engine-metrics")
+    stack.push_async_callback(_cancel, task)
+    return engine
+
+
+async def _publish_stats(engine: Engine, metrics: EngineMetrics, every_s: float = 1.0) -> None:
+    while True:
+        metrics.update(engine.stats())
+        await asyncio.sleep(every_s)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _start(stack: AsyncExitStack, service: _Service) -> str:

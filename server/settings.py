@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
+from inference.config import ChatEngineConfig
 from memory.config import DatabaseConfig, RedisConfig
 
 MIN_JWT_SECRET_BYTES = 32
@@ -75,6 +76,7 @@ class Settings:
     log_format: str
     dev_header_auth: bool
     max_body_bytes: int
+    chat_engine: ChatEngineConfig
 
     @property
     def is_production(self) -> bool:
@@ -128,6 +130,9 @@ class Settings:
             "log_format": self.log_format,
             "dev_header_auth": str(self.dev_header_auth).lower(),
             "max_body_bytes": str(self.max_body_bytes),
+            "chat_engine": self.chat_engine.backend,
+            "chat_model": str(self.chat_engine.model_path or "(packaged default)"),
+            "chat_kv": f"{self.chat_engine.n_ctx} cells, {self.chat_engine.n_slots} slots",
         }
 
 
@@ -244,6 +249,16 @@ def _path(raw: object) -> Path:
     return Path(text).expanduser().resolve()
 
 
+def _optional_file(raw: object) -> Path | None:
+    text = _text(raw)
+    if not text:
+        return None
+    path = Path(text).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError("expected the path of an existing model file")
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     key: str  # setting name, also the TOML key
@@ -277,6 +292,13 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("log_format", "COMPANION_LOG_FORMAT", _choice("json", "console"), "json"),
     _Field("dev_header_auth", "COMPANION_DEV_HEADER_AUTH", _boolean, False),
     _Field("max_body_bytes", "COMPANION_MAX_BODY_BYTES", _integer(1024, 1 << 30), 1 << 20),
+    _Field("chat_engine", "COMPANION_CHAT_ENGINE", _choice("llamacpp", "none"), "llamacpp"),
+    _Field("chat_model", "COMPANION_CHAT_MODEL", _optional_file, ""),
+    _Field("chat_ctx", "COMPANION_CHAT_CTX", _integer(256, 1 << 20), 8192),
+    _Field("chat_slots", "COMPANION_CHAT_SLOTS", _integer(1, 256), 16),
+    _Field("chat_threads", "COMPANION_CHAT_THREADS", _integer(0, 512), 0),
+    _Field("chat_max_waiting", "COMPANION_CHAT_MAX_WAITING", _integer(1, 100_000), 256),
+    _Field("host_kv_cache_mb", "COMPANION_HOST_KV_CACHE_MB", _integer(0, 1 << 20), 512),
 )
 _BY_KEY = {field.key: field for field in _FIELDS}
 
@@ -384,4 +406,13 @@ def _build(values: Mapping[str, Any]) -> Settings:
         log_format=values["log_format"],
         dev_header_auth=values["dev_header_auth"],
         max_body_bytes=values["max_body_bytes"],
+        chat_engine=ChatEngineConfig(
+            backend=values["chat_engine"],
+            model_path=values["chat_model"],
+            n_ctx=values["chat_ctx"],
+            n_slots=values["chat_slots"],
+            n_threads=values["chat_threads"],
+            max_waiting=values["chat_max_waiting"],
+            host_cache_bytes=values["host_kv_cache_mb"] << 20,
+        ),
     )

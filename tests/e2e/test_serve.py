@@ -73,7 +73,8 @@ def test_zero_setup_serve_is_ready_then_stops_its_databases(data_dir: Path) -> N
     process = serve(data_dir, port)
     try:
         ready = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
-        assert set(ready.json()["components"]) == {"database", "redis"}
+        # zero setup includes the packaged chat model on the llama.cpp engine
+        assert set(ready.json()["components"]) == {"database", "redis", "engine"}
         assert (data_dir / "postgres" / "PG_VERSION").exists()
         assert (data_dir / "redis" / "redis.sock").exists()
     finally:

@@ -12,6 +12,8 @@ from litestar import Litestar, post
 from litestar.params import JSONBody
 from litestar.testing import AsyncTestClient
 
+from inference.config import ChatEngineConfig
+from inference.errors import ContextLengthExceeded, EngineOverloaded
 from memory.config import RedisConfig
 from memory.embedded import EmbeddedRedis
 from server.app import create_app
@@ -28,10 +30,20 @@ async def boom() -> None:
     raise RuntimeError("secret internals at /srv/app.py line 12")
 
 
+@post("/test/overload")
+async def overload() -> None:
+    raise EngineOverloaded("256 requests already waiting", retry_after_s=2.4)
+
+
+@post("/test/too-long")
+async def too_long() -> None:
+    raise ContextLengthExceeded("prompt (9000 tokens) exceeds the context of 8192 tokens")
+
+
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     small = dataclasses.replace(settings, max_body_bytes=2048)
-    app = create_app(small, extra_route_handlers=[echo, boom])
+    app = create_app(small, extra_route_handlers=[echo, boom, overload, too_long])
     async with AsyncTestClient(app) as test_client:
         yield test_client
 
@@ -126,3 +138,27 @@ async def test_metrics_count_requests_and_large_bodies_are_gzipped(
     assert 'path="/health/live"' in response.text
     small = await client.get("/health/live", headers={"accept-encoding": "gzip"})
     assert "content-encoding" not in small.headers
+
+
+async def test_inference_errors_map_to_http(client: AsyncTestClient[Litestar]) -> None:
+    busy = await client.post("/test/overload")
+    assert busy.status_code == 503
+    assert busy.headers["retry-after"] == "2"
+    assert busy.json()["error"]["code"] == "overloaded"
+    long = await client.post("/test/too-long")
+    assert long.status_code == 413
+    assert long.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_engine_is_started_probed_and_measured(settings: Settings, tiny_gguf: Path) -> None:
+    engine = ChatEngineConfig(model_path=tiny_gguf, model_id="tiny", n_ctx=1024, n_slots=2)
+    with_engine = dataclasses.replace(settings, chat_engine=engine)
+    async with AsyncTestClient(create_app(with_engine)) as client:
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200
+        assert ready.json()["components"]["engine"]["status"] == "up"
+        metrics = (await client.get("/metrics")).text
+        assert 'companion:kv_cache_usage_perc{model_name="tiny"}' in metrics
+        resources = client.app.state.resources
+        assert resources.engine is not None
+        assert resources.engine.model_id == "tiny"

@@ -1,4 +1,4 @@
-"""The llama.cpp engine on a real (tiny, random) GGUF model: batching, KV reuse, isolation, limits."""
+"""The llama.cpp engine on a real (tiny, random) GGUF model: batching, KV reuse, isolation."""
 
 from __future__ import annotations
 
@@ -264,8 +264,8 @@ async def test_seeded_sampling_is_reproducible(engine: LlamaCppEngine) -> None:
 
 
 async def test_bad_requests_are_refused_before_queueing(engine: LlamaCppEngine) -> None:
+    sampling = SamplingParams(temperature=-1)
     with pytest.raises(InvalidRequest, match="temperature"):
-        sampling = SamplingParams(temperature=-1)
         await ask(engine, request("alice", turn("x"), sampling=sampling))
     with pytest.raises(ContextLengthExceeded):
         await ask(engine, request("alice", turn("x"), 4000))

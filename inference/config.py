@@ -1,0 +1,26 @@
+"""Configuration of the inference tier. `server.settings` builds it from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEngineConfig:
+    """Which chat engine to run and how big.
+
+    ``backend`` "llamacpp" runs the model at ``model_path`` (None: the packaged
+    default, SmolLM2-135M-Instruct) in process; "none" runs no engine (the API
+    then answers chat requests with 503). ``n_ctx`` KV cells are shared by
+    ``n_slots`` sequences: running requests plus conversations kept for reuse.
+    """
+
+    backend: str = "llamacpp"
+    model_path: Path | None = None
+    model_id: str = "smollm2-135m-instruct"
+    n_ctx: int = 8192
+    n_slots: int = 16
+    n_threads: int = 0
+    max_waiting: int = 256
+    host_cache_bytes: int = 512 << 20

@@ -1,0 +1,49 @@
+"""Build the configured engine. Backends are imported only when chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inference.config import ChatEngineConfig
+from inference.engine import Engine
+from inference.errors import EngineUnavailable
+from inference.stats import EngineObserver
+from models.packaged import BUILTIN_MODELS
+
+
+def create_engine(
+    config: ChatEngineConfig, observer: EngineObserver | None = None
+) -> Engine | None:
+    """The engine ``config`` asks for (not started), or None for backend "none"."""
+    if config.backend == "none":
+        return None
+    if config.backend != "llamacpp":
+        raise EngineUnavailable(f"unknown chat engine backend {config.backend!r}")
+    try:
+        from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+    except ImportError as exc:
+        raise EngineUnavailable(
+            "llama-cpp-python is not installed (pip install 'companion[cpu]')"
+        ) from exc
+    path = config.model_path or _packaged_chat_model()
+    llama_config = LlamaCppConfig(
+        model_path=path,
+        model_id=config.model_id,
+        n_ctx=config.n_ctx,
+        n_slots=config.n_slots,
+        n_threads=config.n_threads,
+        max_waiting=config.max_waiting,
+        host_cache_bytes=config.host_cache_bytes,
+    )
+    return LlamaCppEngine(llama_config, observer)
+
+
+def _packaged_chat_model() -> Path:
+    model = next(m for m in BUILTIN_MODELS if m.role == "chat")
+    path = model.locate()
+    if path is None:
+        raise EngineUnavailable(
+            f"the default chat model is not installed (package {model.package}; extra 'cpu');"
+            " set COMPANION_CHAT_MODEL to a GGUF file or COMPANION_CHAT_ENGINE=none"
+        )
+    return path
