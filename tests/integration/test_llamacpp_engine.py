@@ -140,6 +140,16 @@ async def test_cached_and_uncached_prompts_give_the_same_output(
     assert cached.text == fresh.text
 
 
+async def test_concurrent_first_turns_compute_the_persona_once(engine: LlamaCppEngine) -> None:
+    replies = await asyncio.gather(
+        *(ask(engine, request(f"user{i}", turn(f"First hello number {i}"))) for i in range(4))
+    )
+    cached = sorted(r.finished.usage.cached_prompt_tokens for r in replies)
+    assert cached[0] == 0  # one of them computed the persona...
+    assert all(c >= 100 for c in cached[1:])  # ...and the others shared it
+    assert engine.stats().prefix_hit_tokens == sum(cached)
+
+
 async def test_another_user_only_gets_the_public_persona(engine: LlamaCppEngine) -> None:
     secret = turn("My password hint is the name of my first dog, Biscuit.")
     alice = await ask(engine, request("alice", secret))

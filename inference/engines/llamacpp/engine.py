@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 Sink = Callable[[StreamEvent | InferenceError], None]
 
+# Wait for another request's public prefix only when it saves at least this many tokens.
+_MIN_SHARED_WAIT = 32
+
 
 @dataclass(frozen=True, slots=True)
 class LlamaCppConfig:
@@ -309,12 +312,25 @@ class LlamaCppEngine:
         active = ticket.payload
         user = active.request.user_id
         plan = self._slots.plan(user, active.prompt, active.public_len, self._host)
-        if plan is None:
+        if plan is None or self._public_prefix_in_progress(active, plan.reuse):
             return False
         if self._cells_needed(active, plan) > self._cells_available(plan):
             return False
         self._place(active, plan)
         return True
+
+    def _public_prefix_in_progress(self, active: _Active, reuse: int) -> bool:
+        """Is a running request computing a public prefix this one could share beyond ``reuse``?
+
+        Then waiting a step or two beats computing the same persona prompt
+        again: concurrent first turns share one computation.
+        """
+        wanted = active.prompt[: active.public_len]
+        for other in self._running:
+            shared = common_prefix(other.prompt[: other.public_len], wanted)
+            if shared - reuse >= _MIN_SHARED_WAIT and other.n_past < shared:
+                return True
+        return False
 
     def _cells_needed(self, active: _Active, plan: Plan) -> int:
         fresh = len(active.prompt) - plan.reuse + active.request.sampling.max_tokens
