@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable
@@ -140,13 +141,17 @@ async def test_cached_and_uncached_prompts_give_the_same_output(
     assert cached.text == fresh.text
 
 
-async def test_concurrent_first_turns_compute_the_persona_once(engine: LlamaCppEngine) -> None:
-    replies = await asyncio.gather(
-        *(ask(engine, request(f"user{i}", turn(f"First hello number {i}"))) for i in range(4))
-    )
+async def test_concurrent_first_turns_compute_the_persona_once(make_engine: EngineFactory) -> None:
+    engine = make_engine(prefill_chunk=16)  # the persona takes many steps to compute
+    await engine.start()
+    persona = ChatMessage("system", "You are Mira, a warm and curious companion. " * 100)
+    requests = [request(f"user{i}", [persona, ChatMessage("user", f"Hello {i}")]) for i in range(4)]
+    requests = [dataclasses.replace(r, public_prefix_messages=1) for r in requests]
+    replies = await asyncio.gather(*(ask(engine, r) for r in requests))
     cached = sorted(r.finished.usage.cached_prompt_tokens for r in replies)
-    assert cached[0] == 0  # one of them computed the persona...
-    assert all(c >= 100 for c in cached[1:])  # ...and the others shared it
+    public = cached[-1]
+    assert public > 900  # the whole persona message (about 975 tokens)
+    assert cached == [0, public, public, public]  # one computed it, the others shared it
     assert engine.stats().prefix_hit_tokens == sum(cached)
 
 

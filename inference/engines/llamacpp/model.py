@@ -64,6 +64,7 @@ class LlamaModel:
         self._bos = self._piece_text(llama_cpp.llama_vocab_bos(self._vocab))
         self._eos = self._piece_text(llama_cpp.llama_vocab_eos(self._vocab))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._formatters: dict[bool, Jinja2ChatFormatter] = {}
 
     def close(self) -> None:
         if self._ctx is not None:
@@ -101,9 +102,12 @@ class LlamaModel:
     def render_chat(self, messages: Sequence[ChatMessage], *, generation_prompt: bool) -> str:
         if not self.chat_template:
             raise InvalidRequest("this model has no chat template; send prompt tokens instead")
-        formatter = Jinja2ChatFormatter(
-            self.chat_template, self._eos, self._bos, add_generation_prompt=generation_prompt
-        )
+        formatter = self._formatters.get(generation_prompt)
+        if formatter is None:  # compiling the template costs milliseconds: once per model
+            formatter = Jinja2ChatFormatter(
+                self.chat_template, self._eos, self._bos, add_generation_prompt=generation_prompt
+            )
+            self._formatters[generation_prompt] = formatter
         plain: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
         rendered = formatter(messages=plain)
         return str(rendered.prompt)
