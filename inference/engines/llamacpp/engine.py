@@ -439,10 +439,12 @@ class LlamaCppEngine:
                 spans.append(_Span(active, len(items), [active.next_token], logits=True))
                 items.append(BatchItem(active.next_token, active.n_past, active.slot.seq_id, True))
         budget = self.config.n_batch - len(items)
+        # Chunks keep generating streams flowing; with none generating, use the whole batch.
+        chunk = self.config.prefill_chunk if items else self.config.n_batch
         for active in work:
             if not active.prefilling or budget <= 0 or active.slot is None:
                 continue
-            n = min(len(active.prompt) - active.n_past, self.config.prefill_chunk, budget)
+            n = min(len(active.prompt) - active.n_past, chunk, budget)
             chunk = active.prompt[active.n_past : active.n_past + n]
             last = active.n_past + n == len(active.prompt)
             spans.append(_Span(active, len(items), chunk, logits=last))
