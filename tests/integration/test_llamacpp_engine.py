@@ -110,6 +110,20 @@ async def test_greedy_output_is_the_same_alone_and_batched(engine: LlamaCppEngin
     assert all(r.finished.usage.completion_tokens == 24 for r in together)
 
 
+async def test_unrelated_prompts_prefill_together(make_engine: EngineFactory) -> None:
+    engine = make_engine(prefill_chunk=8)  # several chunks each, interleaved in shared steps
+    await engine.start()
+    prompts = [
+        [ChatMessage("user", f"Story {i}: " + "once upon a time " * (5 + i))] for i in range(4)
+    ]
+    alone = [await ask(engine, request(f"u{i}", p, 16)) for i, p in enumerate(prompts)]
+    together = await asyncio.gather(
+        *(ask(engine, request(f"v{i}", p, 16)) for i, p in enumerate(prompts))
+    )
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert all(r.finished.usage.cached_prompt_tokens == 0 for r in together)
+
+
 async def test_second_turn_reuses_the_first_turns_prompt(engine: LlamaCppEngine) -> None:
     first_messages = turn("Hi! I just adopted a cat.")
     first = await ask(engine, request("alice", first_messages, conversation_id="c1"))

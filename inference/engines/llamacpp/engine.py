@@ -417,14 +417,18 @@ class LlamaCppEngine:
     # --- one step
 
     def _step(self, work: list[_Active]) -> None:
+        """Decode one batch. The lock guards bookkeeping only: the event loop never
+        waits for the model (only this thread changes slots and cells)."""
         items, spans = self._build_batch(work)
         if not items:
             return
         with self._lock:
-            placed = self._make_room(len(items), protect=set()) and self._decode(items)
-            if not placed:
+            room = self._make_room(len(items), protect=set())
+        if not (room and self._decode(items)):
+            with self._lock:
                 self._fail_newest()
-                return
+            return
+        with self._lock:
             self._record_decoded(spans)
         for active, batch_index in self._logit_positions(spans):
             token = self._require_model().sample(active.sampler, batch_index)
@@ -440,11 +444,11 @@ class LlamaCppEngine:
                 items.append(BatchItem(active.next_token, active.n_past, active.slot.seq_id, True))
         budget = self.config.n_batch - len(items)
         # Chunks keep generating streams flowing; with none generating, use the whole batch.
-        chunk = self.config.prefill_chunk if items else self.config.n_batch
+        chunk_cap = self.config.prefill_chunk if items else self.config.n_batch
         for active in work:
             if not active.prefilling or budget <= 0 or active.slot is None:
                 continue
-            n = min(len(active.prompt) - active.n_past, chunk, budget)
+            n = min(len(active.prompt) - active.n_past, chunk_cap, budget)
             chunk = active.prompt[active.n_past : active.n_past + n]
             last = active.n_past + n == len(active.prompt)
             spans.append(_Span(active, len(items), chunk, logits=last))
@@ -458,7 +462,8 @@ class LlamaCppEngine:
         model = self._require_model()
         status = model.decode(items)
         if status == 1:  # no room in the KV cache: evict every idle sequence, retry once
-            self._make_room(self._cells.total, protect=set())
+            with self._lock:
+                self._make_room(self._cells.total, protect=set())
             status = model.decode(items)
         if status != 0:
             log.error("llama_decode failed", extra={"status": status, "tokens": len(items)})
