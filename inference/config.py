@@ -22,5 +22,6 @@ class ChatEngineConfig:
     n_ctx: int = 8192
     n_slots: int = 16
     n_threads: int = 0
+    prefill_chunk: int = 128
     max_waiting: int = 256
     host_cache_bytes: int = 512 << 20

@@ -8,7 +8,7 @@ from inference.config import ChatEngineConfig
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
 from inference.stats import EngineObserver
-from models.packaged import BUILTIN_MODELS
+from models.packaged import packaged_path
 
 
 def create_engine(
@@ -32,6 +32,7 @@ def create_engine(
         n_ctx=config.n_ctx,
         n_slots=config.n_slots,
         n_threads=config.n_threads,
+        prefill_chunk=config.prefill_chunk,
         max_waiting=config.max_waiting,
         host_cache_bytes=config.host_cache_bytes,
     )
@@ -39,11 +40,9 @@ def create_engine(
 
 
 def _packaged_chat_model() -> Path:
-    model = next(m for m in BUILTIN_MODELS if m.role == "chat")
-    path = model.locate()
-    if path is None:
+    try:
+        return packaged_path("chat")
+    except FileNotFoundError as exc:
         raise EngineUnavailable(
-            f"the default chat model is not installed (package {model.package}; extra 'cpu');"
-            " set COMPANION_CHAT_MODEL to a GGUF file or COMPANION_CHAT_ENGINE=none"
-        )
-    return path
+            f"{exc}; set COMPANION_CHAT_MODEL to a GGUF file or COMPANION_CHAT_ENGINE=none"
+        ) from exc

