@@ -349,7 +349,9 @@ class LlamaCppEngine:
     def _place(self, active: _Active, plan: Plan) -> None:
         slot = self._slots.slots[plan.slot]
         reuse = plan.reuse
-        if plan.source == "slot" or (plan.source == "public" and plan.donor == plan.slot):
+        if plan.source == "slot":  # the same user's sequence: drop only its diverging tail
+            self._evict(slot, keep=reuse, save=False)
+        elif plan.source == "public" and plan.donor == plan.slot:
             self._evict(slot, keep=reuse)
         else:
             self._evict(slot, keep=0)
@@ -367,10 +369,15 @@ class LlamaCppEngine:
         self._counters["hit"] += reuse
         self._counters["prompt"] += len(active.prompt)
 
-    def _evict(self, slot: Slot, keep: int) -> None:
-        """Shrink ``slot`` to its first ``keep`` tokens, saving private KV that would be lost."""
+    def _evict(self, slot: Slot, keep: int, save: bool = True) -> None:
+        """Shrink ``slot`` to its first ``keep`` tokens, saving private KV that would be lost.
+
+        ``save=False`` when the slot's own conversation goes on from ``keep``: what is
+        dropped is a tail the new prompt no longer contains (a re-tokenized reply).
+        """
         model = self._require_model()
-        if slot.owner is not None and len(slot.tokens) > max(keep, slot.public_len):
+        private = len(slot.tokens) > max(keep, slot.public_len)
+        if save and slot.owner is not None and private:
             saved = SavedSequence(
                 slot.owner,
                 slot.conversation_id,
