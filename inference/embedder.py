@@ -1,0 +1,131 @@
+"""Sentence embeddings (all-MiniLM-L6-v2 by default): loaded once, batched across callers.
+
+`SentenceEmbedder.embed` is what the service calls: concurrent callers'
+texts are gathered into one batch per model call, and the model runs on a
+dedicated thread, never on the event loop. `encode` is the plain synchronous
+call, for scripts (training, benchmarks).
+
+Vectors are L2-normalised float32, so cosine similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.errors import EngineUnavailable
+from models.packaged import packaged_path
+
+Vectors = npt.NDArray[np.float32]
+
+
+class SentenceEmbedder:
+    """A sentence-transformers model behind an async, batching front."""
+
+    def __init__(self, model_path: Path | None = None, max_batch: int = 64) -> None:
+        self.model_path = model_path
+        self.max_batch = max_batch
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._pending: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        self._draining = False
+        self._drainer: asyncio.Task[None] | None = None  # kept so it is not collected mid-run
+
+    @property
+    def dimensions(self) -> int:
+        model = self._loaded()
+        # sentence-transformers renamed the method; accept either version.
+        getter = getattr(model, "get_embedding_dimension", None)
+        if getter is None:
+            getter = model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> Vectors:
+        """Embed ``texts`` now, on this thread."""
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        vectors = self._loaded().encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts``, sharing a model call with whoever else is waiting."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Vectors] = loop.create_future()
+        self._pending.append((list(texts), future))
+        if not self._draining:
+            self._draining = True
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def warm_up(self) -> None:
+        """Load the model off the event loop (the first call would otherwise pay for it)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                await asyncio.sleep(0)  # one loop turn: let concurrent callers join the batch
+                batch = self._take_batch()
+                texts = [t for chunk, _ in batch for t in chunk]
+                try:
+                    vectors = await loop.run_in_executor(self._executor, self.encode, texts)
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self._deliver(batch, vectors)
+        finally:
+            self._draining = False
+
+    def _take_batch(self) -> list[tuple[list[str], asyncio.Future[Vectors]]]:
+        batch: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        size = 0
+        while self._pending and (not batch or size + len(self._pending[0][0]) <= self.max_batch):
+            item = self._pending.pop(0)
+            batch.append(item)
+            size += len(item[0])
+        return batch
+
+    @staticmethod
+    def _deliver(batch: list[tuple[list[str], asyncio.Future[Vectors]]], vectors: Vectors) -> None:
+        start = 0
+        for chunk, future in batch:
+            if not future.done():
+                future.set_result(vectors[start : start + len(chunk)])
+            start += len(chunk)
+
+    def _loaded(self) -> Any:
+        with self._load_lock:
+            if self._model is None:
+                self._model = _load(self.model_path)
+            return self._model
+
+
+def _load(path: Path | None) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise EngineUnavailable(
+            "sentence-transformers is not installed (pip install 'companion[cpu]')"
+        ) from exc
+    if path is None:
+        try:
+            path = packaged_path("embedding")
+        except FileNotFoundError as exc:
+            raise EngineUnavailable(str(exc)) from exc
+    return SentenceTransformer(str(path), device="cpu")

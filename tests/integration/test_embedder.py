@@ -1,0 +1,52 @@
+"""The packaged all-MiniLM-L6-v2 embedder: real vectors, batched across concurrent callers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from inference.embedder import SentenceEmbedder
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[SentenceEmbedder]:
+    model = SentenceEmbedder()
+    yield model
+    model.close()
+
+
+def test_vectors_are_normalised_and_meaningful(embedder: SentenceEmbedder) -> None:
+    vectors = embedder.encode(["I adopted a kitten", "I got a new cat", "Tax forms are due"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    similar, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert similar > unrelated + 0.2
+
+
+async def test_concurrent_callers_share_model_calls(embedder: SentenceEmbedder) -> None:
+    texts = [f"message number {i} about my day" for i in range(12)]
+    solo = embedder.encode(texts)
+    calls: list[int] = []
+    original = embedder.encode
+
+    def counting(batch: list[str], batch_size: int = 64) -> np.ndarray:
+        calls.append(len(batch))
+        return original(batch, batch_size)
+
+    embedder.encode = counting  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(*(embedder.embed([t]) for t in texts))
+    finally:
+        del embedder.encode  # back to the class's method
+    assert len(calls) < len(texts)  # fewer model calls than callers
+    assert sum(calls) == len(texts)
+    for i, vector in enumerate(results):
+        assert vector.shape == (1, 384)
+        assert np.allclose(vector[0], solo[i], atol=1e-5)
+
+
+async def test_empty_input_gives_an_empty_matrix(embedder: SentenceEmbedder) -> None:
+    assert (await embedder.embed([])).shape == (0, 384)
