@@ -57,6 +57,11 @@ class SentenceEmbedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens the model sees for each text (for usage reports)."""
+        encoded = self._loaded().tokenizer(list(texts), truncation=True)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts``, sharing a model call with whoever else is waiting."""
         loop = asyncio.get_running_loop()

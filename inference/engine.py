@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from inference.stats import EngineStats
@@ -26,7 +26,7 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Stop serving; requests still in flight end with an error."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         """Stream the completion of ``request``."""
         ...
 

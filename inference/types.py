@@ -64,8 +64,8 @@ class SamplingParams:
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
-    """One completion. Give either ``messages`` (rendered with the model's chat
-    template) or ``prompt_tokens`` (used as they are).
+    """One completion. Give exactly one of ``messages`` (rendered with the model's
+    chat template), ``prompt`` (raw text, tokenized as is) or ``prompt_tokens``.
 
     ``user_id`` salts every cache: KV computed for one user's conversation is
     never reused for another user. The exception is the public prefix: the
@@ -77,6 +77,7 @@ class GenerationRequest:
     request_id: str
     user_id: str
     messages: Sequence[ChatMessage] = ()
+    prompt: str = ""
     prompt_tokens: Sequence[int] = ()
     conversation_id: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -90,8 +91,8 @@ class GenerationRequest:
     def problems(self) -> list[str]:
         """Why this request cannot be served as given (empty when it can)."""
         found = list(self.sampling.problems())
-        if bool(self.messages) == bool(self.prompt_tokens):
-            found.append("give exactly one of messages or prompt_tokens")
+        if sum(map(bool, (self.messages, self.prompt, self.prompt_tokens))) != 1:
+            found.append("give exactly one of messages, prompt or prompt_tokens")
         if self.json_schema is not None and self.grammar is not None:
             found.append("give at most one of json_schema or grammar")
         if not self.request_id or not self.user_id:

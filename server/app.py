@@ -17,9 +17,11 @@ from litestar.datastructures import State
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ControllerRouterHandler
 
+from server.admin import AdminController
 from server.errors import exception_handlers
 from server.health import HealthController
 from server.logs import RequestContext, configure_logging
+from server.openai_api.routes import OpenAIController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
 
@@ -43,7 +45,13 @@ def create_app(
 
     metrics = PrometheusConfig(app_name="companion", prefix="companion", group_path=True)
     app = Litestar(
-        route_handlers=[HealthController, PrometheusController, *extra_route_handlers],
+        route_handlers=[
+            HealthController,
+            PrometheusController,
+            OpenAIController,
+            AdminController,
+            *extra_route_handlers,
+        ],
         lifespan=[lifespan],
         middleware=[metrics.middleware],
         exception_handlers=exception_handlers,

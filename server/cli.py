@@ -1,4 +1,4 @@
-"""The ``companion`` command: serve, migrate, doctor.
+"""The ``companion`` command: serve, migrate, doctor, keys.
 
 ``serve`` starts the embedded PostgreSQL and Redis (where no URL is set) in
 this process, before any worker, and hands their URLs to the workers through
@@ -10,20 +10,25 @@ multiprocess mode so ``/metrics`` adds up all of them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TypeVar
+from uuid import UUID
 
 import click
 
+from memory.accounts import AccountStore
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
 from server.logs import configure_logging
 from server.settings import CONFIG_FILE_VAR, Settings, SettingsError, load_settings
 
+T = TypeVar("T")
 _OVERRIDE_ENV = {"host": "COMPANION_HOST", "port": "COMPANION_PORT", "workers": "COMPANION_WORKERS"}
 
 
@@ -99,6 +104,73 @@ def doctor(config: Path | None) -> None:
         click.echo(str(exc), err=True)
         sys.exit(2)
     sys.exit(0 if asyncio.run(run_doctor(settings, click.echo)) else 1)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys for /v1."""
+
+
+@keys.command("create")
+@click.argument("username")
+@click.option("--name", default="", help="A label to tell keys apart.")
+@click.option("--admin", is_flag=True, help="The user may use the admin endpoints.")
+@click.pass_obj
+def keys_create(config: Path | None, username: str, name: str, admin: bool) -> None:
+    """Create a key for USERNAME (created if new); the key is printed once."""
+    created = _run_accounts(config, lambda s: s.create_key(username, name, admin=admin))
+    click.echo(f"key {created.info.id} for {username} ({created.info.prefix}...):", err=True)
+    click.echo(created.key)
+
+
+@keys.command("list")
+@click.option("--user", "username", help="Only this user's keys.")
+@click.pass_obj
+def keys_list(config: Path | None, username: str | None) -> None:
+    """List keys (never the keys themselves)."""
+    for info in _run_accounts(config, lambda s: s.list_keys(username)):
+        state = "revoked" if info.revoked_at else "active"
+        used = info.last_used_at.isoformat(timespec="seconds") if info.last_used_at else "never"
+        click.echo(
+            f"{info.id}  {info.prefix}...  {info.username:<16} {state:<8} used {used}  {info.name}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=click.UUID)
+@click.pass_obj
+def keys_revoke(config: Path | None, key_id: UUID) -> None:
+    """Revoke the key KEY_ID (see `keys list`)."""
+    from memory.accounts import AccountError
+
+    try:
+        _run_accounts(config, lambda s: s.revoke_key(key_id))
+    except AccountError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"revoked {key_id}")
+
+
+def _run_accounts(config: Path | None, action: Callable[[AccountStore], Awaitable[T]]) -> T:
+    """Run ``action`` on the account store of the configured (or embedded) database."""
+    settings = _load(config)
+    configure_logging("warning", settings.log_format)
+
+    async def run(url: str) -> T:
+        from memory.db import create_pool
+        from memory.migrate import migrate_url
+
+        await migrate_url(url)
+        pool = await create_pool(
+            dataclasses.replace(settings.database, pool_min=1, pool_max=2), url
+        )
+        try:
+            return await action(AccountStore(pool))
+        finally:
+            await pool.close()
+
+    with embedded_services(settings, redis=False, stop_adopted=False):
+        return asyncio.run(run(os.environ["DATABASE_URL"]))
 
 
 @contextmanager

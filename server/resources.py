@@ -3,7 +3,7 @@
 Order at start: the embedded servers (only where no URL is configured), the
 schema migrations, the PostgreSQL pool and the Redis client, then the chat
 engine (its model loads off the event loop) with a task that publishes its
-stats as metrics every second. Shutdown closes them in reverse order. A
+stats as metrics every second, then the embedding model. Shutdown closes them in reverse order. A
 failure part-way closes what was opened.
 """
 
@@ -20,6 +20,7 @@ from typing import Protocol
 import asyncpg
 from redis.asyncio import Redis
 
+from inference.embedder import SentenceEmbedder
 from inference.engine import Engine
 from inference.factory import create_engine
 from inference.metrics import EngineMetrics, default_engine_metrics
@@ -46,6 +47,7 @@ class Resources:
     pool: asyncpg.Pool
     redis: Redis
     engine: Engine | None = None
+    embedder: SentenceEmbedder | None = None
     probes: list[Probe] = field(default_factory=list)
 
 
@@ -68,7 +70,17 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         engine = await _start_engine(stack, settings)
         if engine is not None:
             probes.append(Probe("engine", engine.health))
-        yield Resources(settings=settings, pool=pool, redis=redis, engine=engine, probes=probes)
+        embedder = await _start_embedder(stack, settings)
+        yield Resources(settings, pool, redis, engine, embedder, probes)
+
+
+async def _start_embedder(stack: AsyncExitStack, settings: Settings) -> SentenceEmbedder | None:
+    if settings.embedder == "none":
+        return None
+    embedder = SentenceEmbedder()
+    await embedder.warm_up()  # load now, not on the first request
+    stack.callback(embedder.close)
+    return embedder
 
 
 async def _start_engine(stack: AsyncExitStack, settings: Settings) -> Engine | None:

@@ -77,6 +77,8 @@ class Settings:
     dev_header_auth: bool
     max_body_bytes: int
     chat_engine: ChatEngineConfig
+    api_keys_required: bool
+    embedder: str
 
     @property
     def is_production(self) -> bool:
@@ -103,6 +105,8 @@ class Settings:
             problems.append("COMPANION_CORS_ORIGINS: '*' is not allowed in production")
         if self.dev_header_auth:
             problems.append("COMPANION_DEV_HEADER_AUTH: development header auth is refused")
+        if not self.api_keys_required:
+            problems.append("COMPANION_API_KEYS_REQUIRED: API keys are required in production")
         if self.embedded_database:
             problems.append("DATABASE_URL: required in production (no embedded PostgreSQL)")
         if self.embedded_redis:
@@ -130,6 +134,8 @@ class Settings:
             "log_format": self.log_format,
             "dev_header_auth": str(self.dev_header_auth).lower(),
             "max_body_bytes": str(self.max_body_bytes),
+            "api_keys_required": str(self.api_keys_required).lower(),
+            "embedder": self.embedder,
             "chat_engine": self.chat_engine.backend,
             "chat_model": str(self.chat_engine.model_path or "(packaged default)"),
             "chat_kv": f"{self.chat_engine.n_ctx} cells, {self.chat_engine.n_slots} slots",
@@ -193,6 +199,10 @@ def _boolean(raw: object) -> bool:
     if text in _TRUE | _FALSE:
         return text in _TRUE
     raise ValueError("expected true or false")
+
+
+def _optional_boolean(raw: object) -> bool | None:
+    return None if str(raw).strip() == "" else _boolean(raw)
 
 
 def _choice(*options: str) -> Callable[[object], str]:
@@ -300,6 +310,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("chat_prefill_chunk", "COMPANION_CHAT_PREFILL_CHUNK", _integer(8, 8192), 128),
     _Field("chat_max_waiting", "COMPANION_CHAT_MAX_WAITING", _integer(1, 100_000), 256),
     _Field("host_kv_cache_mb", "COMPANION_HOST_KV_CACHE_MB", _integer(0, 1 << 20), 512),
+    _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
+    # Unset: required, except in development on a loopback address (LM Studio-style).
+    _Field("api_keys_required", "COMPANION_API_KEYS_REQUIRED", _optional_boolean, ""),
 )
 _BY_KEY = {field.key: field for field in _FIELDS}
 
@@ -377,10 +390,22 @@ def _raw_value(
     return field.default, f"{field.env} (default)"
 
 
-def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
+def _cross_field_problems(values: dict[str, Any]) -> list[str]:
+    problems = []
     if values["database_pool_min"] > values["database_pool_max"]:
-        return ["COMPANION_DATABASE_POOL_MIN: must not exceed COMPANION_DATABASE_POOL_MAX"]
-    return []
+        problems.append("COMPANION_DATABASE_POOL_MIN: must not exceed COMPANION_DATABASE_POOL_MAX")
+    loopback = values["host"] in _LOOPBACK_HOSTS
+    development = values["environment"] is Environment.DEVELOPMENT
+    if values["api_keys_required"] is None:
+        values["api_keys_required"] = not (development and loopback)
+    elif not values["api_keys_required"] and not loopback:
+        problems.append(
+            "COMPANION_API_KEYS_REQUIRED: keys may be off only when bound to a loopback address"
+        )
+    return problems
+
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def _build(values: Mapping[str, Any]) -> Settings:
@@ -407,9 +432,13 @@ def _build(values: Mapping[str, Any]) -> Settings:
         log_format=values["log_format"],
         dev_header_auth=values["dev_header_auth"],
         max_body_bytes=values["max_body_bytes"],
+        api_keys_required=values["api_keys_required"],
+        embedder=values["embedder"],
         chat_engine=ChatEngineConfig(
             backend=values["chat_engine"],
             model_path=values["chat_model"],
+            # a model given by path is served under its file name
+            model_id=values["chat_model"].stem if values["chat_model"] else "smollm2-135m-instruct",
             n_ctx=values["chat_ctx"],
             n_slots=values["chat_slots"],
             n_threads=values["chat_threads"],

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-
-COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
-READY_DEADLINE_S = 60  # the bar for a fresh start; a guard, not a timing assertion
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    return {**env, **extra}
+from support import COMPANION, companion_env, free_port, wait_ready
 
 
 @pytest.fixture
@@ -36,23 +19,8 @@ def data_dir() -> Iterator[Path]:
         yield Path(directory)
 
 
-def wait_ready(url: str, process: subprocess.Popen[str]) -> httpx.Response:
-    deadline = time.monotonic() + READY_DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve exited early: {process.communicate()[1][-3000:]}")
-        try:
-            response = httpx.get(url, timeout=2)
-            if response.status_code == 200:
-                return response
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"/health/ready did not answer 200 within {READY_DEADLINE_S}s")
-
-
 def serve(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
-    env = clean_env(COMPANION_DATA_DIR=str(data_dir), COMPANION_LOG_LEVEL="warning")
+    env = companion_env(data_dir)
     return subprocess.Popen(
         [*COMPANION, "serve", "--port", str(port), *args],
         env=env,
@@ -72,7 +40,7 @@ def test_zero_setup_serve_is_ready_then_stops_its_databases(data_dir: Path) -> N
     port = free_port()
     process = serve(data_dir, port)
     try:
-        ready = wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
+        ready = wait_ready(f"http://127.0.0.1:{port}", process)
         # zero setup includes the packaged chat model on the llama.cpp engine
         assert set(ready.json()["components"]) == {"database", "redis", "engine"}
         assert (data_dir / "postgres" / "PG_VERSION").exists()
@@ -89,7 +57,7 @@ def test_several_workers_share_the_embedded_servers_and_metrics(data_dir: Path) 
     port = free_port()
     process = serve(data_dir, port, "--workers", "2")
     try:
-        wait_ready(f"http://127.0.0.1:{port}/health/ready", process)
+        wait_ready(f"http://127.0.0.1:{port}", process)
         for _ in range(6):
             httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=5)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -101,9 +69,9 @@ def test_several_workers_share_the_embedded_servers_and_metrics(data_dir: Path) 
 
 
 def test_production_refuses_to_start_and_lists_every_problem(data_dir: Path) -> None:
-    env = clean_env(
+    env = companion_env(
+        data_dir,
         COMPANION_ENV="production",
-        COMPANION_DATA_DIR=str(data_dir),
         COMPANION_CORS_ORIGINS="*",
         COMPANION_JWT_SECRET="too-short",
     )
@@ -119,8 +87,8 @@ def test_production_refuses_to_start_and_lists_every_problem(data_dir: Path) -> 
 
 def test_doctor_masks_secrets_and_reports_unreachable_services(data_dir: Path) -> None:
     port = free_port()  # nothing listens there
-    env = clean_env(
-        COMPANION_DATA_DIR=str(data_dir),
+    env = companion_env(
+        data_dir,
         DATABASE_URL=f"postgresql://app:hunter2@127.0.0.1:{port}/companion",
         COMPANION_JWT_SECRET="x" * 40,
     )

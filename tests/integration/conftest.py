@@ -64,5 +64,6 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
             "COMPANION_DATA_DIR": str(tmp_path),
             "COMPANION_LOG_LEVEL": "warning",
             "COMPANION_CHAT_ENGINE": "none",  # tests that need an engine opt in
+            "COMPANION_EMBEDDER": "none",
         }
     )

@@ -158,3 +158,17 @@ def test_describe_masks_secrets() -> None:
     assert shown["database_url"] == "postgresql://app:***@db:5432/companion"
     assert GOOD_SECRET not in str(shown)
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_api_keys_default_to_off_only_for_local_development() -> None:
+    assert load_settings({}).api_keys_required is False  # development on 127.0.0.1
+    exposed = load_settings({"COMPANION_HOST": "0.0.0.0", "COMPANION_API_KEYS_REQUIRED": ""})
+    assert exposed.api_keys_required is True
+    assert load_settings(PRODUCTION).api_keys_required is True
+
+
+def test_api_keys_cannot_be_off_when_exposed_or_in_production() -> None:
+    exposed = {"COMPANION_HOST": "0.0.0.0", "COMPANION_API_KEYS_REQUIRED": "false"}
+    assert "only when bound to a loopback address" in problems_of(exposed)[0]
+    production = {**PRODUCTION, "COMPANION_HOST": "127.0.0.1", "COMPANION_API_KEYS_REQUIRED": "0"}
+    assert "required in production" in problems_of(production)[0]

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,7 @@ class LlamaCppEngine:
 
     # --- requests (event loop side)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         active, events = self._submit(request)
         try:
             while True:
@@ -246,6 +246,9 @@ class LlamaCppEngine:
             tokens = list(request.prompt_tokens)
             if any(not 0 <= t < model.n_vocab for t in tokens):
                 raise InvalidRequest(f"prompt token ids must be in [0, {model.n_vocab})")
+            return tokens, min(request.public_prefix_tokens, len(tokens))
+        if request.prompt:
+            tokens = model.tokenize(request.prompt, add_bos=model.add_bos)
             return tokens, min(request.public_prefix_tokens, len(tokens))
         text = model.render_chat(request.messages, generation_prompt=True)
         tokens = model.tokenize(text, add_bos=model.add_bos)

@@ -1,0 +1,50 @@
+"""Who is calling: API keys (Bearer) for /v1 and the admin endpoints.
+
+With keys required (always in production), a request without a valid key
+gets 401. In development bound to a loopback address keys may be off
+(``COMPANION_API_KEYS_REQUIRED=false``, the default there), as in LM Studio:
+a request without a key, or with a key that is not one of ours, is the local
+user; a valid key still identifies its own user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+
+from memory.accounts import KEY_PREFIX, AccountStore, Caller
+
+LOCAL_CALLER = Caller(user_id="local", username="local", is_admin=True)
+
+
+async def resolve_caller(request: Request[Any, Any, Any], state: State) -> Caller:
+    """The caller of this request (a Litestar dependency)."""
+    resources = state.resources
+    key = _bearer(request)
+    required = resources.settings.api_keys_required
+    if key is None or (not required and not key.startswith(KEY_PREFIX)):
+        if required:
+            raise NotAuthorizedException(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer sk-cmp-...'."
+            )
+        return LOCAL_CALLER
+    caller = await AccountStore(resources.pool).authenticate(key)
+    if caller is None:
+        raise NotAuthorizedException("Incorrect API key provided.")
+    return caller
+
+
+async def resolve_admin(request: Request[Any, Any, Any], state: State) -> Caller:
+    caller = await resolve_caller(request, state)
+    if not caller.is_admin:
+        raise PermissionDeniedException("this needs an administrator's key")
+    return caller
+
+
+def _bearer(request: Request[Any, Any, Any]) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

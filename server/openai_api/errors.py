@@ -1,0 +1,105 @@
+"""OpenAI's error shape for everything under /v1.
+
+``{"error": {"message", "type", "param", "code"}}`` with OpenAI's statuses, so
+SDKs raise their usual exceptions (BadRequestError, AuthenticationError,
+NotFoundError, RateLimitError...). The rest of the service keeps its own
+shape (`server.errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from inference.errors import (
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    EngineOverloaded,
+    EngineUnavailable,
+    InvalidRequest,
+)
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIError(Exception):
+    """An error to answer in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type = status, message, error_type
+        self.param, self.code, self.headers = param, code, headers
+
+
+def bad_param(param: str, message: str) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code="invalid_value")
+
+
+def _respond(error: OpenAIError) -> Response[dict[str, Any]]:
+    body = {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+    return Response(body, status_code=error.status, headers=error.headers)
+
+
+def _translate(exc: Exception) -> OpenAIError:
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, EngineOverloaded):
+        retry = str(max(1, round(exc.retry_after_s)))
+        return OpenAIError(
+            503,
+            str(exc),
+            error_type="server_error",
+            code="overloaded",
+            headers={"Retry-After": retry},
+        )
+    if isinstance(exc, ContextLengthExceeded):
+        return OpenAIError(413, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, InvalidRequest):
+        return OpenAIError(400, str(exc))
+    if isinstance(exc, DeadlineExceeded):
+        return OpenAIError(504, str(exc), error_type="server_error", code="timeout")
+    if isinstance(exc, EngineUnavailable):
+        return OpenAIError(503, str(exc), error_type="server_error", code="engine_unavailable")
+    if isinstance(exc, NotAuthorizedException):
+        return OpenAIError(401, exc.detail, code="invalid_api_key")
+    if isinstance(exc, ValidationException):
+        return OpenAIError(400, _validation_message(exc))
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        return OpenAIError(exc.status_code, exc.detail, headers=exc.headers)
+    log.error("unhandled error in /v1", exc_info=exc)
+    return OpenAIError(
+        500, "The server had an error processing your request.", error_type="server_error"
+    )
+
+
+def _validation_message(exc: ValidationException) -> str:
+    details = exc.extra if isinstance(exc.extra, list) else []
+    parts = [str(d.get("message", "")) for d in details if isinstance(d, dict)]
+    return "; ".join(p for p in parts if p) or exc.detail
+
+
+def _handle(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    return _respond(_translate(exc))
+
+
+openai_exception_handlers: ExceptionHandlersMap = {Exception: _handle}
