@@ -12,11 +12,12 @@ class ChatEngineConfig:
 
     ``backend`` "llamacpp" runs the model at ``model_path`` (None: the packaged
     default, SmolLM2-135M-Instruct) in process; "none" runs no engine (the API
-    then answers chat requests with 503). ``n_ctx`` KV cells are shared by
+    then answers chat requests with 503); "remote" forwards to OpenAI-compatible
+    upstream replicas (``remote_urls``). ``n_ctx`` KV cells are shared by
     ``n_slots`` sequences: running requests plus conversations kept for reuse.
     """
 
-    backend: str = "llamacpp"
+    backend: str = "llamacpp"  # "llamacpp", "remote" or "none"
     model_path: Path | None = None
     model_id: str = "smollm2-135m-instruct"
     n_ctx: int = 8192
@@ -25,3 +26,7 @@ class ChatEngineConfig:
     prefill_chunk: int = 128
     max_waiting: int = 256
     host_cache_bytes: int = 512 << 20
+    remote_urls: tuple[str, ...] = ()  # backend "remote": replicas' OpenAI base URLs
+    remote_model: str = ""  # the model name upstream (default: model_id)
+    remote_api_key: str | None = None
+    remote_flavor: str = "openai"  # or "vllm": send cache_salt and priority

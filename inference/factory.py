@@ -17,6 +17,8 @@ def create_engine(
     """The engine ``config`` asks for (not started), or None for backend "none"."""
     if config.backend == "none":
         return None
+    if config.backend == "remote":
+        return _remote(config, observer)
     if config.backend != "llamacpp":
         raise EngineUnavailable(f"unknown chat engine backend {config.backend!r}")
     try:
@@ -46,3 +48,16 @@ def _packaged_chat_model() -> Path:
         raise EngineUnavailable(
             f"{exc}; set COMPANION_CHAT_MODEL to a GGUF file or COMPANION_CHAT_ENGINE=none"
         ) from exc
+
+
+def _remote(config: ChatEngineConfig, observer: EngineObserver | None) -> Engine:
+    from inference.engines.remote import RemoteConfig, RemoteEngine
+
+    remote = RemoteConfig(
+        model_id=config.model_id,
+        base_urls=config.remote_urls,
+        upstream_model=config.remote_model,
+        api_key=config.remote_api_key,
+        flavor=config.remote_flavor,
+    )
+    return RemoteEngine(remote, observer)

@@ -7,8 +7,9 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, JSONBody
 
 from memory.accounts import AccountError, AccountStore, ApiKeyInfo, Caller, CreatedKey
 from server.auth import resolve_admin
@@ -33,15 +34,27 @@ class AdminController(Controller):
     }
 
     @get("/keys")
-    async def list_keys(self, accounts: AccountStore, admin: Caller) -> list[ApiKeyInfo]:
+    async def list_keys(
+        self, accounts: NamedDependency[AccountStore], admin: NamedDependency[Caller]
+    ) -> list[ApiKeyInfo]:
         return await accounts.list_keys()
 
     @post("/keys")
-    async def create_key(self, data: NewKey, accounts: AccountStore, admin: Caller) -> CreatedKey:
+    async def create_key(
+        self,
+        data: JSONBody[NewKey],
+        accounts: NamedDependency[AccountStore],
+        admin: NamedDependency[Caller],
+    ) -> CreatedKey:
         return await accounts.create_key(data.username, data.name, admin=data.admin)
 
     @delete("/keys/{key_id:uuid}")
-    async def revoke_key(self, key_id: UUID, accounts: AccountStore, admin: Caller) -> None:
+    async def revoke_key(
+        self,
+        key_id: FromPath[UUID],
+        accounts: NamedDependency[AccountStore],
+        admin: NamedDependency[Caller],
+    ) -> None:
         try:
             await accounts.revoke_key(key_id)
         except AccountError as exc:

@@ -245,6 +245,14 @@ def _origins(raw: object) -> tuple[str, ...]:
 _PERIODS = {"s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600, "day": 86400}
 
 
+def _urls(raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    urls = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
+    if any(urlsplit(url).scheme not in ("http", "https") for url in urls):
+        raise ValueError("expected comma-separated http(s) base URLs like http://gpu1:8000/v1")
+    return urls
+
+
 def _rate(raw: object) -> RateLimit:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*([a-z]+)\s*", str(raw).lower())
     if not match or match[2] not in _PERIODS or int(match[1]) < 1:
@@ -302,7 +310,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("log_format", "COMPANION_LOG_FORMAT", _choice("json", "console"), "json"),
     _Field("dev_header_auth", "COMPANION_DEV_HEADER_AUTH", _boolean, False),
     _Field("max_body_bytes", "COMPANION_MAX_BODY_BYTES", _integer(1024, 1 << 30), 1 << 20),
-    _Field("chat_engine", "COMPANION_CHAT_ENGINE", _choice("llamacpp", "none"), "llamacpp"),
+    _Field(
+        "chat_engine", "COMPANION_CHAT_ENGINE", _choice("llamacpp", "remote", "none"), "llamacpp"
+    ),
     _Field("chat_model", "COMPANION_CHAT_MODEL", _optional_file, ""),
     _Field("chat_ctx", "COMPANION_CHAT_CTX", _integer(256, 1 << 20), 8192),
     _Field("chat_slots", "COMPANION_CHAT_SLOTS", _integer(1, 256), 16),
@@ -310,6 +320,12 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("chat_prefill_chunk", "COMPANION_CHAT_PREFILL_CHUNK", _integer(8, 8192), 128),
     _Field("chat_max_waiting", "COMPANION_CHAT_MAX_WAITING", _integer(1, 100_000), 256),
     _Field("host_kv_cache_mb", "COMPANION_HOST_KV_CACHE_MB", _integer(0, 1 << 20), 512),
+    _Field("chat_remote_urls", "COMPANION_CHAT_REMOTE_URLS", _urls, ""),
+    _Field("chat_remote_model", "COMPANION_CHAT_REMOTE_MODEL", _text, ""),
+    _Field("chat_remote_key", "COMPANION_CHAT_REMOTE_KEY", _optional_text, "", secret=True),
+    _Field(
+        "chat_remote_flavor", "COMPANION_CHAT_REMOTE_FLAVOR", _choice("openai", "vllm"), "openai"
+    ),
     _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
     # Unset: required, except in development on a loopback address (LM Studio-style).
     _Field("api_keys_required", "COMPANION_API_KEYS_REQUIRED", _optional_boolean, ""),
@@ -394,6 +410,8 @@ def _cross_field_problems(values: dict[str, Any]) -> list[str]:
     problems = []
     if values["database_pool_min"] > values["database_pool_max"]:
         problems.append("COMPANION_DATABASE_POOL_MIN: must not exceed COMPANION_DATABASE_POOL_MAX")
+    if values["chat_engine"] == "remote" and not values["chat_remote_urls"]:
+        problems.append("COMPANION_CHAT_REMOTE_URLS: required when COMPANION_CHAT_ENGINE=remote")
     loopback = values["host"] in _LOOPBACK_HOSTS
     development = values["environment"] is Environment.DEVELOPMENT
     if values["api_keys_required"] is None:
@@ -445,5 +463,9 @@ def _build(values: Mapping[str, Any]) -> Settings:
             prefill_chunk=values["chat_prefill_chunk"],
             max_waiting=values["chat_max_waiting"],
             host_cache_bytes=values["host_kv_cache_mb"] << 20,
+            remote_urls=values["chat_remote_urls"],
+            remote_model=values["chat_remote_model"],
+            remote_api_key=values["chat_remote_key"],
+            remote_flavor=values["chat_remote_flavor"],
         ),
     )

@@ -7,7 +7,8 @@ from typing import Any
 
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from memory.accounts import Caller
@@ -40,27 +41,43 @@ class OpenAIController(Controller):
     exception_handlers = openai_exception_handlers
 
     @get("/models")
-    async def list_models(self, service: OpenAIService, caller: Caller) -> s.ModelList:
+    async def list_models(
+        self, service: NamedDependency[OpenAIService], caller: NamedDependency[Caller]
+    ) -> s.ModelList:
         return service.models()
 
     @get("/models/{model_id:path}")
-    async def get_model(self, model_id: str, service: OpenAIService, caller: Caller) -> s.ModelCard:
+    async def get_model(
+        self,
+        model_id: FromPath[str],
+        service: NamedDependency[OpenAIService],
+        caller: NamedDependency[Caller],
+    ) -> s.ModelCard:
         return service.model(model_id.lstrip("/"))
 
     @post("/chat/completions", status_code=200)
     async def chat_completions(
-        self, data: s.ChatCompletionRequest, service: OpenAIService, caller: Caller
+        self,
+        data: JSONBody[s.ChatCompletionRequest],
+        service: NamedDependency[OpenAIService],
+        caller: NamedDependency[Caller],
     ) -> Response[Any]:
         return _respond(await service.chat(data, caller))
 
     @post("/completions", status_code=200)
     async def completions(
-        self, data: s.CompletionRequest, service: OpenAIService, caller: Caller
+        self,
+        data: JSONBody[s.CompletionRequest],
+        service: NamedDependency[OpenAIService],
+        caller: NamedDependency[Caller],
     ) -> Response[Any]:
         return _respond(await service.complete(data, caller))
 
     @post("/embeddings", status_code=200)
     async def embeddings(
-        self, data: s.EmbeddingRequest, service: OpenAIService, caller: Caller
+        self,
+        data: JSONBody[s.EmbeddingRequest],
+        service: NamedDependency[OpenAIService],
+        caller: NamedDependency[Caller],
     ) -> s.EmbeddingList:
         return await service.embed(data)

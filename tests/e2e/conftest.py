@@ -6,19 +6,10 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import COMPANION, companion_env, free_port, wait_ready
-
-
-@dataclass(frozen=True)
-class RunningServer:
-    base_url: str
-    admin_key: str
-    model_id: str
-    process: subprocess.Popen[str]
+from support import COMPANION, RunningServer, companion_env, free_port, wait_ready
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,16 @@ import pytest
 
 COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
 READY_DEADLINE_S = 60  # the foundation issue's bar for a fresh start; a guard, not a timing test
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A `companion serve` started by a fixture: where it is and how to call it."""
+
+    base_url: str
+    admin_key: str
+    model_id: str
+    process: subprocess.Popen[str]
 
 
 def free_port() -> int:

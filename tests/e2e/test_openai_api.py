@@ -8,7 +8,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import RunningServer
+from support import RunningServer
 
 
 @pytest.fixture(scope="module")

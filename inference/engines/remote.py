@@ -1,0 +1,363 @@
+"""A remote engine: any OpenAI-compatible upstream (llama-server, Ollama, LM Studio,
+`vllm serve`, another Companion), one or several replicas behind one `Engine`.
+
+Routing: a conversation goes back to the replica that served its previous
+turn (that replica holds its prefix in cache), as long as that replica is
+healthy. A new conversation goes to the healthy replica with the fewest
+requests in flight. A replica that refuses connections or answers 5xx before
+the first token is marked down for ``down_for_s`` and the request is retried on
+another; once tokens have streamed, a failure ends the request with
+`EngineUnavailable` (a half-sent reply cannot be resumed elsewhere).
+
+With ``flavor="vllm"`` each request carries vLLM's ``cache_salt`` (the user
+id: prefix caches never cross users) and ``priority`` (interactive first).
+For other upstreams the user id is sent as OpenAI's ``user`` field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from inference.errors import (
+    ContextLengthExceeded,
+    EngineOverloaded,
+    EngineUnavailable,
+    InferenceError,
+    InvalidRequest,
+)
+from inference.stats import EngineObserver, EngineStats
+from inference.types import (
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    StreamEvent,
+    TextDelta,
+    Timings,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+_AFFINITY_SIZE = 10_000  # conversations remembered for routing
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    model_id: str  # the id we serve the model under
+    base_urls: tuple[str, ...]  # each replica's OpenAI base URL, ending in /v1
+    upstream_model: str = ""  # the model name the upstream knows (default: model_id)
+    api_key: str | None = None
+    flavor: str = "openai"  # "openai" or "vllm"
+    timeout_s: float = 300.0
+    down_for_s: float = 10.0
+
+
+@dataclass
+class _Replica:
+    base_url: str
+    in_flight: int = 0
+    down_until: float = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+
+class _ReplicaFailed(Exception):
+    """The replica failed before sending anything: another may be tried."""
+
+
+@dataclass
+class _Counters:
+    prompt: int = 0
+    cached: int = 0
+    generated: int = 0
+    running: int = 0
+    aborted: set[str] = field(default_factory=set)
+
+
+class RemoteEngine:
+    """Streams completions from OpenAI-compatible upstream replicas."""
+
+    def __init__(self, config: RemoteConfig, observer: EngineObserver | None = None) -> None:
+        if not config.base_urls:
+            raise EngineUnavailable("a remote engine needs at least one base URL")
+        self.config = config
+        self._observer = observer
+        self._replicas = [_Replica(url.rstrip("/")) for url in config.base_urls]
+        self._affinity: OrderedDict[str, int] = OrderedDict()
+        self._client: httpx.AsyncClient | None = None
+        self._counters = _Counters()
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id
+
+    async def start(self) -> None:
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        timeout = httpx.Timeout(self.config.timeout_s, connect=5.0)
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def health(self) -> None:
+        client = self._require_client()
+        for replica in self._replicas:
+            try:
+                response = await client.get(f"{replica.base_url}/models", timeout=2.0)
+                if response.status_code < 500:
+                    return
+            except httpx.HTTPError:
+                continue
+        raise EngineUnavailable(f"no replica of {self.model_id} answers")
+
+    async def abort(self, request_id: str) -> None:
+        self._counters.aborted.add(request_id)
+
+    def stats(self) -> EngineStats:
+        counters = self._counters
+        return EngineStats(
+            model_id=self.model_id,
+            running=counters.running,
+            waiting=0,
+            kv_cells_total=0,
+            kv_cells_used=0,
+            kv_cells_cached=0,
+            prefix_queried_tokens=counters.prompt,
+            prefix_hit_tokens=counters.cached,
+            prompt_tokens=counters.prompt,
+            generated_tokens=counters.generated,
+            host_cache_bytes=0,
+            host_cache_entries=0,
+        )
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        body = self._body(request)
+        submitted = time.monotonic()
+        tried: set[int] = set()
+        while True:
+            index = self._choose(request, tried)
+            replica = self._replicas[index]
+            tried.add(index)
+            try:
+                async for event in self._stream(replica, body, request, submitted):
+                    # Remember the replica as soon as it answers: callers may stop
+                    # iterating at the Finished event, before code after the loop.
+                    self._remember(request, index)
+                    yield event
+                return
+            except _ReplicaFailed as exc:
+                replica.down_until = time.monotonic() + self.config.down_for_s
+                log.warning(
+                    "replica failed", extra={"replica": replica.base_url, "error": str(exc)}
+                )
+
+    # --- routing
+
+    def _choose(self, request: GenerationRequest, tried: set[int]) -> int:
+        candidates = [i for i, r in enumerate(self._replicas) if r.healthy and i not in tried]
+        if not candidates:
+            raise EngineUnavailable(f"no healthy replica of {self.model_id}")
+        preferred = self._affinity.get(_conversation_key(request))
+        if preferred in candidates:
+            return preferred
+        return min(candidates, key=lambda i: self._replicas[i].in_flight)
+
+    def _remember(self, request: GenerationRequest, index: int) -> None:
+        key = _conversation_key(request)
+        self._affinity[key] = index
+        self._affinity.move_to_end(key)
+        while len(self._affinity) > _AFFINITY_SIZE:
+            self._affinity.popitem(last=False)
+
+    # --- one attempt
+
+    async def _stream(
+        self, replica: _Replica, body: dict[str, Any], request: GenerationRequest, submitted: float
+    ) -> AsyncIterator[StreamEvent]:
+        client = self._require_client()
+        path = "/chat/completions" if "messages" in body else "/completions"
+        replica.in_flight += 1
+        self._counters.running += 1
+        try:
+            try:
+                async with client.stream("POST", replica.base_url + path, json=body) as response:
+                    await _check_status(response)
+                    async for event in self._events(response, request, submitted):
+                        yield event
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise _ReplicaFailed(str(exc)) from exc
+            except httpx.HTTPError as exc:
+                raise EngineUnavailable(f"upstream {replica.base_url} failed: {exc}") from exc
+        finally:
+            replica.in_flight -= 1
+            self._counters.running -= 1
+
+    async def _events(
+        self, response: httpx.Response, request: GenerationRequest, submitted: float
+    ) -> AsyncIterator[StreamEvent]:
+        first: float | None = None
+        reason: FinishReason = "stop"
+        usage = Usage(0, 0, 0)
+        async for data in _sse_data(response):
+            if request.request_id in self._counters.aborted:
+                self._counters.aborted.discard(request.request_id)
+                reason = "abort"
+                break
+            text, finish, reported = _parse_chunk(data)
+            if text:
+                first = first or time.monotonic()
+                yield TextDelta(text)
+            reason = finish or reason
+            usage = reported or usage
+        yield self._finished(reason, usage, submitted, first)
+
+    def _finished(
+        self, reason: FinishReason, usage: Usage, submitted: float, first: float | None
+    ) -> Finished:
+        now = time.monotonic()
+        counters = self._counters
+        counters.prompt += usage.prompt_tokens
+        counters.cached += usage.cached_prompt_tokens
+        counters.generated += usage.completion_tokens
+        finished = Finished(
+            reason,
+            usage,
+            Timings(
+                0.0,
+                None if first is None else first - submitted,
+                0.0 if first is None else now - first,
+            ),
+        )
+        if self._observer is not None:
+            self._observer.request_finished(self.model_id, finished, ())
+        return finished
+
+    # --- request body
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        problems = request.problems()
+        if problems:
+            raise InvalidRequest("; ".join(problems))
+        sampling = request.sampling
+        body: dict[str, Any] = {
+            "model": self.config.upstream_model or self.config.model_id,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "presence_penalty": sampling.presence_penalty,
+            "frequency_penalty": sampling.frequency_penalty,
+        }
+        body.update(_prompt_fields(request))
+        body.update(_optional_fields(request))
+        body.update(self._routing_fields(request))
+        return body
+
+    def _routing_fields(self, request: GenerationRequest) -> dict[str, Any]:
+        if self.config.flavor == "vllm":
+            return {"cache_salt": request.user_id, "priority": int(request.priority)}
+        return {"user": request.user_id}
+
+    def _require_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise EngineUnavailable(f"engine {self.model_id} is not running")
+        return self._client
+
+
+def _conversation_key(request: GenerationRequest) -> str:
+    return f"{request.user_id}\x00{request.conversation_id or ''}"
+
+
+def _prompt_fields(request: GenerationRequest) -> dict[str, Any]:
+    if request.messages:
+        return {"messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+    if request.prompt:
+        return {"prompt": request.prompt}
+    return {"prompt": list(request.prompt_tokens)}  # OpenAI's completions accept token ids
+
+
+def _optional_fields(request: GenerationRequest) -> dict[str, Any]:
+    sampling = request.sampling
+    fields: dict[str, Any] = {}
+    if sampling.seed is not None:
+        fields["seed"] = sampling.seed
+    if sampling.stop:
+        fields["stop"] = list(sampling.stop)
+    if sampling.top_k:
+        fields["top_k"] = sampling.top_k
+    if sampling.min_p:
+        fields["min_p"] = sampling.min_p
+    if sampling.repetition_penalty != 1.0:
+        fields["repetition_penalty"] = sampling.repetition_penalty
+    if sampling.ignore_eos:
+        fields["ignore_eos"] = True
+    if request.json_schema is not None:
+        schema = {"name": "response", "schema": request.json_schema}
+        fields["response_format"] = {"type": "json_schema", "json_schema": schema}
+    if request.grammar is not None:
+        fields["grammar"] = request.grammar  # llama-server's extension
+    return fields
+
+
+async def _check_status(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    detail = (await response.aread()).decode(errors="replace")[:500]
+    if response.status_code >= 500:
+        raise _ReplicaFailed(f"HTTP {response.status_code}: {detail}")
+    raise _upstream_error(response.status_code, detail)
+
+
+def _upstream_error(status: int, detail: str) -> InferenceError:
+    message = f"upstream refused the request (HTTP {status}): {detail}"
+    if status == 413 or "context_length" in detail:
+        return ContextLengthExceeded(message)
+    if status == 429:
+        return EngineOverloaded(message)
+    return InvalidRequest(message)
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            yield data
+
+
+def _parse_chunk(data: str) -> tuple[str, FinishReason | None, Usage | None]:
+    chunk = json.loads(data)
+    text, finish = "", None
+    finish_reason: FinishReason | None = None
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        text += delta.get("content") or choice.get("text") or ""
+        finish = choice.get("finish_reason") or finish
+    if finish:
+        finish_reason = "length" if finish == "length" else "stop"
+    return text, finish_reason, _parse_usage(chunk.get("usage"))
+
+
+def _parse_usage(usage: dict[str, Any] | None) -> Usage | None:
+    if not usage:
+        return None
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+    )

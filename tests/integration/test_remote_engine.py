@@ -1,0 +1,156 @@
+"""The remote engine against real upstreams: two instances of this server on real ports."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from inference.config import ChatEngineConfig
+from inference.engines.remote import RemoteConfig, RemoteEngine
+from inference.errors import EngineUnavailable
+from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
+from server.app import create_app
+from server.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Upstream:
+    """One instance of the service, served by uvicorn on a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline, "upstream did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def upstreams(settings: Settings, tiny_gguf: Path) -> Iterator[list[Upstream]]:
+    engine = ChatEngineConfig(model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4)
+    local = dataclasses.replace(settings, chat_engine=engine, api_keys_required=False)
+    servers = [Upstream(local), Upstream(local)]
+    for server in servers:
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+async def remote(upstreams: list[Upstream]) -> AsyncIterator[RemoteEngine]:
+    engine = RemoteEngine(RemoteConfig("tiny", tuple(u.base_url for u in upstreams), down_for_s=60))
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+def turn(conversation: str, *messages: str, max_tokens: int = 12) -> GenerationRequest:
+    roles = ["user", "assistant"]
+    history = [ChatMessage("system", "You are a warm companion.")] + [
+        ChatMessage(roles[i % 2], text)  # type: ignore[arg-type]
+        for i, text in enumerate(messages)
+    ]
+    return GenerationRequest(
+        request_id=f"{conversation}-{len(messages)}-{time.monotonic_ns()}",
+        user_id="alice",
+        conversation_id=conversation,
+        messages=history,
+        sampling=SamplingParams(temperature=0, max_tokens=max_tokens),
+    )
+
+
+async def ask(engine: RemoteEngine, request: GenerationRequest) -> tuple[str, Finished]:
+    parts: list[str] = []
+    async for event in engine.generate(request):
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        else:
+            return "".join(parts), event
+    raise AssertionError("no Finished event")
+
+
+async def test_conversation_returns_to_its_replica_and_fails_over(
+    remote: RemoteEngine, upstreams: list[Upstream]
+) -> None:
+    # Keep replica 0 busy so the conversation starts on replica 1.
+    busy = remote.generate(turn("other", "Tell me a long story.", max_tokens=1500))
+    assert isinstance(await anext(busy), TextDelta)
+    reply, first = await ask(remote, turn("c1", "I adopted a cat called Miso."))
+    await busy.aclose()
+
+    # Both replicas idle now: only affinity sends the next turn back to replica 1,
+    # the one holding the conversation's prefix.
+    _, second = await ask(remote, turn("c1", "I adopted a cat called Miso.", reply, "She naps."))
+    assert second.usage.cached_prompt_tokens >= first.usage.prompt_tokens
+
+    upstreams[1].stop()
+    _, third = await ask(remote, turn("c1", "I adopted a cat called Miso.", reply, "Later."))
+    assert third.usage.completion_tokens > 0  # served by replica 0 instead
+    assert third.usage.cached_prompt_tokens < first.usage.prompt_tokens  # it had no prefix
+
+
+async def test_a_dead_replica_is_skipped_and_all_dead_is_an_error(
+    upstreams: list[Upstream],
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    engine = RemoteEngine(RemoteConfig("tiny", (dead, upstreams[0].base_url)))
+    await engine.start()
+    try:
+        _, finished = await ask(engine, turn("c2", "Hello?"))
+        assert finished.usage.completion_tokens > 0
+        await engine.health()
+    finally:
+        await engine.close()
+
+    nobody = RemoteEngine(RemoteConfig("tiny", (dead,)))
+    await nobody.start()
+    try:
+        with pytest.raises(EngineUnavailable):
+            await ask(nobody, turn("c3", "Anyone there?"))
+        with pytest.raises(EngineUnavailable):
+            await nobody.health()
+    finally:
+        await nobody.close()
+
+
+async def test_abort_stops_the_stream(remote: RemoteEngine) -> None:
+    request = turn("c4", "Talk for a long time.", max_tokens=1500)
+    stream = remote.generate(request)
+    await anext(stream)
+    await remote.abort(request.request_id)
+    events = [event async for event in stream]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert finished.finish_reason == "abort"
+    await asyncio.sleep(0)
+    assert remote.stats().running == 0
