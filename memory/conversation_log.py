@@ -1,0 +1,124 @@
+"""One service for a conversation's messages: durable in PostgreSQL, fast from Redis.
+
+`ConversationLog.append` writes to PostgreSQL first and only then pushes to
+the Redis buffer; a Redis failure is logged and never fails the append, so
+losing Redis loses no message. `ConversationLog.history` serves the buffer
+when it is current and otherwise rebuilds it from PostgreSQL.
+
+"Current" is checked on every read: the conversation's owner and newest message
+id come from one indexed PostgreSQL lookup (run concurrently with the Redis
+read) and must match the buffer's ``last_id``. A cheaper read that trusted
+Redis alone would serve a stale buffer after Redis comes back from a restart
+(its append-only file restores the buffer as it was before the outage, without
+the messages appended while it was down), and no instance could tell. The
+lookup also enforces ownership: a conversation is only read by its user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from memory.buffer import BufferSnapshot, ConversationBuffer, Summary
+from memory.messages import ConversationHead, MessageStore, Role, StoredMessage, check_owner
+
+log = logging.getLogger(__name__)
+
+
+class ConversationHistory(msgspec.Struct, frozen=True):
+    """What a chat turn needs of the past: the summary of older messages and the newest ones."""
+
+    summary: Summary | None
+    messages: list[StoredMessage]
+
+
+class ConversationLog:
+    """Appends and reads conversation messages; PostgreSQL durable, Redis as the fast path."""
+
+    def __init__(self, messages: MessageStore, buffer: ConversationBuffer) -> None:
+        self._messages = messages
+        self._buffer = buffer
+
+    async def append(
+        self,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        role: Role,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+        token_count: int | None = None,
+    ) -> StoredMessage:
+        """Store a message durably, then add it to the buffer (best effort)."""
+        appended = await self._messages.append_linked(
+            conversation_id, user_id, role, content, metadata, token_count
+        )
+        try:
+            await self._buffer.push(appended.message, appended.previous_id)
+        except RedisError as exc:
+            # Stored durably already; the next read finds the buffer behind and rebuilds it.
+            log.warning(
+                "buffer push failed; message stored, buffer rebuilt on next read",
+                extra={"conversation_id": str(conversation_id), "error": type(exc).__name__},
+            )
+        return appended.message
+
+    async def history(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> ConversationHistory:
+        """The summary and newest messages (oldest first) of ``user_id``'s conversation.
+
+        Raises `ConversationNotFoundError` / `ConversationOwnerError` from
+        `memory.messages`; Redis being down only makes the read slower.
+        """
+        head, snapshot = await asyncio.gather(
+            self._messages.head(conversation_id), self._read_buffer(conversation_id)
+        )
+        check_owner(conversation_id, head.user_id, user_id)
+        summary = snapshot.summary if snapshot else None
+        messages = _current_messages(snapshot, head)
+        if messages is None:
+            messages = await self._messages.recent(conversation_id, self._buffer.config.size)
+            if snapshot is not None:  # Redis answered: worth storing the rebuild there
+                await self._store_rebuilt(conversation_id, messages)
+        return ConversationHistory(summary, messages)
+
+    async def set_summary(self, conversation_id: uuid.UUID, text: str, through_id: int) -> bool:
+        """Record the rolling summary of messages up to ``through_id`` (summariser job).
+
+        False when a summary of later messages is already there. Raises
+        redis-py errors: the job retries later.
+        """
+        return await self._buffer.set_summary(conversation_id, text, through_id)
+
+    async def _read_buffer(self, conversation_id: uuid.UUID) -> BufferSnapshot | None:
+        try:
+            return await self._buffer.read(conversation_id)
+        except RedisError as exc:
+            log.warning(
+                "buffer unreadable; reading history from the database",
+                extra={"conversation_id": str(conversation_id), "error": type(exc).__name__},
+            )
+            return None
+
+    async def _store_rebuilt(
+        self, conversation_id: uuid.UUID, messages: list[StoredMessage]
+    ) -> None:
+        try:
+            await self._buffer.replace(conversation_id, messages)
+        except RedisError as exc:
+            log.warning(
+                "buffer rebuild not stored",
+                extra={"conversation_id": str(conversation_id), "error": type(exc).__name__},
+            )
+
+
+def _current_messages(
+    snapshot: BufferSnapshot | None, head: ConversationHead
+) -> list[StoredMessage] | None:
+    """The buffered messages if they end at the conversation's newest message, else None."""
+    if snapshot is None or snapshot.messages is None:
+        return None
+    return snapshot.messages if snapshot.last_id == (head.last_message_id or 0) else None

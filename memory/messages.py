@@ -1,0 +1,241 @@
+"""Durable conversation messages in PostgreSQL: the source of truth for every turn.
+
+Every message is written here first; the Redis buffer (`memory.buffer`) is only
+a cache of the newest ones and is rebuilt from this table whenever Redis has
+lost it or it is behind.
+
+Appends to one conversation are serialised by a row lock on the conversation
+(the same statement bumps ``conversations.updated_at``, which orders the
+conversation list). With the lock held, the insert can report the id of the
+message just before it exactly, and the buffer uses that to refuse a push that
+would leave a gap (a message whose own push failed or is still in flight).
+
+``metadata`` is free-form JSON (it is ``jsonb`` in the schema); it is encoded
+here with msgspec and sent as text, so the module needs no pool-wide codec.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+
+from memory.errors import MemoryTierError
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ConversationNotFoundError(MemoryTierError):
+    """The conversation does not exist (or was deleted)."""
+
+
+class ConversationOwnerError(MemoryTierError):
+    """The conversation belongs to another user; nothing of it is read or written."""
+
+
+class Conversation(msgspec.Struct, frozen=True):
+    """One conversation of one user."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    persona: str
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StoredMessage(msgspec.Struct, frozen=True):
+    """A message as stored; ``id`` orders the messages of a conversation."""
+
+    id: int
+    conversation_id: uuid.UUID
+    user_id: uuid.UUID
+    role: Role
+    content: str
+    created_at: datetime
+    token_count: int | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AppendedMessage(msgspec.Struct, frozen=True):
+    """A new message and the id of the one before it in its conversation (None: first)."""
+
+    message: StoredMessage
+    previous_id: int | None
+
+
+class ConversationHead(msgspec.Struct, frozen=True):
+    """Who owns a conversation and its newest message id (None: no messages yet)."""
+
+    user_id: uuid.UUID
+    last_message_id: int | None
+
+
+_COLUMNS = "id, conversation_id, user_id, role, content, created_at, token_count, metadata::text"
+
+_LOCK_CONVERSATION = """
+UPDATE conversations SET updated_at = now()
+WHERE id = $1 AND user_id = $2
+RETURNING id
+"""
+
+# A statement of its own, after the lock: under READ COMMITTED it takes a new
+# snapshot, so it sees the message committed by the previous lock holder. The
+# sub-select sees that snapshot, not the row this statement inserts.
+_INSERT = f"""
+INSERT INTO messages (conversation_id, user_id, role, content, token_count, metadata)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+RETURNING {_COLUMNS},
+    (SELECT max(m.id) FROM messages m WHERE m.conversation_id = $1) AS previous_id
+"""
+
+_PAGE = f"""
+SELECT {_COLUMNS} FROM (
+    SELECT * FROM messages
+    WHERE conversation_id = $1 AND ($2::bigint IS NULL OR id < $2)
+    ORDER BY id DESC
+    LIMIT $3
+) newest
+ORDER BY id
+"""
+
+_HEAD = """
+SELECT c.user_id,
+    (SELECT max(m.id) FROM messages m WHERE m.conversation_id = c.id) AS last_message_id
+FROM conversations c
+WHERE c.id = $1
+"""
+
+
+class ConversationStore:
+    """Conversations rows: just what the message log needs (create, look up)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(
+        self, user_id: uuid.UUID, persona: str = "default", title: str | None = None
+    ) -> Conversation:
+        """A new conversation for ``user_id``."""
+        row = await self._pool.fetchrow(
+            "INSERT INTO conversations (user_id, persona, title) VALUES ($1, $2, $3)"
+            " RETURNING id, user_id, persona, title, created_at, updated_at",
+            user_id,
+            persona,
+            title,
+        )
+        return Conversation(**dict(row))
+
+    async def get(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Conversation:
+        """The conversation, if it exists and belongs to ``user_id``."""
+        row = await self._pool.fetchrow(
+            "SELECT id, user_id, persona, title, created_at, updated_at"
+            " FROM conversations WHERE id = $1",
+            conversation_id,
+        )
+        if row is None:
+            raise ConversationNotFoundError(f"conversation {conversation_id} does not exist")
+        conversation = Conversation(**dict(row))
+        check_owner(conversation_id, conversation.user_id, user_id)
+        return conversation
+
+
+class MessageStore:
+    """Append-only message log over the asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def append(
+        self,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        role: Role,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+        token_count: int | None = None,
+    ) -> StoredMessage:
+        """Store one message durably; return it with its id and creation time."""
+        appended = await self.append_linked(
+            conversation_id, user_id, role, content, metadata, token_count
+        )
+        return appended.message
+
+    async def append_linked(
+        self,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        role: Role,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+        token_count: int | None = None,
+    ) -> AppendedMessage:
+        """Like `append`, also returning the id of the message before it (for the buffer).
+
+        Raises `ConversationNotFoundError` or `ConversationOwnerError` when the
+        conversation is missing or not ``user_id``'s; nothing is written then.
+        """
+        encoded = msgspec.json.encode(metadata or {}).decode()
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_LOCK_CONVERSATION, conversation_id, user_id) is None:
+                await self._raise_missing_or_foreign(conn, conversation_id, user_id)
+            row = await conn.fetchrow(
+                _INSERT, conversation_id, user_id, role, content, token_count, encoded
+            )
+        return AppendedMessage(_message(row), row["previous_id"])
+
+    async def recent(self, conversation_id: uuid.UUID, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages, oldest first."""
+        return await self.page(conversation_id, None, limit)
+
+    async def page(
+        self, conversation_id: uuid.UUID, before_id: int | None, limit: int
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` messages older than ``before_id`` (None: the newest), oldest first.
+
+        Page backwards by passing the first id of one page as ``before_id`` of
+        the next; an empty page means the beginning was reached.
+        """
+        rows = await self._pool.fetch(_PAGE, conversation_id, before_id, limit)
+        return [_message(row) for row in rows]
+
+    async def head(self, conversation_id: uuid.UUID) -> ConversationHead:
+        """Owner and newest message id, in one indexed lookup (checks buffer freshness)."""
+        row = await self._pool.fetchrow(_HEAD, conversation_id)
+        if row is None:
+            raise ConversationNotFoundError(f"conversation {conversation_id} does not exist")
+        return ConversationHead(row["user_id"], row["last_message_id"])
+
+    @staticmethod
+    async def _raise_missing_or_foreign(
+        conn: asyncpg.Connection, conversation_id: uuid.UUID, user_id: uuid.UUID
+    ) -> None:
+        owner = await conn.fetchval(
+            "SELECT user_id FROM conversations WHERE id = $1", conversation_id
+        )
+        if owner is None:
+            raise ConversationNotFoundError(f"conversation {conversation_id} does not exist")
+        check_owner(conversation_id, owner, user_id)
+
+
+def check_owner(conversation_id: uuid.UUID, owner: uuid.UUID, user_id: uuid.UUID) -> None:
+    """Raise `ConversationOwnerError` unless ``user_id`` is the conversation's ``owner``."""
+    if owner != user_id:
+        # The message names no user: it may reach a log the other user can read.
+        raise ConversationOwnerError(f"conversation {conversation_id} belongs to another user")
+
+
+def _message(row: asyncpg.Record) -> StoredMessage:
+    return StoredMessage(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        user_id=row["user_id"],
+        role=row["role"],
+        content=row["content"],
+        created_at=row["created_at"],
+        token_count=row["token_count"],
+        metadata=msgspec.json.decode(row["metadata"]),
+    )

@@ -1,0 +1,136 @@
+"""Durable messages on a real PostgreSQL: append, ordering, paging, ownership."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from memory.config import DatabaseConfig
+from memory.db import create_pool
+from memory.messages import (
+    ConversationNotFoundError,
+    ConversationOwnerError,
+    ConversationStore,
+    MessageStore,
+)
+from memory.migrate import migrate_url
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate_url(database_url)
+    pool = await create_pool(DatabaseConfig(pool_min=1, pool_max=4), database_url)
+    yield pool
+    await pool.close()
+
+
+async def new_user(pool: asyncpg.Pool) -> uuid.UUID:
+    user_id: uuid.UUID = await pool.fetchval(
+        "INSERT INTO users (username) VALUES ($1) RETURNING id", f"u{uuid.uuid4().hex[:10]}"
+    )
+    return user_id
+
+
+async def test_append_returns_what_is_stored(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversation = await ConversationStore(pool).create(user, "friend", "hello")
+    store = MessageStore(pool)
+
+    first = await store.append(conversation.id, user, "user", "hi there", {"emotion": "joy"}, 3)
+    second = await store.append(conversation.id, user, "assistant", "hello!")
+
+    assert second.id > first.id
+    assert first.created_at.tzinfo is not None
+    assert (first.role, first.content, first.token_count) == ("user", "hi there", 3)
+    assert first.metadata == {"emotion": "joy"}
+    assert second.metadata == {}
+    assert await store.recent(conversation.id, 10) == [first, second]
+
+
+async def test_append_links_each_message_to_the_one_before(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversation = await ConversationStore(pool).create(user)
+    store = MessageStore(pool)
+
+    # Concurrent appends to one conversation take turns on the conversation row,
+    # so the links form one chain with no gap and no fork.
+    appended = await asyncio.gather(
+        *(store.append_linked(conversation.id, user, "user", f"m{i}") for i in range(20))
+    )
+
+    previous = {a.message.id: a.previous_id for a in appended}
+    ids = sorted(previous)
+    assert previous[ids[0]] is None
+    assert [previous[i] for i in ids[1:]] == ids[:-1]
+
+
+async def test_paging_walks_back_through_every_message(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversation = await ConversationStore(pool).create(user)
+    store = MessageStore(pool)
+    stored = [await store.append(conversation.id, user, "user", f"m{i}") for i in range(23)]
+
+    pages = []
+    before: int | None = None
+    while page := await store.page(conversation.id, before, 10):
+        pages.append(page)
+        before = page[0].id
+
+    assert [len(p) for p in pages] == [10, 10, 3]
+    assert [m for p in reversed(pages) for m in p] == stored
+    assert await store.recent(conversation.id, 5) == stored[-5:]
+
+
+async def test_other_conversations_do_not_leak_into_a_page(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversations = ConversationStore(pool)
+    mine, other = await conversations.create(user), await conversations.create(user)
+    store = MessageStore(pool)
+    await store.append(other.id, user, "user", "elsewhere")
+    kept = await store.append(mine.id, user, "user", "here")
+
+    assert await store.recent(mine.id, 10) == [kept]
+
+
+async def test_foreign_or_missing_conversation_is_refused(pool: asyncpg.Pool) -> None:
+    owner, intruder = await new_user(pool), await new_user(pool)
+    conversations = ConversationStore(pool)
+    conversation = await conversations.create(owner)
+    store = MessageStore(pool)
+
+    with pytest.raises(ConversationOwnerError):
+        await store.append(conversation.id, intruder, "user", "mine now")
+    with pytest.raises(ConversationNotFoundError):
+        await store.append(uuid.uuid4(), owner, "user", "nowhere")
+    with pytest.raises(ConversationOwnerError):
+        await conversations.get(conversation.id, intruder)
+
+    assert await store.recent(conversation.id, 10) == []
+    assert (await conversations.get(conversation.id, owner)).id == conversation.id
+
+
+async def test_append_bumps_the_conversation_for_the_list(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversations = ConversationStore(pool)
+    conversation = await conversations.create(user)
+
+    await MessageStore(pool).append(conversation.id, user, "user", "hi")
+
+    assert (await conversations.get(conversation.id, user)).updated_at > conversation.updated_at
+
+
+async def test_head_reports_owner_and_newest_message(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversation = await ConversationStore(pool).create(user)
+    store = MessageStore(pool)
+
+    assert (await store.head(conversation.id)).last_message_id is None
+    message = await store.append(conversation.id, user, "user", "hi")
+    head = await store.head(conversation.id)
+    assert (head.user_id, head.last_message_id) == (user, message.id)
+    with pytest.raises(ConversationNotFoundError):
+        await store.head(uuid.uuid4())
