@@ -3,7 +3,8 @@
 Order at start: the embedded servers (only where no URL is configured), the
 schema migrations, the PostgreSQL pool and the Redis client, then the chat
 engine (its model loads off the event loop) with a task that publishes its
-stats as metrics every second, then the embedding model. Shutdown closes them in reverse order. A
+stats as metrics every second, then the embedding model, then (where there
+are GPUs) a task sampling NVML every five seconds. Shutdown closes them in reverse order. A
 failure part-way closes what was opened.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,6 +25,7 @@ from redis.asyncio import Redis
 from inference.embedder import SentenceEmbedder
 from inference.engine import Engine
 from inference.factory import create_engine
+from inference.gpu import GpuMetrics, read_gpus
 from inference.metrics import EngineMetrics, default_engine_metrics
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -71,7 +74,28 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         if engine is not None:
             probes.append(Probe("engine", engine.health))
         embedder = await _start_embedder(stack, settings)
+        await _watch_gpus(stack)
         yield Resources(settings, pool, redis, engine, embedder, probes)
+
+
+async def _watch_gpus(stack: AsyncExitStack, every_s: float = 5.0) -> None:
+    """Sample NVML in the background where there are GPUs; nothing at all where there are none."""
+    if not await asyncio.to_thread(read_gpus):
+        return
+    metrics = _gpu_metrics()
+
+    async def sample() -> None:
+        while True:
+            metrics.update(await asyncio.to_thread(read_gpus))
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(sample(), name="gpu-metrics")
+    stack.push_async_callback(_cancel, task)
+
+
+@functools.cache
+def _gpu_metrics() -> GpuMetrics:
+    return GpuMetrics()  # metric names are process-global: create once
 
 
 async def _start_embedder(stack: AsyncExitStack, settings: Settings) -> SentenceEmbedder | None:
