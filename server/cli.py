@@ -1,4 +1,4 @@
-"""The ``companion`` command: serve, migrate, doctor, keys.
+"""The ``companion`` command: serve, migrate, doctor, keys, models.
 
 ``serve`` starts the embedded PostgreSQL and Redis (where no URL is set) in
 this process, before any worker, and hands their URLs to the workers through
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import click
@@ -171,6 +171,94 @@ def _run_accounts(config: Path | None, action: Callable[[AccountStore], Awaitabl
 
     with embedded_services(settings, redis=False, stop_adopted=False):
         return asyncio.run(run(os.environ["DATABASE_URL"]))
+
+
+@main.group()
+def models() -> None:
+    """The model catalog: list, show, pull."""
+
+
+@models.command("list")
+@click.pass_obj
+def models_list(config: Path | None) -> None:
+    """Every model in the catalog and whether its weights are on disk."""
+    catalog = _catalog(config)
+    for spec in catalog.list():
+        path = catalog.resolve(spec.id)
+        state = "ready" if path else "not on disk"
+        click.echo(f"{spec.id:<28} {spec.role:<10} {spec.backend:<22} {state}")
+
+
+@models.command("show")
+@click.argument("model_id")
+@click.pass_obj
+def models_show(config: Path | None, model_id: str) -> None:
+    """Everything the catalog says about MODEL_ID."""
+    from models.catalog import CatalogError
+
+    catalog = _catalog(config)
+    try:
+        spec = catalog.get(model_id)
+    except CatalogError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    for key, value in dataclasses.asdict(spec).items():
+        if value not in (None, {}):
+            click.echo(f"{key:<16} {value}")
+    click.echo(f"{'weights':<16} {catalog.resolve(model_id) or '(not on disk)'}")
+
+
+@models.command("pull")
+@click.argument("model_id")
+@click.pass_obj
+def models_pull(config: Path | None, model_id: str) -> None:
+    """Download MODEL_ID's weights (url: sources), with a progress bar and checksum."""
+    from models.catalog import CatalogError, pull
+
+    catalog = _catalog(config)
+    with click.progressbar(length=0, label=f"pulling {model_id}", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int | None) -> None:
+            bar.length = total or bar.length
+            bar.update(done - bar.pos)
+
+        try:
+            path = pull(catalog, model_id, _http_fetch, progress)
+        except CatalogError as exc:
+            click.echo(f"\n{exc}", err=True)
+            sys.exit(1)
+    click.echo(str(path))
+
+
+def _catalog(config: Path | None) -> Any:
+    from models.catalog import CatalogError, load_catalog
+
+    settings = _load(config)
+    try:
+        return load_catalog(settings.data_dir)
+    except CatalogError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _http_fetch(url: str, destination: Path, progress: Callable[[int, int | None], None]) -> None:
+    import httpx
+
+    from models.catalog import CatalogError
+
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length") or 0) or None
+            done = 0
+            with destination.open("wb") as out:
+                for block in response.iter_bytes(1 << 20):
+                    out.write(block)
+                    done += len(block)
+                    progress(done, total)
+    except httpx.HTTPError as exc:
+        destination.unlink(missing_ok=True)
+        raise CatalogError(f"download failed: {exc}") from exc
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from memory.embedded import EmbeddedRedis
-from models.packaged import BUILTIN_MODELS
+from models.catalog import CatalogError, load_catalog
 from server.settings import Settings
 
 CONNECT_TIMEOUT_S = 5.0
@@ -37,12 +37,21 @@ async def run_doctor(settings: Settings, echo: Echo) -> bool:
     ):
         echo(f"  {name:<24} {'ok  ' if ok else 'FAIL'} {text}")
         healthy = healthy and ok
+    return _report_models(settings, echo) and healthy
+
+
+def _report_models(settings: Settings, echo: Echo) -> bool:
     echo("Models:")
-    for model in BUILTIN_MODELS:
-        path = model.locate()
-        where = str(path) if path else f"not installed (package {model.package}; extra 'cpu')"
-        echo(f"  {model.id:<24} {model.role:<10} {where}")
-    return healthy
+    try:
+        catalog = load_catalog(settings.data_dir)
+    except CatalogError as exc:
+        echo(f"  FAIL {exc}")
+        return False
+    for spec in catalog.list():
+        path = catalog.resolve(spec.id)
+        where = str(path) if path else f"not on disk ({spec.source})"
+        echo(f"  {spec.id:<24} {spec.role:<10} {where}")
+    return True
 
 
 def _report_production(settings: Settings, echo: Echo) -> bool:

