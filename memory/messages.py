@@ -74,7 +74,9 @@ class ConversationHead(msgspec.Struct, frozen=True):
     last_message_id: int | None
 
 
-_COLUMNS = "id, conversation_id, user_id, role, content, created_at, token_count, metadata::text"
+MESSAGE_COLUMNS = (
+    "id, conversation_id, user_id, role, content, created_at, token_count, metadata::text"
+)
 
 _LOCK_CONVERSATION = """
 UPDATE conversations SET updated_at = now()
@@ -88,12 +90,12 @@ RETURNING id
 _INSERT = f"""
 INSERT INTO messages (conversation_id, user_id, role, content, token_count, metadata)
 VALUES ($1, $2, $3, $4, $5, $6::jsonb)
-RETURNING {_COLUMNS},
+RETURNING {MESSAGE_COLUMNS},
     (SELECT max(m.id) FROM messages m WHERE m.conversation_id = $1) AS previous_id
 """
 
 _PAGE = f"""
-SELECT {_COLUMNS} FROM (
+SELECT {MESSAGE_COLUMNS} FROM (
     SELECT * FROM messages
     WHERE conversation_id = $1 AND ($2::bigint IS NULL OR id < $2)
     ORDER BY id DESC
@@ -185,7 +187,7 @@ class MessageStore:
             row = await conn.fetchrow(
                 _INSERT, conversation_id, user_id, role, content, token_count, encoded
             )
-        return AppendedMessage(_message(row), row["previous_id"])
+        return AppendedMessage(message_from_row(row), row["previous_id"])
 
     async def recent(self, conversation_id: uuid.UUID, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages, oldest first."""
@@ -200,7 +202,7 @@ class MessageStore:
         the next; an empty page means the beginning was reached.
         """
         rows = await self._pool.fetch(_PAGE, conversation_id, before_id, limit)
-        return [_message(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
     async def head(self, conversation_id: uuid.UUID) -> ConversationHead:
         """Owner and newest message id, in one indexed lookup (checks buffer freshness)."""
@@ -228,7 +230,7 @@ def check_owner(conversation_id: uuid.UUID, owner: uuid.UUID, user_id: uuid.UUID
         raise ConversationOwnerError(f"conversation {conversation_id} belongs to another user")
 
 
-def _message(row: asyncpg.Record) -> StoredMessage:
+def message_from_row(row: asyncpg.Record) -> StoredMessage:
     return StoredMessage(
         id=row["id"],
         conversation_id=row["conversation_id"],

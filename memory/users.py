@@ -1,0 +1,136 @@
+"""Everything stored about one user: exported as one document, or erased everywhere.
+
+Erasure covers PostgreSQL (the user row cascades to conversations, messages,
+memories with their vectors, and API keys) and Redis (each conversation's
+session and buffer keys). Redis goes first: if it cannot be reached the
+erasure fails before anything is deleted, so the caller can retry instead of
+being told "erased" while copies remain. If PostgreSQL then fails, retrying
+is also safe: the Redis keys would only ever be rebuilt from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from memory.buffer import buffer_keys
+from memory.errors import MemoryTierError
+from memory.longterm import LongTermMemory, Memory
+from memory.messages import MESSAGE_COLUMNS, Conversation, StoredMessage, message_from_row
+from memory.session import SessionState, SessionStore, session_key
+
+
+class ErasureFailed(MemoryTierError):
+    """Part of a user's data could not be erased; nothing was reported as erased."""
+
+
+class UserRecord(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    username: str
+    is_admin: bool
+    created_at: datetime
+
+
+class UserExport(msgspec.Struct, frozen=True):
+    """Everything stored about one user (API keys without their secrets)."""
+
+    user: UserRecord
+    conversations: list[Conversation]
+    messages: list[StoredMessage]
+    memories: list[Memory]
+    sessions: dict[str, SessionState]
+    api_keys: list[dict[str, Any]]
+
+
+class ErasureReport(msgspec.Struct, frozen=True):
+    conversations: int
+    messages: int
+    memories: int
+    redis_keys: int
+
+
+class UserData:
+    """Export and erasure across PostgreSQL and Redis."""
+
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, memories: LongTermMemory) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._memories = memories
+
+    async def export(self, user_id: uuid.UUID) -> UserExport | None:
+        """The whole record of ``user_id``; None for an unknown user."""
+        row = await self._pool.fetchrow(
+            "SELECT id, username, is_admin, created_at FROM users WHERE id = $1", user_id
+        )
+        if row is None:
+            return None
+        conversations = await self._conversations(user_id)
+        return UserExport(
+            user=UserRecord(**dict(row)),
+            conversations=conversations,
+            messages=await self._messages(user_id),
+            memories=await self._memories.export(user_id),
+            sessions=await self._sessions(user_id, conversations),
+            api_keys=await self._keys(user_id),
+        )
+
+    async def erase(self, user_id: uuid.UUID) -> ErasureReport:
+        """Remove every trace of ``user_id``; raise `ErasureFailed` if a store is unreachable."""
+        conversations = await self._conversations(user_id)
+        keys = [
+            key
+            for conversation in conversations
+            for key in (session_key(conversation.id), *buffer_keys(conversation.id))
+        ]
+        try:
+            removed_keys = int(await self._redis.delete(*keys)) if keys else 0
+        except RedisError as exc:
+            raise ErasureFailed(f"Redis is unreachable; nothing was erased: {exc}") from exc
+        async with self._pool.acquire() as conn, conn.transaction():
+            messages = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE user_id = $1", user_id
+            )
+            memories = await conn.fetchval(
+                "SELECT count(*) FROM memories WHERE user_id = $1", user_id
+            )
+            await conn.execute("DELETE FROM users WHERE id = $1", user_id)
+        return ErasureReport(len(conversations), int(messages), int(memories), removed_keys)
+
+    async def _conversations(self, user_id: uuid.UUID) -> list[Conversation]:
+        rows = await self._pool.fetch(
+            "SELECT id, user_id, persona, title, created_at, updated_at FROM conversations"
+            " WHERE user_id = $1 ORDER BY created_at",
+            user_id,
+        )
+        return [Conversation(**dict(row)) for row in rows]
+
+    async def _messages(self, user_id: uuid.UUID) -> list[StoredMessage]:
+        rows = await self._pool.fetch(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = $1 ORDER BY id", user_id
+        )
+        return [message_from_row(row) for row in rows]
+
+    async def _sessions(
+        self, user_id: uuid.UUID, conversations: list[Conversation]
+    ) -> dict[str, SessionState]:
+        store = SessionStore(self._redis)
+        found = {}
+        for conversation in conversations:
+            state = await store.get(conversation.id, user_id)
+            if state is not None:
+                found[str(conversation.id)] = state
+        return found
+
+    async def _keys(self, user_id: uuid.UUID) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys"
+            " WHERE user_id = $1 ORDER BY created_at",
+            user_id,
+        )
+        return [dict(row) for row in rows]
