@@ -10,8 +10,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
+from memory.config import DatabaseConfig, RedisConfig
+from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
+from memory.migrate import migrate_url
+from memory.redis_client import create_redis
 from server.settings import Settings, load_settings
 
 
@@ -53,6 +58,23 @@ async def database_url(postgres_url: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's own database, migrated to the current schema."""
+    await migrate_url(database_url)
+    db = await create_pool(DatabaseConfig(pool_min=1, pool_max=4), database_url)
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+async def shared_redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the session's Redis (shared by all tests: use unique keys)."""
+    client = create_redis(RedisConfig(), redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -14,28 +14,11 @@ import pytest
 from redis.asyncio import Redis
 
 from memory.buffer import BufferConfig, ConversationBuffer, buffer_keys
-from memory.config import DatabaseConfig, RedisConfig
+from memory.config import RedisConfig
 from memory.conversation_log import ConversationLog
-from memory.db import create_pool
 from memory.embedded import EmbeddedRedis
 from memory.messages import ConversationOwnerError, ConversationStore, MessageStore
-from memory.migrate import migrate_url
 from memory.redis_client import create_redis
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(database_url)
-    pool = await create_pool(DatabaseConfig(pool_min=1, pool_max=4), database_url)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def shared_redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(RedisConfig(), redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

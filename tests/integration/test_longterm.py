@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import asyncpg
 import numpy as np
 import pytest
 
 from inference.embedder import SentenceEmbedder
-from memory.config import DatabaseConfig
-from memory.db import create_pool
 from memory.longterm import (
     AlreadySuperseded,
     InvalidMemory,
@@ -19,7 +17,6 @@ from memory.longterm import (
     MemoryNotFound,
     RetrievalConfig,
 )
-from memory.migrate import migrate_url
 from memory.ranking import estimate_tokens
 
 
@@ -28,14 +25,6 @@ def embedder() -> Iterator[SentenceEmbedder]:
     model = SentenceEmbedder()
     yield model
     model.close()
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(database_url)
-    db = await create_pool(DatabaseConfig(pool_min=1, pool_max=4), database_url)
-    yield db
-    await db.close()
 
 
 @pytest.fixture

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from memory.config import DatabaseConfig
-from memory.db import create_pool
 from memory.messages import (
     ConversationNotFoundError,
     ConversationOwnerError,
     ConversationStore,
     MessageStore,
 )
-from memory.migrate import migrate_url
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(database_url)
-    pool = await create_pool(DatabaseConfig(pool_min=1, pool_max=4), database_url)
-    yield pool
-    await pool.close()
 
 
 async def new_user(pool: asyncpg.Pool) -> uuid.UUID:

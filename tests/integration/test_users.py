@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -36,16 +35,6 @@ class NoEmbedder:
         raise AssertionError("not expected to embed")
 
 
-@pytest.fixture
-async def stores(database_url: str, redis_url: str) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
-    await migrate_url(database_url)
-    pool = await create_pool(DatabaseConfig(pool_min=1, pool_max=4), database_url)
-    redis = create_redis(RedisConfig(), redis_url)
-    yield pool, redis
-    await redis.aclose()
-    await pool.close()
-
-
 async def populate(pool: asyncpg.Pool, redis: Redis, name: str) -> tuple[uuid.UUID, uuid.UUID]:
     accounts = AccountStore(pool)
     user_id = await accounts.ensure_user(name)
@@ -62,8 +51,10 @@ async def populate(pool: asyncpg.Pool, redis: Redis, name: str) -> tuple[uuid.UU
     return user_id, conversation.id
 
 
-async def test_export_contains_everything_and_encodes(stores: tuple[asyncpg.Pool, Redis]) -> None:
-    pool, redis = stores
+async def test_export_contains_everything_and_encodes(
+    pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    redis = shared_redis
     user_id, conversation_id = await populate(pool, redis, f"ada-{uuid.uuid4().hex[:6]}")
     data = UserData(pool, redis, LongTermMemory(pool, NoEmbedder()))
     export = await data.export(user_id)
@@ -78,8 +69,10 @@ async def test_export_contains_everything_and_encodes(stores: tuple[asyncpg.Pool
     assert await data.export(uuid.uuid4()) is None
 
 
-async def test_erase_leaves_nothing_and_spares_others(stores: tuple[asyncpg.Pool, Redis]) -> None:
-    pool, redis = stores
+async def test_erase_leaves_nothing_and_spares_others(
+    pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    redis = shared_redis
     gone, conversation = await populate(pool, redis, f"bob-{uuid.uuid4().hex[:6]}")
     kept, kept_conversation = await populate(pool, redis, f"eve-{uuid.uuid4().hex[:6]}")
     data = UserData(pool, redis, LongTermMemory(pool, NoEmbedder()))
