@@ -30,10 +30,13 @@ class EngineStats:
     host_cache_bytes: int
     host_cache_entries: int
     preemptions: int = 0
+    reported_kv_usage: float | None = None  # from an upstream's metrics, when cells are unknown
 
     @property
     def kv_usage(self) -> float:
         """Fraction of the KV cache held by running sequences (0..1)."""
+        if self.reported_kv_usage is not None:
+            return self.reported_kv_usage
         return self.kv_cells_used / self.kv_cells_total if self.kv_cells_total else 0.0
 
 

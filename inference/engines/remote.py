@@ -12,10 +12,18 @@ another; once tokens have streamed, a failure ends the request with
 With ``flavor="vllm"`` each request carries vLLM's ``cache_salt`` (the user
 id: prefix caches never cross users) and ``priority`` (interactive first).
 For other upstreams the user id is sent as OpenAI's ``user`` field.
+
+Where the upstream exports Prometheus metrics (``metrics_prefix``: "vllm" for
+vLLM, which is the default for that flavor; "companion" for this service),
+they are polled every ``metrics_every_s``: new conversations then go to the
+replica with the fewest requests in flight or waiting, then the emptiest KV
+cache, and `stats` reports the upstream's KV usage and queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -26,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from inference.engines.upstream_metrics import UpstreamLoad, parse_load
 from inference.errors import (
     ContextLengthExceeded,
     EngineOverloaded,
@@ -58,6 +67,14 @@ class RemoteConfig:
     flavor: str = "openai"  # "openai" or "vllm"
     timeout_s: float = 300.0
     down_for_s: float = 10.0
+    metrics_prefix: str | None = None  # None: "vllm" for the vllm flavor, else no polling
+    metrics_every_s: float = 2.0
+
+    @property
+    def polled_prefix(self) -> str | None:
+        if self.metrics_prefix is not None:
+            return self.metrics_prefix or None
+        return "vllm" if self.flavor == "vllm" else None
 
 
 @dataclass
@@ -65,6 +82,17 @@ class _Replica:
     base_url: str
     in_flight: int = 0
     down_until: float = 0.0
+    load: UpstreamLoad | None = None  # from its /metrics, when polled
+
+    @property
+    def metrics_url(self) -> str:
+        root = self.base_url.removesuffix("/v1")
+        return f"{root}/metrics"
+
+    def busyness(self) -> tuple[float, float]:
+        """Requests in flight or waiting there, then KV usage: lower is better."""
+        waiting = self.load.waiting if self.load else 0.0
+        return (self.in_flight + waiting, self.load.kv_usage if self.load else 0.0)
 
     @property
     def healthy(self) -> bool:
@@ -96,6 +124,7 @@ class RemoteEngine:
         self._affinity: OrderedDict[str, int] = OrderedDict()
         self._client: httpx.AsyncClient | None = None
         self._counters = _Counters()
+        self._poller: asyncio.Task[None] | None = None
 
     @property
     def model_id(self) -> str:
@@ -105,8 +134,16 @@ class RemoteEngine:
         headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
         timeout = httpx.Timeout(self.config.timeout_s, connect=5.0)
         self._client = httpx.AsyncClient(headers=headers, timeout=timeout)
+        prefix = self.config.polled_prefix
+        if prefix is not None:
+            self._poller = asyncio.create_task(self._poll(prefix), name="upstream-metrics")
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -125,12 +162,17 @@ class RemoteEngine:
     async def abort(self, request_id: str) -> None:
         self._counters.aborted.add(request_id)
 
+    def loads(self) -> list[UpstreamLoad | None]:
+        """The last metrics read from each replica (None: not polled or not answering)."""
+        return [replica.load for replica in self._replicas]
+
     def stats(self) -> EngineStats:
         counters = self._counters
+        loads = [load for load in self.loads() if load is not None]
         return EngineStats(
             model_id=self.model_id,
             running=counters.running,
-            waiting=0,
+            waiting=int(sum(load.waiting for load in loads)),
             kv_cells_total=0,
             kv_cells_used=0,
             kv_cells_cached=0,
@@ -140,7 +182,20 @@ class RemoteEngine:
             generated_tokens=counters.generated,
             host_cache_bytes=0,
             host_cache_entries=0,
+            reported_kv_usage=max((load.kv_usage for load in loads), default=None),
         )
+
+    async def _poll(self, prefix: str) -> None:
+        client = self._require_client()
+        while True:
+            for replica in self._replicas:
+                try:
+                    response = await client.get(replica.metrics_url, timeout=2.0)
+                    response.raise_for_status()
+                    replica.load = parse_load(response.text, prefix)
+                except (httpx.HTTPError, ValueError):
+                    replica.load = None
+            await asyncio.sleep(self.config.metrics_every_s)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self._body(request)
@@ -172,7 +227,7 @@ class RemoteEngine:
         preferred = self._affinity.get(_conversation_key(request))
         if preferred in candidates:
             return preferred
-        return min(candidates, key=lambda i: self._replicas[i].in_flight)
+        return min(candidates, key=lambda i: self._replicas[i].busyness())
 
     def _remember(self, request: GenerationRequest, index: int) -> None:
         key = _conversation_key(request)

@@ -154,3 +154,25 @@ async def test_abort_stops_the_stream(remote: RemoteEngine) -> None:
     assert finished.finish_reason == "abort"
     await asyncio.sleep(0)
     assert remote.stats().running == 0
+
+
+async def test_upstream_metrics_are_polled_into_stats(upstreams: list[Upstream]) -> None:
+    config = RemoteConfig(
+        "tiny", (upstreams[0].base_url,), metrics_prefix="companion", metrics_every_s=0.2
+    )
+    engine = RemoteEngine(config)
+    await engine.start()
+    try:
+        await ask(engine, turn("c5", "Hello there, how are you?"))
+        deadline = time.monotonic() + 10  # the upstream publishes its stats every second
+        load = None
+        while time.monotonic() < deadline:
+            load = engine.loads()[0]
+            if load is not None and load.prefix_queries > 0:
+                break
+            await asyncio.sleep(0.2)
+        assert load is not None and load.prefix_queries > 0
+        assert 0.0 <= load.kv_usage <= 1.0
+        assert engine.stats().reported_kv_usage == load.kv_usage
+    finally:
+        await engine.close()
