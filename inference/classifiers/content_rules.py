@@ -1,0 +1,198 @@
+"""Layer 1 of the content classifier: terms, phrases and stated ages.
+
+Narrow patterns for unmistakable cases ("I want to kill myself", "let's
+sext", "tie me up"), and first-person age statements ("I'm 15", "I am 16
+years old", "im 14", "as a 13 year old", "I just turned 17"). When several
+labels match, the most safety-critical wins (`SEVERITY`): a message that is
+both romantic and about self-harm is about self-harm.
+
+A stated age under 18 together with a sexual or romantic label makes the
+message ``minor_sexual``; `content.ContentClassifier` applies that rule after
+the prototypes, because the sexual part may be one only the prototypes see.
+Patterns stay phrase-level on purpose: a bare "sex" or "kill" appears in
+plenty of safe messages ("sex education", "this commute is killing me").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+CONTENT_LABELS: tuple[str, ...] = (
+    "safe",
+    "romantic",
+    "explicit",
+    "fetish",
+    "self_harm",
+    "minor_sexual",
+    "violent_threat",
+    "hate",
+)
+
+# Most critical first: the order in which labels win when rules disagree.
+SEVERITY: tuple[str, ...] = (
+    "minor_sexual",
+    "self_harm",
+    "violent_threat",
+    "hate",
+    "fetish",
+    "explicit",
+    "romantic",
+    "safe",
+)
+
+# Labels that turn into minor_sexual when the user is (or says they are) under 18.
+SEXUAL_LABELS = frozenset({"romantic", "explicit", "fetish"})
+
+RULE_CONFIDENCE = 0.9
+ADULT_AGE = 18
+_MIN_AGE, _MAX_AGE = 5, 120
+
+_NUMBER_WORDS = {
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+    "twenty": 20,
+}
+_NUMBER = r"(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")"
+_I_AM = r"\bi\s*(?:['\u2019]\s*m|m|\s+am)\s+"
+_YEARS_OLD = r"\s*-?\s*(?:years?|yrs?|yr)\s*-?\s*old\b|\s*(?:yo|y/o|y\.o\.)\b"
+# "I'm 20 minutes away", "I am 5 foot 2": a number followed by a unit is not an age.
+_NOT_AN_AGE = (
+    r"(?!\s*(?:minutes?|mins?|hours?|hrs?|h\b|days?|weeks?|months?|seconds?|secs?|km|"
+    r"miles?|meters?|metres?|m\b|feet|foot|ft|cm|inches|kg|kilos?|lbs?|pounds?|%|percent|"
+    r"dollars?|bucks|euros?|am\b|pm\b|o'?clock|:|\.\d|,\d|th\b|st\b|nd\b|rd\b|x\b|times?|"
+    r"people|of\b|out\b|points?|steps?|pages?|in\b|on\b|and\s+a\s+half|years?\s+(?!old))|"
+    r"\s*years?\s+old\s+(?:when|at|back))"
+)
+_AGE_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        # "I'm 15", "im 14", "I am 16 years old", "I'm only 13 yo"
+        _I_AM + r"(?:only\s+|just\s+|almost\s+|nearly\s+)?" + _NUMBER + r"\b" + _NOT_AN_AGE,
+        # "I'm a 15 year old girl", "as a 13 year old", "as a 16yo"
+        r"(?:" + _I_AM + r"|\bas\s+)an?\s+" + _NUMBER + r"(?:" + _YEARS_OLD + r")",
+        # "I just turned 17", "I turn 16 next week"
+        r"\bi\s+(?:just\s+|recently\s+)?(?:turned|turn)\s+" + _NUMBER + r"\b" + _NOT_AN_AGE,
+        # "my age is 15", "age: 14"
+        r"\bmy\s+age\s+is\s+" + _NUMBER + r"\b|^\s*age\s*:?\s*" + _NUMBER + r"\b",
+        # "15 years old here", "14 yo btw", "16 m", starting the message
+        r"^\s*" + _NUMBER + r"(?:" + _YEARS_OLD + r")",
+    )
+)
+
+_PHRASES: dict[str, tuple[str, ...]] = {
+    "self_harm": (
+        r"\b(?:kill|hurt|harm|cut|hang|drown|poison)\s+my\s*self\b",
+        r"\bend(?:ing)?\s+(?:my\s+(?:own\s+)?life|it\s+all|things\s+for\s+good)\b",
+        r"\bsuicid(?:e|al)\b|\bself[-\s]?harm(?:ing)?\b|\bunalive\b",
+        r"\b(?:want|wanna|going|ready)\s+to\s+die\b|\bwish\s+i\s+(?:was|were)\s+dead\b",
+        r"\bwish\s+i\s+(?:could\s+)?(?:just\s+)?(?:disappear|stop\s+existing|never\s+wake\s+up)\b",
+        r"\bdon'?t\s+want\s+to\s+(?:be\s+here|live|exist|wake\s+up)\s*(?:anymore|any\s+more)?\b",
+        r"\bno\s+(?:reason|point)\s+(?:to|in)\s+(?:live|living|going\s+on)\b",
+        r"\b(?:better\s+off\s+(?:without\s+me|dead)|take\s+all\s+(?:my|the)\s+pills)\b",
+        r"\boverdose\b|\bcan'?t\s+go\s+on\s+(?:anymore|like\s+this)\b",
+    ),
+    "violent_threat": (
+        r"\bi\s*(?:'ll|\s+will|'m\s+going\s+to|\s+am\s+going\s+to|'m\s+gonna|\s+want\s+to|"
+        r"\s+wanna|\s+swear\s+i'?ll)\s+(?:kill|murder|stab|shoot|strangle|beat\s+up|hurt|"
+        r"burn\s+down|blow\s+up)\s+(?:you|him|her|them|everyone|my\s+\w+|his|their|the)\b",
+        r"\b(?:you(?:'re|\s+are)\s+(?:dead|going\s+to\s+die)|i\s+know\s+where\s+you\s+live)\b",
+        r"\bshoot\s+up\s+(?:the|my|a)\s+\w+|\bbomb\s+(?:the|my|a|their)\s+\w+",
+        r"\bmake\s+(?:him|her|them|you)\s+(?:pay|suffer|bleed)\b",
+    ),
+    "hate": (
+        r"\b(?:all|those|these|the)\s+\w+\s+(?:are|is)\s+(?:vermin|subhuman|animals|"
+        r"parasites|a\s+disease|cockroaches|inferior)\b",
+        r"\b\w+\s+should\s+(?:all\s+)?(?:be\s+(?:exterminated|wiped\s+out|gassed|deported|"
+        r"eradicated)|die|go\s+back\s+to\s+where)\b",
+        r"\bi\s+hate\s+(?:all\s+)?(?:muslims|jews|christians|blacks|whites|asians|"
+        r"immigrants|gays|lesbians|trans\s+people|women|men|mexicans|arabs|refugees)\b",
+        r"\b(?:inferior|master)\s+race\b|\bethnic\s+cleansing\b|\bwhite\s+power\b",
+    ),
+    "fetish": (
+        r"\bfetish\w*|\bkink(?:y|s)?\b|\bbdsm\b|\bbondage\b",
+        r"\b(?:dominate|spank|humiliate|degrade|restrain|tie)\s+me\b",
+        r"\btie\s+me\s+up\b|\bcall\s+me\s+your\s+(?:pet|slave|good\s+(?:girl|boy))\b",
+        r"\b(?:be\s+my|you(?:'re|\s+are)\s+my)\s+(?:mistress|master|dom|domme|sub)\b",
+        r"\b(?:foot|feet)\s+(?:pics|worship|fetish)\b|\blatex\b|\bsubmissive\b",
+    ),
+    "explicit": (
+        r"\bsext(?:ing)?\b|\bnudes?\b|\bnsfw\b|\blewd\b|\berotic\w*\b|\bx-?rated\b",
+        r"\b(?:dirty\s+talk|talk\s+dirty)\b|\bhorny\b|\bturn(?:s|ing)?\s+me\s+on\b",
+        r"\b(?:have|having)\s+sex\b|\bsex\s+(?:with|chat)\b|\bmake\s+love\s+to\b",
+        r"\b(?:get|getting)\s+naked\b|\btake\s+(?:off\s+)?(?:your|my)\s+clothes\b|\bundress\b",
+        r"\bspicy\s+(?:roleplay|chat|scene)\b|\b18\+\s+(?:roleplay|chat|content)\b",
+        r"\bin\s+bed\s+(?:together|with\s+me)\b.*\b(?:tonight|now)\b|\bseduce\s+me\b",
+    ),
+    "romantic": (
+        r"\bi\s+(?:really\s+)?(?:love|adore)\s+you\b|\bi(?:'ve|\s+have)\s+fallen\s+for\s+you\b",
+        r"\b(?:kiss|cuddle|hug|hold)\s+me\b|\bhold\s+my\s+hand\b",
+        r"\bbe\s+my\s+(?:girlfriend|boyfriend|partner|valentine)\b|\bgo\s+on\s+a\s+date\b",
+        r"\b(?:crush\s+on\s+you|miss\s+you\s+so\s+much|you(?:'re|\s+are)\s+(?:so\s+)?cute)\b",
+        r"\b(?:sweetheart|my\s+love|darling|babe)\b",
+    ),
+}
+
+_COMPILED: dict[str, tuple[re.Pattern[str], ...]] = {
+    label: tuple(re.compile(pattern, re.IGNORECASE) for pattern in patterns)
+    for label, patterns in _PHRASES.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """What the rules found: a label (None when no phrase matched), why, and a stated age."""
+
+    label: str | None
+    confidence: float
+    reasons: tuple[str, ...]
+    age: int | None
+
+
+def match_content_rules(text: str) -> RuleMatch:
+    """Run every pattern over ``text``; the most severe matching label wins."""
+    hits = {label for label, patterns in _COMPILED.items() if _any_match(patterns, text)}
+    age = stated_age(text)
+    reasons = [f"rule: {label} phrase" for label in SEVERITY if label in hits]
+    if age is not None:
+        reasons.append(f"rule: stated age {age}")
+    label = next((name for name in SEVERITY if name in hits), None)
+    if label in SEXUAL_LABELS and age is not None and age < ADULT_AGE:
+        label = "minor_sexual"
+        reasons.append("rule: sexual or romantic request with a stated age under 18")
+    confidence = RULE_CONFIDENCE if label is not None else 0.0
+    return RuleMatch(label, confidence, tuple(reasons), age)
+
+
+def stated_age(text: str) -> int | None:
+    """The age the writer states about themself, if any (5 to 120; else None)."""
+    for pattern in _AGE_PATTERNS:
+        for found in pattern.finditer(text):
+            age = _to_int(next(group for group in found.groups() if group))
+            if _MIN_AGE <= age <= _MAX_AGE:
+                return age
+    return None
+
+
+def severity_rank(label: str) -> int:
+    """0 for the most critical label; larger is milder."""
+    return SEVERITY.index(label)
+
+
+def _to_int(token: str) -> int:
+    lowered = token.lower()
+    return _NUMBER_WORDS[lowered] if lowered in _NUMBER_WORDS else int(lowered)
+
+
+def _any_match(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:
+    return any(pattern.search(text) for pattern in patterns)
