@@ -72,6 +72,32 @@ class AccountStore:
         )
         return UUID(str(row["id"]))
 
+    async def register(self, username: str, password_hash: str) -> UUID | None:
+        """A new user with a password; None when the name is taken (case-insensitively)."""
+        row = await self._pool.fetchrow(
+            "INSERT INTO users (username, password_hash) VALUES ($1, $2)"
+            " ON CONFLICT (lower(username)) DO NOTHING RETURNING id",
+            username,
+            password_hash,
+        )
+        return None if row is None else UUID(str(row["id"]))
+
+    async def credentials(self, username: str) -> tuple[UUID, str] | None:
+        """The id and password hash of ``username``; None when unknown or without a password."""
+        row = await self._pool.fetchrow(
+            "SELECT id, password_hash FROM users WHERE lower(username) = lower($1)", username
+        )
+        if row is None or row["password_hash"] is None:
+            return None
+        return UUID(str(row["id"])), row["password_hash"]
+
+    async def caller(self, user_id: UUID) -> Caller | None:
+        """The user ``user_id`` as a caller; None when there is no such user."""
+        row = await self._pool.fetchrow(
+            "SELECT id, username, is_admin FROM users WHERE id = $1", user_id
+        )
+        return None if row is None else Caller(str(row["id"]), row["username"], row["is_admin"])
+
     async def create_key(self, username: str, name: str = "", *, admin: bool = False) -> CreatedKey:
         """A new key for ``username`` (created if unknown); the plain key is returned once."""
         user_id = await self.ensure_user(username, is_admin=admin)

@@ -17,6 +17,7 @@ from litestar.datastructures import State
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ControllerRouterHandler
 
+from server.accounts_api import AccountsController
 from server.admin import AdminController
 from server.errors import exception_handlers
 from server.health import HealthController
@@ -50,6 +51,7 @@ def create_app(
             PrometheusController,
             OpenAIController,
             AdminController,
+            AccountsController,
             *extra_route_handlers,
         ],
         lifespan=[lifespan],

@@ -1,4 +1,4 @@
-"""Who is calling: API keys (Bearer) for /v1 and the admin endpoints.
+"""Who is calling: API keys for /v1 and the admin endpoints; access tokens for /api/v1.
 
 With keys required (always in production), a request without a valid key
 gets 401. In development bound to a loopback address keys may be off
@@ -9,6 +9,7 @@ user; a valid key still identifies its own user.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from litestar import Request
@@ -16,6 +17,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from memory.accounts import KEY_PREFIX, AccountStore, Caller
+from server.tokens import jwt_secret, token_user
 
 LOCAL_CALLER = Caller(user_id="local", username="local", is_admin=True)
 
@@ -48,3 +50,33 @@ def _bearer(request: Request[Any, Any, Any]) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def resolve_user(request: Request[Any, Any, Any], state: State) -> Caller:
+    """The signed-in user of a companion API request (a Litestar dependency).
+
+    A Bearer access token (or one of our API keys); in development with
+    ``COMPANION_DEV_HEADER_AUTH`` on, an ``X-User-Id`` header instead.
+    """
+    resources = state.resources
+    accounts = AccountStore(resources.pool)
+    token = _bearer(request)
+    caller = None
+    if token is not None and token.startswith(KEY_PREFIX):
+        caller = await accounts.authenticate(token)
+    elif token is not None:
+        user_id = token_user(token, jwt_secret(resources.settings))
+        caller = await accounts.caller(user_id) if user_id else None
+    elif resources.settings.dev_header_auth:
+        caller = await _header_user(request, accounts)
+    if caller is None:
+        raise NotAuthorizedException("a valid access token is required")
+    return caller
+
+
+async def _header_user(request: Request[Any, Any, Any], accounts: AccountStore) -> Caller | None:
+    try:
+        user_id = uuid.UUID(request.headers.get("x-user-id", ""))
+    except ValueError:
+        return None
+    return await accounts.caller(user_id)

@@ -22,6 +22,7 @@ from inference.errors import (
     EngineUnavailable,
     InvalidRequest,
 )
+from memory.users import ErasureFailed
 from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -105,5 +106,6 @@ exception_handlers: ExceptionHandlersMap = {
     InvalidRequest: _inference_error(400, "invalid_request"),
     DeadlineExceeded: _inference_error(504, "deadline_exceeded"),
     EngineUnavailable: _inference_error(503, "engine_unavailable"),
+    ErasureFailed: _inference_error(503, "unavailable"),
     Exception: _unhandled,
 }

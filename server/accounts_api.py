@@ -1,0 +1,108 @@
+"""Accounts of the companion API: register, log in, who am I, export, erase.
+
+Passwords are hashed with argon2 off the event loop (hashing is deliberately
+slow). A failed login says the same thing whether the user or the password
+was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Annotated
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from litestar import Controller, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import ClientException, NotAuthorizedException
+from litestar.params import JSONBody
+
+from memory.accounts import AccountStore, Caller
+from memory.longterm import LongTermMemory
+from memory.users import UserData, UserExport
+from server.auth import resolve_user
+from server.tokens import hash_password, issue_token, jwt_secret, password_matches
+
+Username = Annotated[str, msgspec.Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
+
+
+class Credentials(msgspec.Struct, forbid_unknown_fields=True):
+    username: Username
+    password: Password
+
+
+class AccessToken(msgspec.Struct):
+    access_token: str
+    expires_in: int
+    token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
+
+
+class Me(msgspec.Struct):
+    id: str
+    username: str
+    is_admin: bool
+
+
+class Conflict(ClientException):
+    status_code = 409
+
+
+def _user_data(state: State) -> UserData:
+    resources = state.resources
+    memories = LongTermMemory(resources.pool, resources.embedder or _NoEmbedder())
+    return UserData(resources.pool, resources.redis, memories)
+
+
+class _NoEmbedder:
+    """Export and erase never embed; this stands in when no embedder is configured."""
+
+    @property
+    def dimensions(self) -> int:
+        return 384
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        raise RuntimeError("no embedding model is configured")
+
+
+class AccountsController(Controller):
+    path = "/api/v1"
+    tags = ["accounts"]
+
+    @post("/auth/register", status_code=201)
+    async def register(self, data: JSONBody[Credentials], state: State) -> Me:
+        password_hash = await asyncio.to_thread(hash_password, data.password)
+        user_id = await AccountStore(state.resources.pool).register(data.username, password_hash)
+        if user_id is None:
+            raise Conflict(f"the username {data.username!r} is taken")
+        return Me(str(user_id), data.username, False)
+
+    @post("/auth/login", status_code=200)
+    async def login(self, data: JSONBody[Credentials], state: State) -> AccessToken:
+        resources = state.resources
+        found = await AccountStore(resources.pool).credentials(data.username)
+        if found is None or not await asyncio.to_thread(password_matches, found[1], data.password):
+            raise NotAuthorizedException("wrong username or password")
+        ttl = resources.settings.jwt_ttl_s
+        token = issue_token(found[0], jwt_secret(resources.settings), ttl)
+        return AccessToken(access_token=token, expires_in=ttl)
+
+    @get("/me", dependencies={"user": Provide(resolve_user)})
+    async def me(self, user: NamedDependency[Caller]) -> Me:
+        return Me(user.user_id, user.username, user.is_admin)
+
+    @get("/me/export", dependencies={"user": Provide(resolve_user)})
+    async def export(self, user: NamedDependency[Caller], state: State) -> Response[UserExport]:
+        export = await _user_data(state).export(uuid.UUID(user.user_id))
+        if export is None:
+            raise NotAuthorizedException("the user no longer exists")
+        disposition = f'attachment; filename="companion-{user.username}.json"'
+        return Response(export, headers={"Content-Disposition": disposition})
+
+    @delete("/me", dependencies={"user": Provide(resolve_user)})
+    async def erase(self, user: NamedDependency[Caller], state: State) -> None:
+        await _user_data(state).erase(uuid.UUID(user.user_id))
