@@ -113,7 +113,7 @@ WHERE c.id = $1
 
 
 class ConversationStore:
-    """Conversations rows: just what the message log needs (create, look up)."""
+    """Conversations rows: create, look up, list a user's."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -130,6 +130,16 @@ class ConversationStore:
             title,
         )
         return Conversation(**dict(row))
+
+    async def list_for(self, user_id: uuid.UUID, limit: int = 100) -> list[Conversation]:
+        """The user's conversations, most recently active first."""
+        rows = await self._pool.fetch(
+            "SELECT id, user_id, persona, title, created_at, updated_at FROM conversations"
+            " WHERE user_id = $1 ORDER BY updated_at DESC LIMIT $2",
+            user_id,
+            limit,
+        )
+        return [Conversation(**dict(row)) for row in rows]
 
     async def get(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Conversation:
         """The conversation, if it exists and belongs to ``user_id``."""

@@ -19,6 +19,7 @@ from litestar.types import ControllerRouterHandler
 
 from server.accounts_api import AccountsController
 from server.admin import AdminController
+from server.conversations_api import ConversationsController
 from server.errors import exception_handlers
 from server.health import HealthController
 from server.logs import RequestContext, configure_logging
@@ -52,6 +53,7 @@ def create_app(
             OpenAIController,
             AdminController,
             AccountsController,
+            ConversationsController,
             *extra_route_handlers,
         ],
         lifespan=[lifespan],

@@ -1,0 +1,81 @@
+"""Personas and conversations over HTTP: creation, listing, paging, and no leaks across users."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from memory.messages import MessageStore
+from server.app import create_app
+from server.settings import Settings
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+async def user(client: AsyncTestClient[Litestar]) -> tuple[dict[str, str], str]:
+    credentials = {"username": f"u{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
+    registered = await client.post("/api/v1/auth/register", json=credentials)
+    token = (await client.post("/api/v1/auth/login", json=credentials)).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}, registered.json()["id"]
+
+
+async def test_personas_hide_route_only_ones(client: AsyncTestClient[Litestar]) -> None:
+    headers, _ = await user(client)
+    ids = {p["id"] for p in (await client.get("/api/v1/personas", headers=headers)).json()}
+    assert {"companion", "mentor", "playful", "listener"} <= ids
+    assert not ids & {"companion-explicit", "crisis-support", "refusal"}
+    assert (await client.get("/api/v1/personas")).status_code == 401
+
+
+async def test_create_list_and_page(client: AsyncTestClient[Litestar], pool: asyncpg.Pool) -> None:
+    headers, user_id = await user(client)
+    created = await client.post(
+        "/api/v1/conversations", json={"persona": "mentor", "title": "Running"}, headers=headers
+    )
+    assert created.status_code == 201
+    conversation = created.json()
+    assert conversation["persona"] == "mentor"
+    listed = (await client.get("/api/v1/conversations", headers=headers)).json()
+    assert [c["id"] for c in listed] == [conversation["id"]]
+
+    store = MessageStore(pool)  # the app's database, through this test's own pool
+    for i in range(5):
+        await store.append(uuid.UUID(conversation["id"]), uuid.UUID(user_id), "user", f"m{i}")
+    url = f"/api/v1/conversations/{conversation['id']}/messages"
+    newest = (await client.get(url, params={"limit": 3}, headers=headers)).json()
+    assert [m["content"] for m in newest] == ["m2", "m3", "m4"]
+    older = (await client.get(url, params={"before": newest[0]["id"]}, headers=headers)).json()
+    assert [m["content"] for m in older] == ["m0", "m1"]
+
+
+async def test_bad_input_is_400(client: AsyncTestClient[Litestar]) -> None:
+    headers, _ = await user(client)
+    unknown = await client.post("/api/v1/conversations", json={"persona": "nope"}, headers=headers)
+    hidden = await client.post(
+        "/api/v1/conversations", json={"persona": "crisis-support"}, headers=headers
+    )
+    long_title = await client.post(
+        "/api/v1/conversations", json={"title": "x" * 201}, headers=headers
+    )
+    assert unknown.status_code == hidden.status_code == long_title.status_code == 400
+
+
+async def test_other_users_conversations_are_404(client: AsyncTestClient[Litestar]) -> None:
+    alice, _ = await user(client)
+    mallory, _ = await user(client)
+    created = (await client.post("/api/v1/conversations", json={}, headers=alice)).json()
+    url = f"/api/v1/conversations/{created['id']}/messages"
+    theirs = await client.get(url, headers=mallory)
+    missing = await client.get(f"/api/v1/conversations/{uuid.uuid4()}/messages", headers=mallory)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["error"]["message"] == missing.json()["error"]["message"]
+    assert (await client.get("/api/v1/conversations", headers=mallory)).json() == []
