@@ -1,4 +1,4 @@
-"""Personas and conversations of the companion API (the chat turn itself comes next).
+"""Personas, conversations and the chat turn of the companion API.
 
 A conversation that does not exist and one that belongs to someone else get
 the same 404: the API never reveals that another user's conversation exists.
@@ -7,16 +7,20 @@ the same 404: the API never reveals that another user's conversation exists.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath, JSONBody, Parameter
+from litestar.response import Stream
 
+from inference.errors import EngineUnavailable, InferenceError
+from inference.types import TextDelta
 from memory.accounts import Caller
 from memory.messages import (
     Conversation,
@@ -27,12 +31,27 @@ from memory.messages import (
     StoredMessage,
 )
 from server.auth import resolve_user
+from server.chat import TurnDone, TurnMeta
 from server.personas import PersonaCard, cards, load_personas
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
     persona: str = "companion"
     title: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
+
+
+class TurnReply(msgspec.Struct):
+    reply: str
+    meta: TurnMeta
+    done: TurnDone
+
+
+TurnEvents = AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class ConversationBody(msgspec.Struct):
@@ -90,8 +109,66 @@ class ConversationsController(Controller):
         limit: Annotated[int, Parameter(query="limit", ge=1, le=200)] = 50,
     ) -> list[StoredMessage]:
         pool = state.resources.pool
-        try:
-            await ConversationStore(pool).get(conversation_id, uuid.UUID(user.user_id))
-        except (ConversationNotFoundError, ConversationOwnerError) as exc:
-            raise NotFoundException("conversation not found") from exc
+        await _owned(pool, conversation_id, user)
         return await MessageStore(pool).page(conversation_id, before, limit)
+
+    @post("/conversations/{conversation_id:uuid}/messages", status_code=200)
+    async def send(
+        self,
+        conversation_id: FromPath[uuid.UUID],
+        data: JSONBody[MessageIn],
+        request: Request[Any, Any, Any],
+        state: State,
+        user: NamedDependency[Caller],
+    ) -> Response[Any]:
+        """One turn: SSE (``meta``, ``token``..., ``done``) or, without it, the whole reply."""
+        chat = state.resources.chat
+        if chat is None:
+            raise EngineUnavailable("chat needs a chat engine and an embedding model")
+        text = data.content.strip()
+        if not text:
+            raise ValidationException("content must not be blank")
+        await _owned(state.resources.pool, conversation_id, user)
+        events = chat.turn(uuid.UUID(user.user_id), conversation_id, text)
+        first = await anext(events)  # refusals become HTTP errors before streaming starts
+        if "text/event-stream" in request.headers.get("accept", ""):
+            stream = _sse(first, events)
+            return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return Response(await _collect(first, events))
+
+
+async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> None:
+    try:
+        await ConversationStore(pool).get(conversation_id, uuid.UUID(user.user_id))
+    except (ConversationNotFoundError, ConversationOwnerError) as exc:
+        raise NotFoundException("conversation not found") from exc
+
+
+def _event(name: str, body: object) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(body) + b"\n\n"
+
+
+async def _sse(first: object, events: TurnEvents) -> AsyncIterator[bytes]:
+    yield _event("meta", first)
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                yield _event("token", {"text": event.text})
+            else:
+                yield _event("done", event)
+    except InferenceError as exc:  # headers are sent: report in the stream
+        yield _event("error", {"code": type(exc).__name__, "message": str(exc)})
+    finally:
+        await events.aclose()
+
+
+async def _collect(first: object, events: TurnEvents) -> TurnReply:
+    parts: list[str] = []
+    done = None
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, TurnDone):
+            done = event
+    assert isinstance(first, TurnMeta) and done is not None
+    return TurnReply("".join(parts), first, done)

@@ -22,16 +22,25 @@ from typing import Protocol
 import asyncpg
 from redis.asyncio import Redis
 
+from inference.classifiers.content import ContentClassifier
+from inference.classifiers.emotion import EmotionClassifier
 from inference.embedder import SentenceEmbedder
 from inference.engine import Engine
 from inference.factory import create_engine
 from inference.gpu import GpuMetrics, read_gpus
 from inference.metrics import EngineMetrics, default_engine_metrics
+from memory.buffer import ConversationBuffer
+from memory.conversation_log import ConversationLog
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
+from memory.longterm import LongTermMemory
+from memory.messages import MessageStore
 from memory.migrate import migrate_url
 from memory.redis_client import create_redis
+from memory.session import SessionStore
+from server.chat import ChatTurnService
 from server.health import Probe
+from server.personas import load_personas
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,7 @@ class Resources:
     redis: Redis
     engine: Engine | None = None
     embedder: SentenceEmbedder | None = None
+    chat: ChatTurnService | None = None
     probes: list[Probe] = field(default_factory=list)
 
 
@@ -75,7 +85,31 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             probes.append(Probe("engine", engine.health))
         embedder = await _start_embedder(stack, settings)
         await _watch_gpus(stack)
-        yield Resources(settings, pool, redis, engine, embedder, probes)
+        chat = await _chat_service(settings, pool, redis, engine, embedder)
+        yield Resources(settings, pool, redis, engine, embedder, chat, probes)
+
+
+async def _chat_service(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    engine: Engine | None,
+    embedder: SentenceEmbedder | None,
+) -> ChatTurnService | None:
+    """The chat turn needs the engine and the embedder (classifiers, memory); else none."""
+    if engine is None or embedder is None:
+        return None
+    # the content prototypes embed about a hundred seed sentences: off the event loop
+    content = await asyncio.to_thread(ContentClassifier, embedder)
+    return ChatTurnService(
+        engine=engine,
+        log=ConversationLog(MessageStore(pool), ConversationBuffer(redis)),
+        sessions=SessionStore(redis),
+        memories=LongTermMemory(pool, embedder),
+        emotions=EmotionClassifier(embedder),
+        content=content,
+        personas=load_personas(settings.data_dir),
+    )
 
 
 async def _watch_gpus(stack: AsyncExitStack, every_s: float = 5.0) -> None:

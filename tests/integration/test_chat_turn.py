@@ -1,0 +1,97 @@
+"""The chat turn over HTTP: real PostgreSQL, Redis, MiniLM classifiers and the tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from inference.config import ChatEngineConfig
+from server.app import create_app
+from server.settings import Settings
+
+
+@pytest.fixture
+async def client(settings: Settings, tiny_gguf: Path) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    engine = ChatEngineConfig(model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4)
+    full = dataclasses.replace(settings, chat_engine=engine, embedder="minilm")
+    async with AsyncTestClient(create_app(full), timeout=120) as test_client:
+        yield test_client
+
+
+async def signed_in(client: AsyncTestClient[Litestar]) -> dict[str, str]:
+    credentials = {"username": f"u{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
+    await client.post("/api/v1/auth/register", json=credentials)
+    token = (await client.post("/api/v1/auth/login", json=credentials)).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def sse_events(body: str) -> list[tuple[str, dict[str, object]]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+async def test_a_conversation_over_json_and_sse(client: AsyncTestClient[Litestar]) -> None:
+    headers = await signed_in(client)
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{conversation['id']}/messages"
+
+    first = await client.post(url, json={"content": "Hi! I'm so happy today!"}, headers=headers)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["meta"]["route"] == "normal"
+    assert body["meta"]["emotion"] == "joy"
+    assert body["done"]["usage"]["completion_tokens"] > 0
+
+    streamed = await client.post(
+        url,
+        json={"content": "Tell me something nice."},
+        headers={**headers, "Accept": "text/event-stream"},
+    )
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(streamed.text)
+    names = [name for name, _ in events]
+    assert names[0] == "meta" and names[-1] == "done" and "token" in names
+    done = events[-1][1]
+    usage = done["usage"]
+    assert isinstance(usage, dict)
+    # Reuse reaches up to where the first turn's volatile context (the emotion hint)
+    # was inserted: the persona and everything before it come from the KV cache.
+    assert body["done"]["usage"]["cached_prompt_tokens"] == 0
+    assert 0 < usage["cached_prompt_tokens"] < usage["prompt_tokens"]
+
+    history = (await client.get(url, headers=headers)).json()
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[1]["metadata"]["route"] == "normal"
+
+
+async def test_unverified_explicit_request_stays_normal(client: AsyncTestClient[Litestar]) -> None:
+    headers = await signed_in(client)
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{conversation['id']}/messages"
+    reply = await client.post(url, json={"content": "Talk dirty to me."}, headers=headers)
+    meta = reply.json()["meta"]
+    assert meta["content_label"] == "explicit"
+    assert meta["route"] == "normal"
+    assert meta["needs_verification"] is True
+
+
+async def test_turn_input_and_ownership_errors(client: AsyncTestClient[Litestar]) -> None:
+    alice = await signed_in(client)
+    mallory = await signed_in(client)
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=alice)).json()
+    url = f"/api/v1/conversations/{conversation['id']}/messages"
+    assert (await client.post(url, json={"content": "   "}, headers=alice)).status_code == 400
+    assert (await client.post(url, json={"content": ""}, headers=alice)).status_code == 400
+    assert (await client.post(url, json={"content": "x" * 9000}, headers=alice)).status_code == 400
+    assert (await client.post(url, json={"content": "hi"}, headers=mallory)).status_code == 404
+    assert (await client.get(url, headers=alice)).json() == []  # nothing was stored
