@@ -17,8 +17,11 @@
    make the prefix exact at the price of a longer prompt every turn.
 6. Generate at interactive priority and relay the tokens; store the reply.
 
-This first version has no idempotency keys, rate limits, response cache,
-panel or background memory extraction yet (see the issue notes).
+7. Queue fact extraction for the background worker, unless routing said the
+   turn must not be remembered (``minor_sexual``).
+
+This first version has no idempotency keys, rate limits, response cache or
+panel yet (see the issue notes).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from inference.engine import Engine
 from inference.errors import EngineUnavailable
 from inference.types import ChatMessage, GenerationRequest, Priority, SamplingParams, TextDelta
 from memory.conversation_log import ConversationLog
+from memory.jobs import enqueue_extraction
 from memory.longterm import LongTermMemory, RetrievedMemory
 from memory.session import SessionState, SessionStore
+from server.memory_jobs import MemoryJobs
 from server.personas import Persona
 from server.routing import RouteDecision, apply_changes, decide_route
 
@@ -92,6 +97,7 @@ class ChatTurnService:
         emotions: EmotionClassifier,
         content: ContentClassifier,
         personas: dict[str, Persona],
+        jobs: MemoryJobs | None = None,
     ) -> None:
         self._engine = engine
         self._log = log
@@ -100,6 +106,7 @@ class ChatTurnService:
         self._emotions = emotions
         self._content = content
         self._personas = personas
+        self._jobs = jobs
 
     async def turn(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str
@@ -127,7 +134,24 @@ class ChatTurnService:
             conversation_id, user_id, "assistant", "".join(reply), _route_metadata(parts)
         )
         parts.timings["total_s"] = time.perf_counter() - started
+        await self._queue_memory_work(user_id, conversation_id, answer.id, parts)
         yield TurnDone(user_message.id, answer.id, usage, parts.timings)
+
+    async def _queue_memory_work(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, reply_id: int, parts: TurnParts
+    ) -> None:
+        """Queue fact extraction (never raises); nothing from a blocked turn is remembered."""
+        if self._jobs is None or not parts.decision.store_in_memory:
+            return
+        turn = 1 + sum(1 for m in parts.history if m.role == "user")
+        await enqueue_extraction(
+            self._jobs.queue,
+            self._jobs.config,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            last_message_id=reply_id,
+            turn_number=turn,
+        )
 
     async def _gather(self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str) -> TurnParts:
         history, session = await asyncio.gather(

@@ -78,6 +78,36 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
 
 @main.command()
 @click.pass_obj
+def worker(config: Path | None) -> None:
+    """Run the memory jobs (extraction, consolidation) without serving HTTP.
+
+    For scaled-out deployments: run the API with COMPANION_MEMORY_WORKER=off and
+    as many of these as the job load needs. They share PostgreSQL and Redis
+    with the API (embedded servers of a `serve` on this data dir are adopted).
+    """
+    settings = _load(config)
+    configure_logging(settings.log_level, settings.log_format)
+    with embedded_services(settings, stop_adopted=False):
+        settings = _load(config, {"memory_worker": "inprocess"})
+        asyncio.run(_work_until_stopped(settings))
+
+
+async def _work_until_stopped(settings: Settings) -> None:
+    from server.resources import open_resources
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_resources(settings) as resources:
+        if resources.chat is None:
+            raise click.ClickException("memory jobs need the chat engine and the embedder")
+        click.echo("memory worker running; Ctrl-C to stop", err=True)
+        await stop.wait()
+
+
+@main.command()
+@click.pass_obj
 def migrate(config: Path | None) -> None:
     """Apply pending schema migrations and exit."""
     from memory.migrate import migrate_url

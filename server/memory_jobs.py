@@ -1,14 +1,23 @@
-"""Where `memory` meets `inference` for background jobs: the engine as a `JSONGenerator`.
+"""Where `memory` meets `inference` for background jobs.
 
-`memory` never imports `inference`; this adapter lives in `server`, which may
-import both, and satisfies `memory.protocols.JSONGenerator` structurally.
+`EngineJSONGenerator` is the engine as a `memory.protocols.JSONGenerator`
+(`memory` never imports `inference`; `server` may import both).
+`start_memory_jobs` opens the job queue for the chat turn and, unless jobs run
+in separate `companion worker` processes, a worker in this process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
+
+import asyncpg
+from saq import Queue
 
 from inference.engine import Engine
 from inference.types import (
@@ -20,7 +29,11 @@ from inference.types import (
     SamplingParams,
     TextDelta,
 )
-from memory.protocols import PromptMessage
+from memory.consolidation import Consolidator
+from memory.extraction import Extractor
+from memory.jobs import JobsConfig, MemoryJobDeps, create_queue, make_worker
+from memory.longterm import LongTermMemory
+from memory.protocols import Embedder, PromptMessage
 
 _ROLES: dict[str, Role] = {"system": "system", "user": "user", "assistant": "assistant"}
 
@@ -57,3 +70,52 @@ class EngineJSONGenerator:
             elif isinstance(event, Finished) and event.finish_reason != "stop":
                 raise TruncatedOutput(f"generation ended with {event.finish_reason!r}")
         return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryJobs:
+    """Where the chat turn queues memory work."""
+
+    queue: Queue
+    config: JobsConfig
+
+
+async def start_memory_jobs(
+    stack: AsyncExitStack,
+    redis_url: str,
+    pool: asyncpg.Pool,
+    engine: Engine,
+    embedder: Embedder,
+    *,
+    run_worker: bool,
+    extract_every: int,
+    concurrency: int,
+) -> MemoryJobs:
+    """Open the job queue; with ``run_worker``, also process jobs in this process."""
+    config = JobsConfig(extract_every_n_turns=extract_every, concurrency=concurrency)
+    queue = create_queue(redis_url)
+    await queue.connect()
+    stack.push_async_callback(queue.disconnect)
+    if run_worker:
+        generator = EngineJSONGenerator(engine)
+        store = LongTermMemory(pool, embedder)
+        deps = MemoryJobDeps(
+            pool,
+            Extractor(pool, store, embedder, generator),
+            Consolidator(pool, store, generator),
+            config,
+        )
+        worker = make_worker(queue, deps)
+        # The process that embeds the worker owns its signals (uvicorn, or `companion
+        # worker`); saq would install its own, which only works on the main thread.
+        worker.SIGNALS = []
+        task = asyncio.create_task(worker.start(), name="memory-worker")
+
+        async def stop() -> None:
+            await worker.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        stack.push_async_callback(stop)
+    return MemoryJobs(queue, config)

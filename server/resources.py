@@ -4,7 +4,9 @@ Order at start: the embedded servers (only where no URL is configured), the
 schema migrations, the PostgreSQL pool and the Redis client, then the chat
 engine (its model loads off the event loop) with a task that publishes its
 stats as metrics every second, then the embedding model, then (where there
-are GPUs) a task sampling NVML every five seconds. Shutdown closes them in reverse order. A
+are GPUs) a task sampling NVML every five seconds, then the memory job queue
+(and, unless ``COMPANION_MEMORY_WORKER=off``, a worker in this process) and
+the chat turn service. Shutdown closes them in reverse order. A
 failure part-way closes what was opened.
 """
 
@@ -40,6 +42,7 @@ from memory.redis_client import create_redis
 from memory.session import SessionStore
 from server.chat import ChatTurnService
 from server.health import Probe
+from server.memory_jobs import MemoryJobs, start_memory_jobs
 from server.personas import load_personas
 from server.settings import Settings
 
@@ -85,7 +88,19 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             probes.append(Probe("engine", engine.health))
         embedder = await _start_embedder(stack, settings)
         await _watch_gpus(stack)
-        chat = await _chat_service(settings, pool, redis, engine, embedder)
+        jobs = None
+        if engine is not None and embedder is not None:
+            jobs = await start_memory_jobs(
+                stack,
+                redis_url,
+                pool,
+                engine,
+                embedder,
+                run_worker=settings.memory_worker == "inprocess",
+                extract_every=settings.memory_extract_every,
+                concurrency=settings.memory_job_concurrency,
+            )
+        chat = await _chat_service(settings, pool, redis, engine, embedder, jobs)
         yield Resources(settings, pool, redis, engine, embedder, chat, probes)
 
 
@@ -95,6 +110,7 @@ async def _chat_service(
     redis: Redis,
     engine: Engine | None,
     embedder: SentenceEmbedder | None,
+    jobs: MemoryJobs | None,
 ) -> ChatTurnService | None:
     """The chat turn needs the engine and the embedder (classifiers, memory); else none."""
     if engine is None or embedder is None:
@@ -109,6 +125,7 @@ async def _chat_service(
         emotions=EmotionClassifier(embedder),
         content=content,
         personas=load_personas(settings.data_dir),
+        jobs=jobs,
     )
 
 

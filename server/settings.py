@@ -79,6 +79,9 @@ class Settings:
     chat_engine: ChatEngineConfig
     api_keys_required: bool
     embedder: str
+    memory_worker: str
+    memory_extract_every: int
+    memory_job_concurrency: int
 
     @property
     def is_production(self) -> bool:
@@ -136,6 +139,7 @@ class Settings:
             "max_body_bytes": str(self.max_body_bytes),
             "api_keys_required": str(self.api_keys_required).lower(),
             "embedder": self.embedder,
+            "memory_worker": self.memory_worker,
             "chat_engine": self.chat_engine.backend,
             "chat_model": str(self.chat_engine.model_path or "(packaged default)"),
             "chat_kv": f"{self.chat_engine.n_ctx} cells, {self.chat_engine.n_slots} slots",
@@ -326,6 +330,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field(
         "chat_remote_flavor", "COMPANION_CHAT_REMOTE_FLAVOR", _choice("openai", "vllm"), "openai"
     ),
+    _Field("memory_worker", "COMPANION_MEMORY_WORKER", _choice("inprocess", "off"), "inprocess"),
+    _Field("memory_extract_every", "COMPANION_MEMORY_EXTRACT_EVERY", _integer(1, 100), 1),
+    _Field("memory_job_concurrency", "COMPANION_MEMORY_JOB_CONCURRENCY", _integer(1, 64), 2),
     _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
     # Unset: required, except in development on a loopback address (LM Studio-style).
     _Field("api_keys_required", "COMPANION_API_KEYS_REQUIRED", _optional_boolean, ""),
@@ -452,6 +459,9 @@ def _build(values: Mapping[str, Any]) -> Settings:
         max_body_bytes=values["max_body_bytes"],
         api_keys_required=values["api_keys_required"],
         embedder=values["embedder"],
+        memory_worker=values["memory_worker"],
+        memory_extract_every=values["memory_extract_every"],
+        memory_job_concurrency=values["memory_job_concurrency"],
         chat_engine=ChatEngineConfig(
             backend=values["chat_engine"],
             model_path=values["chat_model"],

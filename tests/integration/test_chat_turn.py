@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -95,3 +98,29 @@ async def test_turn_input_and_ownership_errors(client: AsyncTestClient[Litestar]
     assert (await client.post(url, json={"content": "x" * 9000}, headers=alice)).status_code == 400
     assert (await client.post(url, json={"content": "hi"}, headers=mallory)).status_code == 404
     assert (await client.get(url, headers=alice)).json() == []  # nothing was stored
+
+
+async def test_memories_appear_after_the_background_job(
+    client: AsyncTestClient[Litestar], pool: asyncpg.Pool
+) -> None:
+    headers = await signed_in(client)
+    user_id = uuid.UUID((await client.get("/api/v1/me", headers=headers)).json()["id"])
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{conversation['id']}/messages"
+    sent = await client.post(url, json={"content": "My cat Miso loves tuna."}, headers=headers)
+    done = sent.json()["done"]
+    turn = {done["user_message_id"], done["assistant_message_id"]}
+
+    # The in-process worker stores the turn as an episodic memory, whatever the
+    # tiny model makes of the fact extraction.
+    deadline = time.monotonic() + 60
+    sources: set[int] = set()
+    while time.monotonic() < deadline and not turn <= sources:
+        rows = await pool.fetch(
+            "SELECT unnest(source_message_ids) AS id FROM memories"
+            " WHERE user_id = $1 AND kind = 'episodic'",
+            user_id,
+        )
+        sources = {row["id"] for row in rows}
+        await asyncio.sleep(0.25)
+    assert turn <= sources  # both messages of the turn are remembered
