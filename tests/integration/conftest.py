@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from inference.embedder import SentenceEmbedder
 from memory.config import DatabaseConfig, RedisConfig
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -64,9 +65,17 @@ async def database_url(postgres_url: str) -> AsyncIterator[str]:
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on this test's own database, migrated to the current schema."""
     await migrate_url(database_url)
-    db = await create_pool(DatabaseConfig(pool_min=1, pool_max=4), database_url)
+    db = await create_pool(DatabaseConfig(pool_min=1, pool_max=6), database_url)
     yield db
     await db.close()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[SentenceEmbedder]:
+    """The packaged MiniLM, loaded once for the whole run."""
+    model = SentenceEmbedder()
+    yield model
+    model.close()
 
 
 @pytest.fixture

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import numpy as np
-import pytest
 
 from inference.embedder import SentenceEmbedder
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[SentenceEmbedder]:
-    model = SentenceEmbedder()
-    yield model
-    model.close()
 
 
 def test_vectors_are_normalised_and_meaningful(embedder: SentenceEmbedder) -> None:

@@ -11,18 +11,17 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from helpers import new_user
 
 from inference.embedder import SentenceEmbedder
 from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
-from memory.config import DatabaseConfig
 from memory.consolidation import SUMMARY_PREFIX, ConsolidationConfig, Consolidator
-from memory.db import create_pool
 from memory.episodes import Turn
 from memory.extraction import ExtractionResult, Extractor, is_grounded
 from memory.jobs import (
@@ -35,7 +34,6 @@ from memory.jobs import (
 )
 from memory.longterm import LongTermMemory
 from memory.messages import ConversationStore, MessageStore
-from memory.migrate import migrate_url
 from memory.protocols import PromptMessage
 from server.memory_jobs import EngineJSONGenerator
 
@@ -68,31 +66,9 @@ def facts(*items: tuple[str, float] | tuple[str, float, int]) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[SentenceEmbedder]:
-    model = SentenceEmbedder()
-    yield model
-    model.close()
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate_url(database_url)
-    db = await create_pool(DatabaseConfig(pool_min=1, pool_max=6), database_url)
-    yield db
-    await db.close()
-
-
 @pytest.fixture
 def store(pool: asyncpg.Pool, embedder: SentenceEmbedder) -> LongTermMemory:
     return LongTermMemory(pool, embedder)
-
-
-async def new_user(pool: asyncpg.Pool) -> uuid.UUID:
-    user_id: uuid.UUID = await pool.fetchval(
-        "INSERT INTO users (username) VALUES ($1) RETURNING id", uuid.uuid4().hex
-    )
-    return user_id
 
 
 async def say(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import asyncpg
 import numpy as np
 import pytest
+from helpers import new_user
 
 from inference.embedder import SentenceEmbedder
 from memory.longterm import (
@@ -20,23 +20,9 @@ from memory.longterm import (
 from memory.ranking import estimate_tokens
 
 
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[SentenceEmbedder]:
-    model = SentenceEmbedder()
-    yield model
-    model.close()
-
-
 @pytest.fixture
 def store(pool: asyncpg.Pool, embedder: SentenceEmbedder) -> LongTermMemory:
     return LongTermMemory(pool, embedder)
-
-
-async def new_user(pool: asyncpg.Pool) -> uuid.UUID:
-    user_id: uuid.UUID = await pool.fetchval(
-        "INSERT INTO users (username) VALUES ($1) RETURNING id", uuid.uuid4().hex
-    )
-    return user_id
 
 
 async def new_conversation(pool: asyncpg.Pool, user_id: uuid.UUID) -> uuid.UUID:
