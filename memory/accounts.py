@@ -98,6 +98,18 @@ class AccountStore:
         )
         return None if row is None else Caller(str(row["id"]), row["username"], row["is_admin"])
 
+    async def mark_minor(self, user_id: UUID) -> None:
+        """Flag ``user_id`` as a minor, permanently (the first date is kept)."""
+        await self._pool.execute(
+            "UPDATE users SET minor_since = coalesce(minor_since, now()) WHERE id = $1", user_id
+        )
+
+    async def is_minor(self, user_id: UUID) -> bool:
+        flagged = await self._pool.fetchval(
+            "SELECT minor_since IS NOT NULL FROM users WHERE id = $1", user_id
+        )
+        return bool(flagged)
+
     async def create_key(self, username: str, name: str = "", *, admin: bool = False) -> CreatedKey:
         """A new key for ``username`` (created if unknown); the plain key is returned once."""
         user_id = await self.ensure_user(username, is_admin=admin)

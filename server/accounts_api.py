@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from typing import Annotated
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -22,9 +19,9 @@ from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.params import JSONBody
 
 from memory.accounts import AccountStore, Caller
-from memory.longterm import LongTermMemory
 from memory.users import UserData, UserExport
 from server.auth import resolve_user
+from server.memories_api import long_term_memory
 from server.tokens import hash_password, issue_token, jwt_secret, password_matches
 
 Username = Annotated[str, msgspec.Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -54,19 +51,7 @@ class Conflict(ClientException):
 
 def _user_data(state: State) -> UserData:
     resources = state.resources
-    memories = LongTermMemory(resources.pool, resources.embedder or _NoEmbedder())
-    return UserData(resources.pool, resources.redis, memories)
-
-
-class _NoEmbedder:
-    """Export and erase never embed; this stands in when no embedder is configured."""
-
-    @property
-    def dimensions(self) -> int:
-        return 384
-
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        raise RuntimeError("no embedding model is configured")
+    return UserData(resources.pool, resources.redis, long_term_memory(state))
 
 
 class AccountsController(Controller):

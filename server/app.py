@@ -23,6 +23,7 @@ from server.conversations_api import ConversationsController
 from server.errors import exception_handlers
 from server.health import HealthController
 from server.logs import RequestContext, configure_logging
+from server.memories_api import MemoriesController
 from server.openai_api.routes import OpenAIController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
@@ -54,6 +55,7 @@ def create_app(
             AdminController,
             AccountsController,
             ConversationsController,
+            MemoriesController,
             *extra_route_handlers,
         ],
         lifespan=[lifespan],

@@ -42,6 +42,7 @@ from inference.classifiers.emotion import EmotionClassifier, EmotionResult
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
 from inference.types import ChatMessage, GenerationRequest, Priority, SamplingParams, TextDelta
+from memory.accounts import AccountStore
 from memory.conversation_log import ConversationLog
 from memory.jobs import enqueue_extraction
 from memory.longterm import LongTermMemory, RetrievedMemory
@@ -97,6 +98,7 @@ class ChatTurnService:
         emotions: EmotionClassifier,
         content: ContentClassifier,
         personas: dict[str, Persona],
+        accounts: AccountStore,
         jobs: MemoryJobs | None = None,
     ) -> None:
         self._engine = engine
@@ -107,6 +109,7 @@ class ChatTurnService:
         self._content = content
         self._personas = personas
         self._jobs = jobs
+        self._accounts = accounts
 
     async def turn(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str
@@ -154,21 +157,23 @@ class ChatTurnService:
         )
 
     async def _gather(self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str) -> TurnParts:
-        history, session = await asyncio.gather(
+        history, session, minor = await asyncio.gather(
             self._log.history(conversation_id, user_id),
             self._sessions.get_or_create(conversation_id, user_id),
+            self._accounts.is_minor(user_id),
         )
         context = ContentContext(
             recent_labels=(session.last_content_label,) if session.last_content_label else (),
             route=session.route,
             route_lock_remaining=session.route_lock_remaining,
+            minor=minor,
         )
         emotion, content, memories = await asyncio.gather(
             self._emotions.classify(text),
             self._content.classify(text, context),
             self._memories.retrieve(user_id, text, k=5, token_budget=MEMORY_TOKEN_BUDGET),
         )
-        decision = await self._route(conversation_id, user_id, content)
+        decision = await self._route(conversation_id, user_id, content, minor)
         return TurnParts(
             session=session,
             history=[ChatMessage(m.role, m.content) for m in history.messages],
@@ -180,13 +185,17 @@ class ChatTurnService:
         )
 
     async def _route(
-        self, conversation_id: uuid.UUID, user_id: uuid.UUID, content: ContentResult
+        self,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        content: ContentResult,
+        minor: bool,
     ) -> RouteDecision:
         decided: list[RouteDecision] = []
 
         def route(state: SessionState) -> SessionState:
             decided.clear()  # the update may be retried: keep the last decision
-            decided.append(decide_route(state, content))
+            decided.append(decide_route(state, content, minor=minor))
             return apply_changes(state, decided[0].changes)
 
         await self._sessions.update(conversation_id, user_id, route)

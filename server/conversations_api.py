@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -21,7 +21,7 @@ from litestar.response import Stream
 
 from inference.errors import EngineUnavailable, InferenceError
 from inference.types import TextDelta
-from memory.accounts import Caller
+from memory.accounts import AccountStore, Caller
 from memory.messages import (
     Conversation,
     ConversationNotFoundError,
@@ -30,14 +30,25 @@ from memory.messages import (
     MessageStore,
     StoredMessage,
 )
+from memory.session import SessionStore
 from server.auth import resolve_user
 from server.chat import TurnDone, TurnMeta
 from server.personas import PersonaCard, cards, load_personas
+from server.routing import InvalidDateOfBirth, apply_verification
+from server.routing import verify_age as check_age
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
     persona: str = "companion"
     title: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class DateOfBirth(msgspec.Struct, forbid_unknown_fields=True):
+    date_of_birth: date
+
+
+class Verification(msgspec.Struct):
+    verified: bool
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -135,6 +146,37 @@ class ConversationsController(Controller):
             stream = _sse(first, events)
             return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
         return Response(await _collect(first, events))
+
+    @post("/conversations/{conversation_id:uuid}/verify-age", status_code=200)
+    async def verify_age(
+        self,
+        conversation_id: FromPath[uuid.UUID],
+        data: JSONBody[DateOfBirth],
+        state: State,
+        user: NamedDependency[Caller],
+    ) -> Verification:
+        """A self-declared date of birth: 18+ verifies this conversation's session; under
+        18 flags the user as a minor for good (no later date verifies them)."""
+        resources = state.resources
+        await _owned(resources.pool, conversation_id, user)
+        now = datetime.now(UTC)
+        try:
+            verification = check_age(data.date_of_birth, now.date())
+        except InvalidDateOfBirth as exc:
+            raise ValidationException(str(exc)) from exc
+        user_id = uuid.UUID(user.user_id)
+        accounts = AccountStore(resources.pool)
+        if verification.mark_minor:
+            await accounts.mark_minor(user_id)
+        minor = await accounts.is_minor(user_id)
+        sessions = SessionStore(resources.redis)
+        await sessions.get_or_create(conversation_id, user_id)
+        updated = await sessions.update(
+            conversation_id,
+            user_id,
+            lambda s: apply_verification(s, verification, minor=minor, now=now),
+        )
+        return Verification(verified=updated.age_verified)
 
 
 async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> None:

@@ -31,6 +31,7 @@ from inference.engine import Engine
 from inference.factory import create_engine
 from inference.gpu import GpuMetrics, read_gpus
 from inference.metrics import EngineMetrics, default_engine_metrics
+from memory.accounts import AccountStore
 from memory.buffer import ConversationBuffer
 from memory.conversation_log import ConversationLog
 from memory.db import create_pool
@@ -125,6 +126,7 @@ async def _chat_service(
         emotions=EmotionClassifier(embedder),
         content=content,
         personas=load_personas(settings.data_dir),
+        accounts=AccountStore(pool),
         jobs=jobs,
     )
 

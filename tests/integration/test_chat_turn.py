@@ -124,3 +124,21 @@ async def test_memories_appear_after_the_background_job(
         sources = {row["id"] for row in rows}
         await asyncio.sleep(0.25)
     assert turn <= sources  # both messages of the turn are remembered
+
+
+async def test_verified_adult_reaches_the_explicit_route(client: AsyncTestClient[Litestar]) -> None:
+    headers = await signed_in(client)
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    base = f"/api/v1/conversations/{conversation['id']}"
+    adult = f"{time.gmtime().tm_year - 30}-01-15"
+    verified = await client.post(
+        f"{base}/verify-age", json={"date_of_birth": adult}, headers=headers
+    )
+    assert verified.json() == {"verified": True}
+    reply = await client.post(
+        f"{base}/messages", json={"content": "Talk dirty to me."}, headers=headers
+    )
+    meta = reply.json()["meta"]
+    assert meta["route"] == "explicit"
+    assert meta["persona"] == "companion-explicit"
+    assert meta["needs_verification"] is False

@@ -1,0 +1,65 @@
+"""What the companion remembers about the signed-in user: list, search, forget."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy as np
+import numpy.typing as npt
+from litestar import Controller, delete, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, Parameter
+
+from memory.accounts import Caller
+from memory.longterm import LongTermMemory, Memory
+from server.auth import resolve_user
+
+
+class _NoEmbedder:
+    """Listing, searching by text, deleting, exporting and erasing never embed; this
+    stands in when no embedding model is configured."""
+
+    @property
+    def dimensions(self) -> int:
+        return 384
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        raise RuntimeError("no embedding model is configured")
+
+
+def long_term_memory(state: State) -> LongTermMemory:
+    resources = state.resources
+    return LongTermMemory(resources.pool, resources.embedder or _NoEmbedder())
+
+
+class MemoriesController(Controller):
+    path = "/api/v1/memories"
+    tags = ["memories"]
+    dependencies = {"user": Provide(resolve_user)}
+
+    @get("/")
+    async def list_memories(
+        self,
+        state: State,
+        user: NamedDependency[Caller],
+        text: Annotated[str | None, Parameter(query="query", max_length=500)] = None,
+        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
+    ) -> list[Memory]:
+        """The user's current memories, newest first, or those matching ``?query=``."""
+        memories = long_term_memory(state)
+        user_id = uuid.UUID(user.user_id)
+        if text and text.strip():
+            return list(await memories.search(user_id, text, limit))
+        return list(await memories.list(user_id, limit=limit))
+
+    @delete("/{memory_id:int}")
+    async def forget(
+        self, memory_id: FromPath[int], state: State, user: NamedDependency[Caller]
+    ) -> None:
+        """Forget one memory (and the older versions it replaced); 404 if not the user's."""
+        if not await long_term_memory(state).delete(uuid.UUID(user.user_id), memory_id):
+            raise NotFoundException("memory not found")
