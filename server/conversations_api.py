@@ -33,7 +33,7 @@ from memory.messages import (
 from memory.session import SessionStore
 from server.auth import resolve_user
 from server.chat import TurnDone, TurnMeta
-from server.personas import PersonaCard, cards, load_personas
+from server.personas import PersonaCard, cards
 from server.routing import InvalidDateOfBirth, apply_verification
 from server.routing import verify_age as check_age
 
@@ -90,14 +90,13 @@ class ConversationsController(Controller):
 
     @get("/personas")
     async def personas(self, state: State, user: NamedDependency[Caller]) -> list[PersonaCard]:
-        return cards(load_personas(state.resources.settings.data_dir))
+        return cards(state.resources.personas)
 
     @post("/conversations", status_code=201)
     async def create(
         self, data: JSONBody[NewConversation], state: State, user: NamedDependency[Caller]
     ) -> ConversationBody:
-        personas = load_personas(state.resources.settings.data_dir)
-        persona = personas.get(data.persona)
+        persona = state.resources.personas.get(data.persona)
         if persona is None or not persona.selectable:
             raise ValidationException(f"unknown persona {data.persona!r}")
         store = ConversationStore(state.resources.pool)

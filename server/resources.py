@@ -44,7 +44,7 @@ from memory.session import SessionStore
 from server.chat import ChatTurnService
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
-from server.personas import load_personas
+from server.personas import Persona, load_personas
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Resources:
     embedder: SentenceEmbedder | None = None
     chat: ChatTurnService | None = None
     probes: list[Probe] = field(default_factory=list)
+    personas: dict[str, Persona] = field(default_factory=dict)
 
 
 @asynccontextmanager
@@ -101,17 +102,18 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 extract_every=settings.memory_extract_every,
                 concurrency=settings.memory_job_concurrency,
             )
-        chat = await _chat_service(settings, pool, redis, engine, embedder, jobs)
-        yield Resources(settings, pool, redis, engine, embedder, chat, probes)
+        personas = load_personas(settings.data_dir)  # once: edits apply at the next start
+        chat = await _chat_service(pool, redis, engine, embedder, jobs, personas)
+        yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas)
 
 
 async def _chat_service(
-    settings: Settings,
     pool: asyncpg.Pool,
     redis: Redis,
     engine: Engine | None,
     embedder: SentenceEmbedder | None,
     jobs: MemoryJobs | None,
+    personas: dict[str, Persona],
 ) -> ChatTurnService | None:
     """The chat turn needs the engine and the embedder (classifiers, memory); else none."""
     if engine is None or embedder is None:
@@ -125,7 +127,7 @@ async def _chat_service(
         memories=LongTermMemory(pool, embedder),
         emotions=EmotionClassifier(embedder),
         content=content,
-        personas=load_personas(settings.data_dir),
+        personas=personas,
         accounts=AccountStore(pool),
         jobs=jobs,
     )
