@@ -87,7 +87,7 @@ def _overloaded(_: Request[Any, Any, Any], exc: EngineOverloaded) -> Response[di
     return error_response(503, str(exc), code="overloaded", headers={"Retry-After": retry_after})
 
 
-def _inference_error(status: int, code: str) -> Any:
+def _status_error(status: int, code: str) -> Any:
     def handle(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
         return error_response(status, str(exc), code=code)
 
@@ -102,10 +102,10 @@ def _unhandled(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, 
 exception_handlers: ExceptionHandlersMap = {
     HTTPException: _http_exception,
     EngineOverloaded: _overloaded,
-    ContextLengthExceeded: _inference_error(413, "context_length_exceeded"),
-    InvalidRequest: _inference_error(400, "invalid_request"),
-    DeadlineExceeded: _inference_error(504, "deadline_exceeded"),
-    EngineUnavailable: _inference_error(503, "engine_unavailable"),
-    ErasureFailed: _inference_error(503, "unavailable"),
+    ContextLengthExceeded: _status_error(413, "context_length_exceeded"),
+    InvalidRequest: _status_error(400, "invalid_request"),
+    DeadlineExceeded: _status_error(504, "deadline_exceeded"),
+    EngineUnavailable: _status_error(503, "engine_unavailable"),
+    ErasureFailed: _status_error(503, "unavailable"),
     Exception: _unhandled,
 }
