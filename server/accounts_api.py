@@ -22,6 +22,7 @@ from memory.accounts import AccountStore, Caller
 from memory.users import UserData, UserExport
 from server.auth import resolve_user
 from server.memories_api import long_term_memory
+from server.ratelimit import ip_guard
 from server.tokens import hash_password, issue_token, jwt_secret, password_matches
 
 Username = Annotated[str, msgspec.Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -57,8 +58,9 @@ def _user_data(state: State) -> UserData:
 class AccountsController(Controller):
     path = "/api/v1"
     tags = ["accounts"]
+    opt = {"rate_limit": "api"}
 
-    @post("/auth/register", status_code=201)
+    @post("/auth/register", status_code=201, opt={"rate_limit": "auth"}, guards=[ip_guard])
     async def register(self, data: JSONBody[Credentials], state: State) -> Me:
         password_hash = await asyncio.to_thread(hash_password, data.password)
         user_id = await AccountStore(state.resources.pool).register(data.username, password_hash)
@@ -66,7 +68,7 @@ class AccountsController(Controller):
             raise Conflict(f"the username {data.username!r} is taken")
         return Me(str(user_id), data.username, False)
 
-    @post("/auth/login", status_code=200)
+    @post("/auth/login", status_code=200, opt={"rate_limit": "auth"}, guards=[ip_guard])
     async def login(self, data: JSONBody[Credentials], state: State) -> AccessToken:
         resources = state.resources
         found = await AccountStore(resources.pool).credentials(data.username)

@@ -17,13 +17,21 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from memory.accounts import KEY_PREFIX, AccountStore, Caller
+from server.ratelimit import enforce_ip, enforce_user
 from server.tokens import jwt_secret, token_user
 
 LOCAL_CALLER = Caller(user_id="local", username="local", is_admin=True)
 
 
 async def resolve_caller(request: Request[Any, Any, Any], state: State) -> Caller:
-    """The caller of this request (a Litestar dependency)."""
+    """The caller of this request (a Litestar dependency), rate-limited by address and user."""
+    await enforce_ip(request)
+    caller = await _key_caller(request, state)
+    await enforce_user(request, caller.user_id)
+    return caller
+
+
+async def _key_caller(request: Request[Any, Any, Any], state: State) -> Caller:
     resources = state.resources
     key = _bearer(request)
     required = resources.settings.api_keys_required
@@ -56,8 +64,10 @@ async def resolve_user(request: Request[Any, Any, Any], state: State) -> Caller:
     """The signed-in user of a companion API request (a Litestar dependency).
 
     A Bearer access token (or one of our API keys); in development with
-    ``COMPANION_DEV_HEADER_AUTH`` on, an ``X-User-Id`` header instead.
+    ``COMPANION_DEV_HEADER_AUTH`` on, an ``X-User-Id`` header instead. Rate-limited
+    by address before authentication and by user after it.
     """
+    await enforce_ip(request)
     resources = state.resources
     accounts = AccountStore(resources.pool)
     token = _bearer(request)
@@ -71,6 +81,7 @@ async def resolve_user(request: Request[Any, Any, Any], state: State) -> Caller:
         caller = await _header_user(request, accounts)
     if caller is None:
         raise NotAuthorizedException("a valid access token is required")
+    await enforce_user(request, caller.user_id)
     return caller
 
 

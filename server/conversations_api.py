@@ -62,6 +62,7 @@ class TurnReply(msgspec.Struct):
 
 
 TurnEvents = AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]
+_TURN = {"rate_limit": "turn"}
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -86,6 +87,7 @@ def _body(conversation: Conversation) -> ConversationBody:
 class ConversationsController(Controller):
     path = "/api/v1"
     tags = ["conversations"]
+    opt = {"rate_limit": "api"}
     dependencies = {"user": Provide(resolve_user)}
 
     @get("/personas")
@@ -122,7 +124,7 @@ class ConversationsController(Controller):
         await _owned(pool, conversation_id, user)
         return await MessageStore(pool).page(conversation_id, before, limit)
 
-    @post("/conversations/{conversation_id:uuid}/messages", status_code=200)
+    @post("/conversations/{conversation_id:uuid}/messages", status_code=200, opt=_TURN)
     async def send(
         self,
         conversation_id: FromPath[uuid.UUID],

@@ -39,6 +39,7 @@ def long_term_memory(state: State) -> LongTermMemory:
 class MemoriesController(Controller):
     path = "/api/v1/memories"
     tags = ["memories"]
+    opt = {"rate_limit": "api"}
     dependencies = {"user": Provide(resolve_user)}
 
     @get("/")

@@ -45,6 +45,7 @@ from server.chat import ChatTurnService
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
 from server.personas import Persona, load_personas
+from server.ratelimit import Limits, RateLimiter
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Resources:
     chat: ChatTurnService | None = None
     probes: list[Probe] = field(default_factory=list)
     personas: dict[str, Persona] = field(default_factory=dict)
+    rate_limiter: RateLimiter | None = None
 
 
 @asynccontextmanager
@@ -104,7 +106,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             )
         personas = load_personas(settings.data_dir)  # once: edits apply at the next start
         chat = await _chat_service(pool, redis, engine, embedder, jobs, personas)
-        yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas)
+        limiter = _limiter(settings, redis)
+        yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas, limiter)
+
+
+def _limiter(settings: Settings, redis: Redis) -> RateLimiter | None:
+    if not settings.rate_limits:
+        return None
+    limits = Limits(settings.rate_limit_user, settings.rate_limit_ip, settings.rate_limit_routes)
+    return RateLimiter(redis, limits)
 
 
 async def _chat_service(

@@ -72,6 +72,12 @@ class Settings:
     cors_origins: tuple[str, ...]
     rate_limit_user: RateLimit
     rate_limit_ip: RateLimit
+    rate_limits: bool
+    rate_limit_routes: dict[str, RateLimit]
+    max_message_chars: int
+    idempotency_ttl_s: int
+    sse_keepalive_s: float
+    response_cache_ttl_s: int
     log_level: str
     log_format: str
     dev_header_auth: bool
@@ -133,6 +139,10 @@ class Settings:
             "cors_origins": ",".join(self.cors_origins) or "(none)",
             "rate_limit_user": str(self.rate_limit_user),
             "rate_limit_ip": str(self.rate_limit_ip),
+            "rate_limits": "on" if self.rate_limits else "off",
+            "rate_limit_routes": ",".join(f"{k}={v}" for k, v in self.rate_limit_routes.items()),
+            "max_message_chars": str(self.max_message_chars),
+            "response_cache_ttl_s": str(self.response_cache_ttl_s),
             "log_level": self.log_level,
             "log_format": self.log_format,
             "dev_header_auth": str(self.dev_header_auth).lower(),
@@ -264,6 +274,28 @@ def _rate(raw: object) -> RateLimit:
     return RateLimit(int(match[1]), _PERIODS[match[2]])
 
 
+def _route_rates(raw: object) -> dict[str, RateLimit]:
+    items = raw.items() if isinstance(raw, dict) else _pairs(str(raw))
+    rates = {}
+    for group, rate in items:
+        if not re.fullmatch(r"[a-z0-9_]+", str(group)):
+            raise ValueError("expected group=rate pairs like turn=30/minute,auth=10/minute")
+        rates[str(group)] = _rate(rate)
+    return rates
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        group, sep, rate = item.partition("=")
+        if not sep:
+            raise ValueError("expected group=rate pairs like turn=30/minute,auth=10/minute")
+        pairs.append((group.strip(), rate.strip()))
+    return pairs
+
+
 def _path(raw: object) -> Path:
     text = _text(raw)
     if not text:
@@ -308,6 +340,17 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("cors_origins", "COMPANION_CORS_ORIGINS", _origins, ""),
     _Field("rate_limit_user", "COMPANION_RATE_LIMIT_USER", _rate, "60/minute"),
     _Field("rate_limit_ip", "COMPANION_RATE_LIMIT_IP", _rate, "120/minute"),
+    _Field("rate_limits", "COMPANION_RATE_LIMITS", _boolean, True),
+    _Field(
+        "rate_limit_routes",
+        "COMPANION_RATE_LIMIT_ROUTES",
+        _route_rates,
+        "turn=30/minute,auth=10/minute",
+    ),
+    _Field("max_message_chars", "COMPANION_MAX_MESSAGE_CHARS", _integer(1, 1_000_000), 8000),
+    _Field("idempotency_ttl_s", "COMPANION_IDEMPOTENCY_TTL", _integer(60, 30 * 86400), 86400),
+    _Field("sse_keepalive_s", "COMPANION_SSE_KEEPALIVE", _seconds, 15.0),
+    _Field("response_cache_ttl_s", "COMPANION_RESPONSE_CACHE_TTL", _integer(0, 30 * 86400), 3600),
     _Field(
         "log_level", "COMPANION_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info"
     ),
@@ -453,6 +496,12 @@ def _build(values: Mapping[str, Any]) -> Settings:
         cors_origins=values["cors_origins"],
         rate_limit_user=values["rate_limit_user"],
         rate_limit_ip=values["rate_limit_ip"],
+        rate_limits=values["rate_limits"],
+        rate_limit_routes=values["rate_limit_routes"],
+        max_message_chars=values["max_message_chars"],
+        idempotency_ttl_s=values["idempotency_ttl_s"],
+        sse_keepalive_s=values["sse_keepalive_s"],
+        response_cache_ttl_s=values["response_cache_ttl_s"],
         log_level=values["log_level"],
         log_format=values["log_format"],
         dev_header_auth=values["dev_header_auth"],

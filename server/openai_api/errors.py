@@ -22,6 +22,8 @@ from inference.errors import (
     EngineUnavailable,
     InvalidRequest,
 )
+from server.errors import exception_handlers as app_exception_handlers
+from server.ratelimit import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,10 @@ def _translate(exc: Exception) -> OpenAIError:
         return OpenAIError(504, str(exc), error_type="server_error", code="timeout")
     if isinstance(exc, EngineUnavailable):
         return OpenAIError(503, str(exc), error_type="server_error", code="engine_unavailable")
+    if isinstance(exc, RateLimited):
+        return OpenAIError(
+            429, exc.detail, error_type="requests", code="rate_limit_exceeded", headers=exc.headers
+        )
     if isinstance(exc, NotAuthorizedException):
         return OpenAIError(401, exc.detail, code="invalid_api_key")
     if isinstance(exc, ValidationException):
@@ -102,4 +108,8 @@ def _handle(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any
     return _respond(_translate(exc))
 
 
-openai_exception_handlers: ExceptionHandlersMap = {Exception: _handle}
+# Litestar picks the handler of the nearest class in the exception's MRO across all
+# layers, so every class the app-wide map handles must be overridden here too.
+openai_exception_handlers: ExceptionHandlersMap = {
+    exc_type: _handle for exc_type in (*app_exception_handlers, Exception)
+}

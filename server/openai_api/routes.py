@@ -34,6 +34,7 @@ def _respond(result: Any) -> Response[Any]:
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["openai"]
+    opt = {"rate_limit": "v1"}
     dependencies = {
         "caller": Provide(resolve_caller),
         "service": Provide(provide_service, sync_to_thread=False),

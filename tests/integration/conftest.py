@@ -96,5 +96,6 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
             "COMPANION_LOG_LEVEL": "warning",
             "COMPANION_CHAT_ENGINE": "none",  # tests that need an engine opt in
             "COMPANION_EMBEDDER": "none",
+            "COMPANION_RATE_LIMITS": "false",  # one shared Redis: tests that need limits opt in
         }
     )

@@ -67,6 +67,19 @@ def test_malformed_values_name_the_variable_and_the_expectation() -> None:
     assert "DATABASE_URL: expected a URL starting with postgresql://" in text
 
 
+def test_route_rate_limits_parse_from_text_and_toml_tables() -> None:
+    assert load_settings({}).rate_limit_routes == {
+        "turn": RateLimit(30, 60),
+        "auth": RateLimit(10, 60),
+    }
+    settings = load_settings({"COMPANION_RATE_LIMIT_ROUTES": " turn = 5/second , v1=100/hour"})
+    assert settings.rate_limit_routes == {"turn": RateLimit(5, 1), "v1": RateLimit(100, 3600)}
+    for bad in ("turn", "turn=often", "Turn!=1/second"):
+        problems = problems_of({"COMPANION_RATE_LIMIT_ROUTES": bad})
+        assert len(problems) == 1
+        assert problems[0].startswith("COMPANION_RATE_LIMIT_ROUTES: expected")
+
+
 def test_secret_values_are_never_echoed_in_errors() -> None:
     problems = problems_of({"DATABASE_URL": "mysql://user:hunter2@db/x"})
     assert problems and all("hunter2" not in p for p in problems)
