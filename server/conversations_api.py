@@ -7,7 +7,7 @@ the same 404: the API never reveals that another user's conversation exists.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -31,11 +31,14 @@ from memory.messages import (
     StoredMessage,
 )
 from memory.session import SessionStore
+from server import idempotency
 from server.auth import resolve_user
 from server.chat import TurnDone, TurnMeta
+from server.idempotency import TurnEvents, TurnReply
 from server.personas import PersonaCard, cards
 from server.routing import InvalidDateOfBirth, apply_verification
 from server.routing import verify_age as check_age
+from server.sse import KEEPALIVE, event, with_keepalive
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,16 +55,9 @@ class Verification(msgspec.Struct):
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
-    content: Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
+    content: str  # length limits: COMPANION_MAX_MESSAGE_CHARS, checked in the handler
 
 
-class TurnReply(msgspec.Struct):
-    reply: str
-    meta: TurnMeta
-    done: TurnDone
-
-
-TurnEvents = AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]
 _TURN = {"rate_limit": "turn"}
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -133,20 +129,34 @@ class ConversationsController(Controller):
         state: State,
         user: NamedDependency[Caller],
     ) -> Response[Any]:
-        """One turn: SSE (``meta``, ``token``..., ``done``) or, without it, the whole reply."""
-        chat = state.resources.chat
+        """One turn: SSE (``meta``, ``token``..., ``done``) or, without it, the whole reply.
+
+        With an ``Idempotency-Key`` header a retry returns the first turn (`server.idempotency`).
+        """
+        resources = state.resources
+        text = _message_text(data.content, resources.settings.max_message_chars)
+        chat = resources.chat
         if chat is None:
             raise EngineUnavailable("chat needs a chat engine and an embedding model")
-        text = data.content.strip()
-        if not text:
-            raise ValidationException("content must not be blank")
-        await _owned(state.resources.pool, conversation_id, user)
-        events = chat.turn(uuid.UUID(user.user_id), conversation_id, text)
-        first = await anext(events)  # refusals become HTTP errors before streaming starts
-        if "text/event-stream" in request.headers.get("accept", ""):
-            stream = _sse(first, events)
+        await _owned(resources.pool, conversation_id, user)
+        user_id = uuid.UUID(user.user_id)
+        streamed = "text/event-stream" in request.headers.get("accept", "")
+        claim = await idempotency.claim_for(request, resources, user_id, conversation_id, text)
+        if isinstance(claim, TurnReply):
+            return _replay(claim, streamed)
+        events = chat.turn(user_id, conversation_id, text)
+        try:
+            first = await anext(events)  # refusals become HTTP errors before streaming starts
+        except BaseException:
+            if claim is not None:
+                await claim.release()
+            raise
+        assert isinstance(first, TurnMeta)
+        turn = idempotency.recorded(first, events, claim)
+        if streamed:
+            stream = _sse(first, turn, resources.settings.sse_keepalive_s)
             return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
-        return Response(await _collect(first, events))
+        return Response(await _collect(first, turn))
 
     @post("/conversations/{conversation_id:uuid}/verify-age", status_code=200)
     async def verify_age(
@@ -187,31 +197,52 @@ async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> None:
         raise NotFoundException("conversation not found") from exc
 
 
-def _event(name: str, body: object) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(body) + b"\n\n"
+def _message_text(content: str, max_chars: int) -> str:
+    text = content.strip()
+    if not text:
+        raise ValidationException("content must not be blank")
+    if len(text) > max_chars:
+        raise ValidationException(f"content is longer than {max_chars} characters")
+    return text
 
 
-async def _sse(first: object, events: TurnEvents) -> AsyncIterator[bytes]:
-    yield _event("meta", first)
+async def _sse(first: TurnMeta, events: TurnEvents, keepalive_s: float) -> AsyncIterator[bytes]:
+    yield event("meta", first)
     try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                yield _event("token", {"text": event.text})
+        async for item in with_keepalive(events, keepalive_s):
+            if isinstance(item, TextDelta):
+                yield event("token", {"text": item.text})
+            elif isinstance(item, TurnDone):
+                yield event("done", item)
             else:
-                yield _event("done", event)
+                yield KEEPALIVE
     except InferenceError as exc:  # headers are sent: report in the stream
-        yield _event("error", {"code": type(exc).__name__, "message": str(exc)})
+        yield event("error", {"code": type(exc).__name__, "message": str(exc)})
     finally:
         await events.aclose()
+
+
+def _replay(turn: TurnReply, streamed: bool) -> Response[Any]:
+    """A completed turn again, as its first request got it."""
+    headers = {"Idempotent-Replayed": "true"}
+    if not streamed:
+        return Response(turn, headers=headers)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield event("meta", turn.meta)
+        yield event("token", {"text": turn.reply})
+        yield event("done", turn.done)
+
+    return Stream(events(), media_type="text/event-stream", headers=_SSE_HEADERS | headers)
 
 
 async def _collect(first: object, events: TurnEvents) -> TurnReply:
     parts: list[str] = []
     done = None
-    async for event in events:
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-        elif isinstance(event, TurnDone):
-            done = event
+    async for item in events:
+        if isinstance(item, TextDelta):
+            parts.append(item.text)
+        elif isinstance(item, TurnDone):
+            done = item
     assert isinstance(first, TurnMeta) and done is not None
     return TurnReply("".join(parts), first, done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -10,14 +11,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from inference.config import ChatEngineConfig
 from inference.embedder import SentenceEmbedder
 from memory.config import DatabaseConfig, RedisConfig
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
 from memory.migrate import migrate_url
 from memory.redis_client import create_redis
+from server.app import create_app
 from server.settings import Settings, load_settings
 
 
@@ -99,3 +104,14 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
             "COMPANION_RATE_LIMITS": "false",  # one shared Redis: tests that need limits opt in
         }
     )
+
+
+@pytest.fixture
+async def chat_client(
+    settings: Settings, tiny_gguf: Path
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """The whole app with the tiny chat model and MiniLM, on this test's database."""
+    engine = ChatEngineConfig(model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4)
+    full = dataclasses.replace(settings, chat_engine=engine, embedder="minilm")
+    async with AsyncTestClient(create_app(full), timeout=120) as test_client:
+        yield test_client

@@ -3,44 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import signed_in, sse_events
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from inference.config import ChatEngineConfig
-from server.app import create_app
-from server.settings import Settings
-
 
 @pytest.fixture
-async def client(settings: Settings, tiny_gguf: Path) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    engine = ChatEngineConfig(model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4)
-    full = dataclasses.replace(settings, chat_engine=engine, embedder="minilm")
-    async with AsyncTestClient(create_app(full), timeout=120) as test_client:
-        yield test_client
-
-
-async def signed_in(client: AsyncTestClient[Litestar]) -> dict[str, str]:
-    credentials = {"username": f"u{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
-    await client.post("/api/v1/auth/register", json=credentials)
-    token = (await client.post("/api/v1/auth/login", json=credentials)).json()["access_token"]
-    return {"Authorization": f"Bearer {token}"}
-
-
-def sse_events(body: str) -> list[tuple[str, dict[str, object]]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
+async def client(chat_client: AsyncTestClient[Litestar]) -> AsyncTestClient[Litestar]:
+    return chat_client
 
 
 async def test_a_conversation_over_json_and_sse(client: AsyncTestClient[Litestar]) -> None:

@@ -1,0 +1,116 @@
+"""Idempotent retries and message limits of the chat turn, over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from helpers import signed_in, sse_events
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from server.app import create_app
+from server.idempotency import IdempotencyStore
+from server.settings import Settings
+
+SSE = {"Accept": "text/event-stream"}
+
+
+async def new_conversation(
+    client: AsyncTestClient[Litestar], headers: dict[str, str]
+) -> tuple[str, str]:
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    return conversation["id"], f"/api/v1/conversations/{conversation['id']}/messages"
+
+
+async def test_a_retried_post_returns_the_same_turn(chat_client: AsyncTestClient[Litestar]) -> None:
+    headers = await signed_in(chat_client)
+    _, url = await new_conversation(chat_client, headers)
+    keyed = {**headers, "Idempotency-Key": "turn-1"}
+    first = await chat_client.post(url, json={"content": "Hello there!"}, headers=keyed)
+    assert first.status_code == 200, first.text
+    assert "idempotent-replayed" not in first.headers
+
+    again = await chat_client.post(url, json={"content": "Hello there!"}, headers=keyed)
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+
+    streamed = await chat_client.post(
+        url, json={"content": "Hello there!"}, headers={**keyed, **SSE}
+    )
+    events = sse_events(streamed.text)
+    assert [name for name, _ in events] == ["meta", "token", "done"]
+    assert events[1][1]["text"] == first.json()["reply"]
+    assert events[2][1] == first.json()["done"]
+
+    history = (await chat_client.get(url, headers=headers)).json()
+    assert [m["role"] for m in history] == ["user", "assistant"]
+
+
+async def test_a_key_names_one_request_of_one_user(chat_client: AsyncTestClient[Litestar]) -> None:
+    alice, bob = await signed_in(chat_client), await signed_in(chat_client)
+    _, url = await new_conversation(chat_client, alice)
+    keyed = {**alice, "Idempotency-Key": "same"}
+    assert (await chat_client.post(url, json={"content": "One"}, headers=keyed)).status_code == 200
+    reused = await chat_client.post(url, json={"content": "Two"}, headers=keyed)
+    assert reused.status_code == 422
+    assert "Idempotency-Key" in reused.json()["error"]["message"]
+
+    _, bob_url = await new_conversation(chat_client, bob)
+    bobs = await chat_client.post(
+        bob_url, json={"content": "One"}, headers={**bob, "Idempotency-Key": "same"}
+    )
+    assert bobs.status_code == 200 and "idempotent-replayed" not in bobs.headers
+    bad = await chat_client.post(
+        url, json={"content": "x"}, headers={**alice, "Idempotency-Key": ""}
+    )
+    assert bad.status_code == 400
+
+
+async def test_a_retry_while_the_first_runs_is_409(
+    chat_client: AsyncTestClient[Litestar], shared_redis: Redis
+) -> None:
+    headers = await signed_in(chat_client)
+    me = (await chat_client.get("/api/v1/me", headers=headers)).json()["id"]
+    conversation_id, url = await new_conversation(chat_client, headers)
+    # another instance has claimed the key and is still generating
+    store = IdempotencyStore(shared_redis, ttl_s=60)
+    claim = await store.claim(uuid.UUID(me), "k", uuid.UUID(conversation_id), "Hi")
+    running = await chat_client.post(
+        url, json={"content": "Hi"}, headers={**headers, "Idempotency-Key": "k"}
+    )
+    assert running.status_code == 409
+    assert (await chat_client.get(url, headers=headers)).json() == []
+    await claim.release()  # it failed: the retry now runs
+    retried = await chat_client.post(
+        url, json={"content": "Hi"}, headers={**headers, "Idempotency-Key": "k"}
+    )
+    assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+
+
+@pytest.fixture
+async def short_messages(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    limited = dataclasses.replace(settings, max_message_chars=10)
+    async with AsyncTestClient(create_app(limited)) as client:
+        yield client
+
+
+async def test_message_length_limit_is_configurable(
+    short_messages: AsyncTestClient[Litestar], chat_client: AsyncTestClient[Litestar]
+) -> None:
+    headers = await signed_in(chat_client)
+    _, url = await new_conversation(chat_client, headers)
+    long = await chat_client.post(url, json={"content": "x" * 8001}, headers=headers)
+    assert long.status_code == 400 and "8000 characters" in long.json()["error"]["message"]
+    assert (await chat_client.get(url, headers=headers)).json() == []
+    short_headers = await signed_in(short_messages)
+    _, short_url = await new_conversation(short_messages, short_headers)
+    refused = await short_messages.post(
+        short_url, json={"content": "x" * 11}, headers=short_headers
+    )
+    assert refused.status_code == 400
+    assert "10 characters" in refused.json()["error"]["message"]
