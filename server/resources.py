@@ -46,6 +46,7 @@ from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
 from server.personas import Persona, load_personas
 from server.ratelimit import Limits, RateLimiter
+from server.response_cache import ResponseCache
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(redis.aclose)
         probes = [Probe("database", lambda: pool.fetchval("SELECT 1")), Probe("redis", redis.ping)]
         engine = await _start_engine(stack, settings)
+        if engine is not None and settings.response_cache_ttl_s > 0:
+            engine = ResponseCache(engine, redis, settings.response_cache_ttl_s)
         if engine is not None:
             probes.append(Probe("engine", engine.health))
         embedder = await _start_embedder(stack, settings)

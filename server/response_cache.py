@@ -1,0 +1,151 @@
+"""A response cache in Redis for deterministic requests, wrapped around any engine.
+
+Only a request whose output is fixed by its inputs is cached: temperature 0
+(greedy) or a fixed seed. The key is a SHA-256 of everything that decides the
+output (the user, the model, the messages or prompt, every sampling
+parameter, the JSON schema or grammar), so:
+
+- a hit replays the stored text as one delta and a `Finished` whose usage
+  counts the whole prompt as cached; the engine is not called at all;
+- the user id is part of the key, so one user's cached reply never answers
+  another user, for companion turns and /v1 alike (a privacy-first service
+  keeps even identical prompts apart);
+- only complete generations (finish reason ``stop`` or ``length``) are
+  stored; an aborted or failed one never is;
+- Redis trouble never fails a request: the cache is skipped (and counted).
+
+Wrapping the `Engine` protocol puts the cache in one place for the OpenAI
+API, the chat turn and the background jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import asdict
+
+import msgspec
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from inference.engine import Engine
+from inference.stats import EngineStats
+from inference.types import (
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    StreamEvent,
+    TextDelta,
+    Timings,
+    Usage,
+)
+
+_STORED: tuple[FinishReason, ...] = ("stop", "length")
+
+log = logging.getLogger(__name__)
+
+LOOKUPS = Counter(
+    "companion:response_cache_lookups",
+    "Response-cache lookups of deterministic requests, by model and result (hit, miss, error)",
+    ["model_name", "result"],
+)
+_KEY_PREFIX = "companion:rc:"
+
+
+class _Entry(msgspec.Struct):
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def is_deterministic(request: GenerationRequest) -> bool:
+    return request.sampling.temperature == 0 or request.sampling.seed is not None
+
+
+def cache_key(model_id: str, request: GenerationRequest) -> str:
+    """The key of ``request``'s reply: the user and everything that decides the output."""
+    decided_by = {
+        "user": request.user_id,
+        "model": model_id,
+        "messages": [[m.role, m.content] for m in request.messages],
+        "prompt": request.prompt,
+        "prompt_tokens": list(request.prompt_tokens),
+        "sampling": asdict(request.sampling),
+        "json_schema": request.json_schema,
+        "grammar": request.grammar,
+    }
+    digest = hashlib.sha256(msgspec.json.encode(decided_by, order="sorted")).hexdigest()
+    return _KEY_PREFIX + digest
+
+
+class ResponseCache:
+    """An `Engine` that answers repeated deterministic requests from Redis."""
+
+    def __init__(self, engine: Engine, redis: Redis, ttl_s: int) -> None:
+        self.engine = engine
+        self._redis = redis
+        self._ttl_s = ttl_s
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def health(self) -> None:
+        await self.engine.health()
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        if not is_deterministic(request):
+            async for event in self.engine.generate(request):
+                yield event
+            return
+        key = cache_key(self.model_id, request)
+        entry = await self._lookup(key)
+        if entry is not None:
+            yield TextDelta(entry.text)
+            usage = Usage(entry.prompt_tokens, entry.prompt_tokens, entry.completion_tokens)
+            yield Finished(entry.finish_reason, usage, Timings(0.0, 0.0, 0.0))
+            return
+        parts: list[str] = []
+        async for event in self.engine.generate(request):
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            elif event.finish_reason in _STORED:
+                await self._store(key, "".join(parts), event)
+            yield event
+
+    async def _lookup(self, key: str) -> _Entry | None:
+        try:
+            raw = await self._redis.get(key)
+        except RedisError as exc:
+            LOOKUPS.labels(self.model_id, "error").inc()
+            log.warning("response cache skipped", extra={"error": str(exc)})
+            return None
+        LOOKUPS.labels(self.model_id, "miss" if raw is None else "hit").inc()
+        return None if raw is None else msgspec.json.decode(raw, type=_Entry)
+
+    async def _store(self, key: str, text: str, finished: Finished) -> None:
+        entry = _Entry(
+            text,
+            finished.finish_reason,
+            finished.usage.prompt_tokens,
+            finished.usage.completion_tokens,
+        )
+        try:
+            await self._redis.set(key, msgspec.json.encode(entry), ex=self._ttl_s)
+        except RedisError as exc:
+            log.warning("response not cached", extra={"error": str(exc)})
