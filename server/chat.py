@@ -20,8 +20,18 @@
 7. Queue fact extraction for the background worker, unless routing said the
    turn must not be remembered (``minor_sexual``).
 
-This first version has no idempotency keys, rate limits, response cache or
-panel yet (see the issue notes).
+Timings of each step (seconds) go into the ``done`` event and into the
+``companion:turn_step_seconds`` histogram: ``load`` (history, session, minor
+flag), ``classify`` and ``retrieve`` (concurrent), ``route``, ``store_user``,
+``prepare`` (all of the above), ``ttft`` (turn start to first token),
+``engine_ttft`` (the engine's own, from submission), ``overhead`` (ttft minus
+engine_ttft: everything the service adds before the first token),
+``store_reply`` and ``total``.
+
+Idempotency keys and SSE keep-alives are the HTTP layer's
+(`server.idempotency`, `server.sse`); rate limits run before the turn
+(`server.ratelimit`); the response cache wraps the engine
+(`server.response_cache`).
 """
 
 from __future__ import annotations
@@ -30,12 +40,13 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
+from prometheus_client import Histogram
 
 from inference.classifiers.content import ContentClassifier, ContentContext, ContentResult
 from inference.classifiers.emotion import EmotionClassifier, EmotionResult
@@ -52,6 +63,12 @@ from server.personas import Persona
 from server.routing import RouteDecision, apply_changes, decide_route
 
 MEMORY_TOKEN_BUDGET = 600
+STEP_SECONDS = Histogram(
+    "companion:turn_step_seconds",
+    "Seconds spent in each step of a chat turn (see server.chat)",
+    ["step"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 
 class TurnMeta(msgspec.Struct):
@@ -83,7 +100,6 @@ class TurnParts:
     content: ContentResult
     memories: list[RetrievedMemory]
     decision: RouteDecision
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class ChatTurnService:
@@ -116,10 +132,12 @@ class ChatTurnService:
     ) -> AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]:
         """The turn as events: one `TurnMeta`, `TextDelta`s, then one `TurnDone`."""
         engine = self._require_engine()
-        started = time.perf_counter()
-        parts = await self._gather(user_id, conversation_id, text)
-        user_message = await self._log.append(conversation_id, user_id, "user", text)
-        parts.timings["prepare_s"] = time.perf_counter() - started
+        clock = _Clock()
+        parts = await self._gather(user_id, conversation_id, text, clock)
+        user_message = await clock.timed(
+            "store_user", self._log.append(conversation_id, user_id, "user", text)
+        )
+        clock.mark("prepare")
         persona = self._persona(parts.decision.persona)
         yield self._meta(parts, persona)
         request = self._request(user_id, conversation_id, persona, parts, text)
@@ -128,17 +146,24 @@ class ChatTurnService:
         async with aclosing(engine.generate(request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
+                    if not reply:
+                        clock.mark("ttft")
                     reply.append(event.text)
                     yield event
                 else:
                     usage = dataclasses.asdict(event.usage)
-                    parts.timings["engine_ttft_s"] = event.timings.time_to_first_token_s or 0.0
-        answer = await self._log.append(
-            conversation_id, user_id, "assistant", "".join(reply), _route_metadata(parts)
+                    clock.record("engine_ttft", event.timings.time_to_first_token_s or 0.0)
+        if reply:
+            clock.record("overhead", max(0.0, clock.seconds["ttft"] - clock.seconds["engine_ttft"]))
+        answer = await clock.timed(
+            "store_reply",
+            self._log.append(
+                conversation_id, user_id, "assistant", "".join(reply), _route_metadata(parts)
+            ),
         )
-        parts.timings["total_s"] = time.perf_counter() - started
+        clock.mark("total")
         await self._queue_memory_work(user_id, conversation_id, answer.id, parts)
-        yield TurnDone(user_message.id, answer.id, usage, parts.timings)
+        yield TurnDone(user_message.id, answer.id, usage, clock.report())
 
     async def _queue_memory_work(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, reply_id: int, parts: TurnParts
@@ -156,11 +181,16 @@ class ChatTurnService:
             turn_number=turn,
         )
 
-    async def _gather(self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str) -> TurnParts:
-        history, session, minor = await asyncio.gather(
-            self._log.history(conversation_id, user_id),
-            self._sessions.get_or_create(conversation_id, user_id),
-            self._accounts.is_minor(user_id),
+    async def _gather(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
+    ) -> TurnParts:
+        history, session, minor = await clock.timed(
+            "load",
+            asyncio.gather(
+                self._log.history(conversation_id, user_id),
+                self._sessions.get_or_create(conversation_id, user_id),
+                self._accounts.is_minor(user_id),
+            ),
         )
         context = ContentContext(
             recent_labels=(session.last_content_label,) if session.last_content_label else (),
@@ -168,12 +198,20 @@ class ChatTurnService:
             route_lock_remaining=session.route_lock_remaining,
             minor=minor,
         )
-        emotion, content, memories = await asyncio.gather(
-            self._emotions.classify(text),
-            self._content.classify(text, context),
-            self._memories.retrieve(user_id, text, k=5, token_budget=MEMORY_TOKEN_BUDGET),
+        classified, memories = await asyncio.gather(
+            clock.timed(
+                "classify",
+                asyncio.gather(
+                    self._emotions.classify(text), self._content.classify(text, context)
+                ),
+            ),
+            clock.timed(
+                "retrieve",
+                self._memories.retrieve(user_id, text, k=5, token_budget=MEMORY_TOKEN_BUDGET),
+            ),
         )
-        decision = await self._route(conversation_id, user_id, content, minor)
+        emotion, content = classified
+        decision = await clock.timed("route", self._route(conversation_id, user_id, content, minor))
         return TurnParts(
             session=session,
             history=[ChatMessage(m.role, m.content) for m in history.messages],
@@ -278,3 +316,32 @@ def _route_metadata(parts: TurnParts) -> dict[str, Any]:
         "content_label": parts.content.label,
         "store_in_memory": decision.store_in_memory,
     }
+
+
+T = TypeVar("T")
+
+
+class _Clock:
+    """Step timings of one turn, in seconds: `timed` awaits, `mark` since the start."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    async def timed(self, step: str, work: Awaitable[T]) -> T:
+        begun = time.perf_counter()
+        try:
+            return await work
+        finally:
+            self.record(step, time.perf_counter() - begun)
+
+    def mark(self, step: str) -> None:
+        self.record(step, time.perf_counter() - self.started)
+
+    def record(self, step: str, seconds: float) -> None:
+        self.seconds[step] = seconds
+        STEP_SECONDS.labels(step).observe(seconds)
+
+    def report(self) -> dict[str, float]:
+        """The ``done`` event's timings: ``<step>_s`` rounded to microseconds."""
+        return {f"{step}_s": round(value, 6) for step, value in self.seconds.items()}

@@ -11,6 +11,7 @@ import pytest
 from helpers import signed_in, sse_events
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 
 
 @pytest.fixture
@@ -40,8 +41,17 @@ async def test_a_conversation_over_json_and_sse(client: AsyncTestClient[Litestar
     names = [name for name, _ in events]
     assert names[0] == "meta" and names[-1] == "done" and "token" in names
     done = events[-1][1]
-    usage = done["usage"]
-    assert isinstance(usage, dict)
+    usage, timings = done["usage"], done["timings"]
+    assert isinstance(usage, dict) and isinstance(timings, dict)
+    steps = {"load", "classify", "retrieve", "route", "store_user", "prepare", "ttft"}
+    steps |= {"engine_ttft", "overhead", "store_reply", "total"}
+    assert timings.keys() == {f"{step}_s" for step in steps}
+    assert timings["prepare_s"] <= timings["ttft_s"] <= timings["total_s"]
+    assert timings["overhead_s"] == pytest.approx(
+        timings["ttft_s"] - timings["engine_ttft_s"], abs=1e-5
+    )
+    observed = REGISTRY.get_sample_value("companion:turn_step_seconds_count", {"step": "overhead"})
+    assert observed is not None and observed >= 2
     # Reuse reaches up to where the first turn's volatile context (the emotion hint)
     # was inserted: the persona and everything before it come from the KV cache.
     assert body["done"]["usage"]["cached_prompt_tokens"] == 0
