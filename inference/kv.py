@@ -177,8 +177,10 @@ class Plan:
     """Where a request's prompt KV comes from.
 
     ``source`` is "slot" (reuse ``slot``'s own cells), "host" (restore host entry
-    ``host_key`` into ``slot``), "public" (share ``reuse`` cells of ``donor``'s
-    public prefix) or "none". ``reuse`` tokens need no computing.
+    ``host_key`` into ``slot``), "public" (share ``reuse`` cells of ``donor``: its
+    public prefix, or any prefix of a sequence the same user is running now, as
+    when several personas answer one message) or "none". ``reuse`` tokens need no
+    computing.
     """
 
     slot: int
@@ -207,7 +209,7 @@ class SlotTable:
         limit = len(tokens) - 1  # the last prompt token is always computed
         own = self._best_own(owner, tokens, limit)
         saved = host.best(owner, tokens) if host is not None else None
-        public = self._best_public(tokens, min(public_len, limit))
+        public = self._best_donor(owner, tokens, min(public_len, limit), limit)
         own_reuse = own[1] if own else 0
         saved_reuse = min(saved[1], limit) if saved else 0
         public_reuse = public[1] if public else 0
@@ -232,10 +234,18 @@ class SlotTable:
                 best = (slot, shared)
         return best
 
-    def _best_public(self, tokens: Sequence[int], limit: int) -> tuple[Slot, int] | None:
+    def _best_donor(
+        self, owner: str, tokens: Sequence[int], public_limit: int, limit: int
+    ) -> tuple[Slot, int] | None:
+        """The slot whose cells this prompt can share the most of: any slot's public
+        prefix, or (never across users) the whole computed prefix of the owner's own
+        running sequences."""
         best: tuple[Slot, int] | None = None
         for slot in self.slots:
-            shared = min(common_prefix(slot.tokens[: slot.public_len], tokens), limit)
+            if slot.busy and slot.owner == owner:
+                shared = min(common_prefix(slot.tokens, tokens), limit)
+            else:
+                shared = min(common_prefix(slot.tokens[: slot.public_len], tokens), public_limit)
             if shared and (best is None or shared > best[1]):
                 best = (slot, shared)
         return best

@@ -169,6 +169,27 @@ async def test_concurrent_first_turns_compute_the_persona_once(make_engine: Engi
     assert engine.stats().prefix_hit_tokens == sum(cached)
 
 
+async def test_concurrent_prompts_of_one_user_share_their_common_prefix(
+    make_engine: EngineFactory,
+) -> None:
+    """A panel: several personas answer one message; the conversation is computed once."""
+    engine = make_engine(prefill_chunk=16)
+    await engine.start()
+    history = [ChatMessage("user", "Let me tell you about my week. " * 60)]
+    voices = [ChatMessage("system", f"Answer as voice number {i}.") for i in range(3)]
+    requests = [request("panel-user", [*history, voice]) for voice in voices]
+    replies = await asyncio.gather(*(ask(engine, r) for r in requests))
+    cached = sorted(r.finished.usage.cached_prompt_tokens for r in replies)
+    assert cached[0] == 0 and cached[1] > 400  # one computed the history, the others shared it
+    assert cached[1] == cached[2]
+
+    outsider = await ask(engine, request("someone-else", [*history, voices[0]]))
+    assert outsider.finished.usage.cached_prompt_tokens == 0  # never across users
+    assert outsider.text == next(
+        r.text for r, v in zip(replies, voices, strict=True) if v is voices[0]
+    )
+
+
 async def test_another_user_only_gets_the_public_persona(engine: LlamaCppEngine) -> None:
     secret = turn("My password hint is the name of my first dog, Biscuit.")
     alice = await ask(engine, request("alice", secret))

@@ -323,14 +323,19 @@ class LlamaCppEngine:
         return True
 
     def _public_prefix_in_progress(self, active: _Active, reuse: int) -> bool:
-        """Is a running request computing a public prefix this one could share beyond ``reuse``?
+        """Is a running request computing a prefix this one could share beyond ``reuse``?
 
-        Then waiting a step or two beats computing the same persona prompt
-        again: concurrent first turns share one computation.
+        Then waiting a step or two beats computing the same tokens again:
+        concurrent first turns share one persona prompt, and the personas of a
+        panel share one conversation (the same user's prompts are shared whole).
         """
         wanted = active.prompt[: active.public_len]
+        user = active.request.user_id
         for other in self._running:
-            shared = common_prefix(other.prompt[: other.public_len], wanted)
+            if other.request.user_id == user:
+                shared = min(common_prefix(other.prompt, active.prompt), len(active.prompt) - 1)
+            else:
+                shared = common_prefix(other.prompt[: other.public_len], wanted)
             if shared - reuse >= _MIN_SHARED_WAIT and other.n_past < shared:
                 return True
         return False
