@@ -52,7 +52,14 @@ from inference.classifiers.content import ContentClassifier, ContentContext, Con
 from inference.classifiers.emotion import EmotionClassifier, EmotionResult
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
-from inference.types import ChatMessage, GenerationRequest, Priority, SamplingParams, TextDelta
+from inference.types import (
+    ChatMessage,
+    GenerationRequest,
+    Priority,
+    SamplingParams,
+    StreamEvent,
+    TextDelta,
+)
 from memory.accounts import AccountStore
 from memory.conversation_log import ConversationLog
 from memory.jobs import enqueue_extraction
@@ -87,6 +94,58 @@ class TurnDone(msgspec.Struct):
     assistant_message_id: int
     usage: dict[str, int]
     timings: dict[str, float]
+
+
+class PanelMeta(msgspec.Struct):
+    """The panel's ``meta``: who answers and what the message was understood as.
+
+    ``personas`` are the ones asked for, or only the route's persona when
+    routing took the message off the normal route (crisis, explicit, blocked):
+    safety decides before the panel does.
+    """
+
+    route: str
+    personas: list[str]
+    model: str
+    emotion: str
+    emotion_confidence: float
+    content_label: str
+    needs_verification: bool
+    memories_used: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class PanelDelta:
+    persona: str
+    text: str
+
+
+class PanelReply(msgspec.Struct):
+    """One persona's finished answer (stored as an assistant message)."""
+
+    persona: str
+    assistant_message_id: int
+    usage: dict[str, int]
+    timings: dict[str, float]
+
+
+class PanelDone(msgspec.Struct):
+    user_message_id: int
+    replies: list[PanelReply]
+    timings: dict[str, float]
+
+
+PanelEvent = PanelMeta | PanelDelta | PanelReply | PanelDone
+PANEL_MAX_PERSONAS = 4
+PANEL_PREAMBLE = (
+    "Several companions with different voices share this conversation with the user."
+    " Each message is answered by the companion named in the last instruction, in that"
+    " companion's own voice, without speaking for the others."
+)
+
+
+class UnknownPersona(ValueError):
+    """A persona that does not exist or cannot be chosen."""
 
 
 @dataclass
@@ -128,9 +187,17 @@ class ChatTurnService:
         self._accounts = accounts
 
     async def turn(
-        self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: str,
+        persona_id: str = "companion",
     ) -> AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]:
-        """The turn as events: one `TurnMeta`, `TextDelta`s, then one `TurnDone`."""
+        """The turn as events: one `TurnMeta`, `TextDelta`s, then one `TurnDone`.
+
+        ``persona_id`` is the conversation's persona; it answers on the normal
+        route, and the route's own persona answers on every other route.
+        """
         engine = self._require_engine()
         clock = _Clock()
         parts = await self._gather(user_id, conversation_id, text, clock)
@@ -138,7 +205,7 @@ class ChatTurnService:
             "store_user", self._log.append(conversation_id, user_id, "user", text)
         )
         clock.mark("prepare")
-        persona = self._persona(parts.decision.persona)
+        persona = self._answering(parts.decision, persona_id)
         yield self._meta(parts, persona)
         request = self._request(user_id, conversation_id, persona, parts, text)
         reply: list[str] = []
@@ -164,6 +231,107 @@ class ChatTurnService:
         clock.mark("total")
         await self._queue_memory_work(user_id, conversation_id, answer.id, parts)
         yield TurnDone(user_message.id, answer.id, usage, clock.report())
+
+    def panel_personas(self, persona_ids: list[str]) -> list[Persona]:
+        """The personas of a panel request; `UnknownPersona` for bad ones."""
+        if not 1 <= len(persona_ids) <= PANEL_MAX_PERSONAS or len(set(persona_ids)) != len(
+            persona_ids
+        ):
+            raise UnknownPersona(f"give 1 to {PANEL_MAX_PERSONAS} different personas")
+        chosen = [self._personas.get(p) for p in persona_ids]
+        if any(p is None or not p.selectable for p in chosen):
+            raise UnknownPersona(f"unknown persona among {persona_ids}")
+        return [p for p in chosen if p is not None]
+
+    async def panel(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: str,
+        persona_ids: list[str],
+    ) -> AsyncGenerator[PanelEvent, None]:
+        """Several personas answer one message at once: `PanelMeta`, then `PanelDelta`s
+        interleaved as they come, a `PanelReply` as each finishes, and `PanelDone`.
+
+        Their prompts differ only in a last instruction naming the persona, so
+        the engine computes the conversation once and shares it (the same
+        user's concurrent prompts share their common prefix).
+        """
+        engine = self._require_engine()
+        personas = self.panel_personas(persona_ids)
+        clock = _Clock()
+        parts = await self._gather(user_id, conversation_id, text, clock)
+        user_message = await clock.timed(
+            "store_user", self._log.append(conversation_id, user_id, "user", text)
+        )
+        clock.mark("prepare")
+        if parts.decision.route != "normal":
+            personas = [self._persona(parts.decision.persona)]
+        yield self._panel_meta(parts, personas)
+        requests = {
+            p.id: self._panel_request(user_id, conversation_id, p, parts, text) for p in personas
+        }
+        replies: list[PanelReply] = []
+        texts: dict[str, list[str]] = {p.id: [] for p in personas}
+        async with aclosing(_merged(engine, requests)) as events:
+            async for persona_id, event in events:
+                if isinstance(event, TextDelta):
+                    texts[persona_id].append(event.text)
+                    yield PanelDelta(persona_id, event.text)
+                    continue
+                metadata = _route_metadata(parts) | {"persona": persona_id, "panel": True}
+                stored = await self._log.append(
+                    conversation_id, user_id, "assistant", "".join(texts[persona_id]), metadata
+                )
+                reply = PanelReply(
+                    persona_id,
+                    stored.id,
+                    dataclasses.asdict(event.usage),
+                    {"engine_ttft_s": event.timings.time_to_first_token_s or 0.0},
+                )
+                replies.append(reply)
+                yield reply
+        clock.mark("total")
+        if replies:
+            await self._queue_memory_work(
+                user_id, conversation_id, replies[-1].assistant_message_id, parts
+            )
+        yield PanelDone(user_message.id, replies, clock.report())
+
+    def _panel_request(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        persona: Persona,
+        parts: TurnParts,
+        text: str,
+    ) -> GenerationRequest:
+        shared = dataclasses.replace(self._persona("companion"), prompt=PANEL_PREAMBLE)
+        base = self._request(user_id, conversation_id, shared, parts, text)
+        voice = ChatMessage("system", f"Answer now as {persona.name}. {persona.prompt}")
+        return dataclasses.replace(
+            base,
+            request_id=f"panel-{persona.id}-{uuid.uuid4().hex}",
+            messages=[*base.messages, voice],
+            sampling=SamplingParams(
+                temperature=persona.temperature,
+                top_p=persona.top_p,
+                max_tokens=persona.max_tokens,
+            ),
+        )
+
+    def _panel_meta(self, parts: TurnParts, personas: list[Persona]) -> PanelMeta:
+        meta = self._meta(parts, personas[0])
+        return PanelMeta(
+            route=meta.route,
+            personas=[p.id for p in personas],
+            model=meta.model,
+            emotion=meta.emotion,
+            emotion_confidence=meta.emotion_confidence,
+            content_label=meta.content_label,
+            needs_verification=meta.needs_verification,
+            memories_used=meta.memories_used,
+        )
 
     async def _queue_memory_work(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, reply_id: int, parts: TurnParts
@@ -285,6 +453,10 @@ class ChatTurnService:
     def _persona(self, persona_id: str) -> Persona:
         return self._personas.get(persona_id) or self._personas["companion"]
 
+    def _answering(self, decision: RouteDecision, persona_id: str) -> Persona:
+        """Who answers: the chosen persona on the normal route, the route's persona otherwise."""
+        return self._persona(persona_id if decision.route == "normal" else decision.persona)
+
     def _require_engine(self) -> Engine:
         if self._engine is None:
             raise EngineUnavailable("no chat engine is configured")
@@ -345,3 +517,40 @@ class _Clock:
     def report(self) -> dict[str, float]:
         """The ``done`` event's timings: ``<step>_s`` rounded to microseconds."""
         return {f"{step}_s": round(value, 6) for step, value in self.seconds.items()}
+
+
+async def _merged(
+    engine: Engine, requests: dict[str, GenerationRequest]
+) -> AsyncGenerator[tuple[str, StreamEvent], None]:
+    """The events of several generations as they come, each tagged with its key.
+
+    Each generation runs in its own task; closing this generator (a client
+    that went away) cancels them all, which aborts them in the engine. The
+    first error of any generation is raised here after the others stop.
+    """
+    queue: asyncio.Queue[tuple[str, StreamEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(key: str, request: GenerationRequest) -> None:
+        try:
+            async with aclosing(engine.generate(request)) as events:
+                async for event in events:
+                    await queue.put((key, event))
+            await queue.put((key, None))
+        except Exception as exc:  # handed to the consumer, which raises it
+            await queue.put((key, exc))
+
+    tasks = [asyncio.create_task(pump(k, r), name=f"panel-{k}") for k, r in requests.items()]
+    try:
+        running = len(tasks)
+        while running:
+            key, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield key, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -7,7 +7,7 @@ the same 404: the API never reveals that another user's conversation exists.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -33,7 +33,16 @@ from memory.messages import (
 from memory.session import SessionStore
 from server import idempotency
 from server.auth import resolve_user
-from server.chat import TurnDone, TurnMeta
+from server.chat import (
+    PanelDelta,
+    PanelDone,
+    PanelEvent,
+    PanelMeta,
+    PanelReply,
+    TurnDone,
+    TurnMeta,
+    UnknownPersona,
+)
 from server.idempotency import TurnEvents, TurnReply
 from server.personas import PersonaCard, cards
 from server.routing import InvalidDateOfBirth, apply_verification
@@ -60,6 +69,24 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
 
 _TURN = {"rate_limit": "turn"}
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class PanelIn(msgspec.Struct, forbid_unknown_fields=True):
+    content: str
+    personas: list[str]
+
+
+class PanelAnswer(msgspec.Struct):
+    persona: str
+    reply: str
+    assistant_message_id: int
+    usage: dict[str, int]
+
+
+class PanelResult(msgspec.Struct):
+    meta: PanelMeta
+    answers: list[PanelAnswer]
+    done: PanelDone
 
 
 class ConversationBody(msgspec.Struct):
@@ -138,13 +165,13 @@ class ConversationsController(Controller):
         chat = resources.chat
         if chat is None:
             raise EngineUnavailable("chat needs a chat engine and an embedding model")
-        await _owned(resources.pool, conversation_id, user)
+        conversation = await _owned(resources.pool, conversation_id, user)
         user_id = uuid.UUID(user.user_id)
         streamed = "text/event-stream" in request.headers.get("accept", "")
         claim = await idempotency.claim_for(request, resources, user_id, conversation_id, text)
         if isinstance(claim, TurnReply):
             return _replay(claim, streamed)
-        events = chat.turn(user_id, conversation_id, text)
+        events = chat.turn(user_id, conversation_id, text, conversation.persona)
         try:
             first = await anext(events)  # refusals become HTTP errors before streaming starts
         except BaseException:
@@ -157,6 +184,35 @@ class ConversationsController(Controller):
             stream = _sse(first, turn, resources.settings.sse_keepalive_s)
             return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
         return Response(await _collect(first, turn))
+
+    @post("/conversations/{conversation_id:uuid}/panel", status_code=200, opt=_TURN)
+    async def panel(
+        self,
+        conversation_id: FromPath[uuid.UUID],
+        data: JSONBody[PanelIn],
+        request: Request[Any, Any, Any],
+        state: State,
+        user: NamedDependency[Caller],
+    ) -> Response[Any]:
+        """Several personas answer one message in parallel: SSE ``meta``, ``token``s tagged
+        with their persona, a ``reply`` as each finishes, ``done``; or all of it as JSON."""
+        resources = state.resources
+        text = _message_text(data.content, resources.settings.max_message_chars)
+        chat = resources.chat
+        if chat is None:
+            raise EngineUnavailable("chat needs a chat engine and an embedding model")
+        try:
+            chat.panel_personas(data.personas)
+        except UnknownPersona as exc:
+            raise ValidationException(str(exc)) from exc
+        await _owned(resources.pool, conversation_id, user)
+        events = chat.panel(uuid.UUID(user.user_id), conversation_id, text, data.personas)
+        first = await anext(events)
+        assert isinstance(first, PanelMeta)
+        if "text/event-stream" in request.headers.get("accept", ""):
+            stream = _panel_sse(first, events, resources.settings.sse_keepalive_s)
+            return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return Response(await _collect_panel(first, events))
 
     @post("/conversations/{conversation_id:uuid}/verify-age", status_code=200)
     async def verify_age(
@@ -190,9 +246,9 @@ class ConversationsController(Controller):
         return Verification(verified=updated.age_verified)
 
 
-async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> None:
+async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> Conversation:
     try:
-        await ConversationStore(pool).get(conversation_id, uuid.UUID(user.user_id))
+        return await ConversationStore(pool).get(conversation_id, uuid.UUID(user.user_id))
     except (ConversationNotFoundError, ConversationOwnerError) as exc:
         raise NotFoundException("conversation not found") from exc
 
@@ -234,6 +290,40 @@ def _replay(turn: TurnReply, streamed: bool) -> Response[Any]:
         yield event("done", turn.done)
 
     return Stream(events(), media_type="text/event-stream", headers=_SSE_HEADERS | headers)
+
+
+async def _panel_sse(
+    first: PanelMeta, events: AsyncGenerator[PanelEvent, None], keepalive_s: float
+) -> AsyncIterator[bytes]:
+    yield event("meta", first)
+    try:
+        async for item in with_keepalive(events, keepalive_s):
+            if isinstance(item, PanelDelta):
+                yield event("token", {"persona": item.persona, "text": item.text})
+            elif isinstance(item, PanelReply):
+                yield event("reply", item)
+            elif isinstance(item, PanelDone):
+                yield event("done", item)
+            else:
+                yield KEEPALIVE
+    except InferenceError as exc:
+        yield event("error", {"code": type(exc).__name__, "message": str(exc)})
+    finally:
+        await events.aclose()
+
+
+async def _collect_panel(first: PanelMeta, events: AsyncGenerator[PanelEvent, None]) -> PanelResult:
+    texts: dict[str, list[str]] = {}
+    answers: list[PanelAnswer] = []
+    async for item in events:
+        if isinstance(item, PanelDelta):
+            texts.setdefault(item.persona, []).append(item.text)
+        elif isinstance(item, PanelReply):
+            reply = "".join(texts.get(item.persona, []))
+            answers.append(PanelAnswer(item.persona, reply, item.assistant_message_id, item.usage))
+        elif isinstance(item, PanelDone):
+            return PanelResult(first, answers, item)
+    raise RuntimeError("the panel ended without its done event")
 
 
 async def _collect(first: object, events: TurnEvents) -> TurnReply:
