@@ -173,6 +173,9 @@ class ChatTurnService:
             self._content.classify(text, context),
             self._memories.retrieve(user_id, text, k=5, token_budget=MEMORY_TOKEN_BUDGET),
         )
+        if content.declares_minor and not minor:  # "I'm 15": the same as a date of birth
+            await self._accounts.mark_minor(user_id)
+            minor = True
         decision = await self._route(conversation_id, user_id, content, minor)
         return TurnParts(
             session=session,
