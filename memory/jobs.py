@@ -1,17 +1,20 @@
-"""Background memory jobs on a Redis-backed saq queue: extraction and consolidation.
+"""Background memory jobs on a Redis-backed saq queue: extraction, consolidation, profile.
 
 - `create_queue` opens the queue; `make_worker` builds a worker with bounded
-  concurrency that runs `extract_turn`, `consolidate_user` and the daily
-  `consolidate_all` sweep (cron). The API process runs one in-process by
-  default; `companion worker` processes run the same worker when scaled out.
+  concurrency that runs `extract_turn`, `update_profile` (personality and
+  goals, `memory.profile_update`; only when the deps have a profiler),
+  `consolidate_user` and the daily `consolidate_all` sweep (cron). The API
+  process runs one in-process by default; `companion worker` processes run
+  the same worker when scaled out.
 - Jobs retry with exponential backoff (``retries``, ``retry_delay_s`` doubling
   up to ``retry_backoff_max_s``); a job that still fails is left in saq as
   ``failed`` with its error (saq's web UI and `Queue.info` show it), and the
   error is logged. An extraction whose model output is unusable is not a
   failure: the job succeeds with an `ExtractionResult` of status ``unusable``.
-- `enqueue_extraction` / `enqueue_consolidation` never raise and never wait
-  longer than ``enqueue_timeout_s``: a chat turn must not block or fail on the
-  queue. They return the job key, or None when skipped or not enqueued.
+- `enqueue_extraction`, `enqueue_profile_update` and `enqueue_consolidation`
+  never raise and never wait longer than ``enqueue_timeout_s``: a chat turn
+  must not block or fail on the queue. They return the job key, or None when
+  skipped or not enqueued.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from saq.types import Context
 from memory.consolidation import Consolidator
 from memory.episodes import Turn
 from memory.extraction import Extractor
+from memory.profile_update import ProfileUpdater
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,9 @@ class JobsConfig:
     result_ttl_s: int = 86_400  # how long results and failures stay visible
     enqueue_timeout_s: float = 0.5
     consolidation_cron: str = "17 3 * * *"  # daily, 03:17 UTC
+    # Profile: rule signals after every turn; the model's reading every N turns (0: never),
+    # over the last N turns.
+    profile_model_every_n_turns: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,7 @@ class MemoryJobDeps:
     extractor: Extractor
     consolidator: Consolidator
     config: JobsConfig
+    profiler: ProfileUpdater | None = None
 
 
 class JobContext(Context, total=False):
@@ -87,7 +95,7 @@ def make_worker(queue: Queue, deps: MemoryJobDeps, cron: bool = True) -> Worker[
     crons = [CronJob(consolidate_all, cron=config.consolidation_cron, timeout=config.timeout_s)]
     return Worker(
         queue,
-        functions=[extract_turn, consolidate_user, consolidate_all],
+        functions=[extract_turn, update_profile, consolidate_user, consolidate_all],
         concurrency=config.concurrency,
         cron_jobs=crons if cron else None,
         startup=startup,
@@ -108,6 +116,29 @@ async def extract_turn(
     result = await deps.extractor.extract(
         uuid.UUID(user_id), uuid.UUID(conversation_id), turns, occurred_at
     )
+    out: dict[str, Any] = msgspec.to_builtins(result)
+    return out
+
+
+async def update_profile(
+    ctx: JobContext,
+    *,
+    user_id: str,
+    conversation_id: str,
+    last_message_id: int,
+    messages: int,
+    use_model: bool,
+) -> dict[str, Any]:
+    """Personality and goal update over the last ``messages`` messages up to ``last_message_id``."""
+    deps = ctx["deps"]
+    if deps.profiler is None:
+        return {"status": "skipped", "reason": "no profiler in this worker"}
+    turns, _ = await _load_turns(
+        deps.pool, uuid.UUID(user_id), uuid.UUID(conversation_id), last_message_id, messages
+    )
+    if not turns:
+        return {"status": "skipped", "reason": "no such messages"}
+    result = await deps.profiler.update(uuid.UUID(user_id), turns, use_model=use_model)
     out: dict[str, Any] = msgspec.to_builtins(result)
     return out
 
@@ -159,6 +190,36 @@ async def enqueue_extraction(
         conversation_id=str(conversation_id),
         last_message_id=last_message_id,
         messages=2 * max(1, config.extract_every_n_turns),
+    )
+    return await _enqueue(queue, job, config)
+
+
+async def enqueue_profile_update(
+    queue: Queue,
+    config: JobsConfig,
+    *,
+    user_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    last_message_id: int,
+    turn_number: int,
+) -> str | None:
+    """Queue this turn's personality and goal update; never raises, never blocks for long.
+
+    Rule signals cover this turn; every ``profile_model_every_n_turns``-th turn
+    the model also reads the last that many turns. The job key makes a
+    repeated enqueue of the same turn a no-op.
+    """
+    every = config.profile_model_every_n_turns
+    use_model = every > 0 and turn_number >= 1 and turn_number % every == 0
+    job = _job(
+        update_profile,
+        config,
+        key=f"profile:{conversation_id}:{last_message_id}",
+        user_id=str(user_id),
+        conversation_id=str(conversation_id),
+        last_message_id=last_message_id,
+        messages=2 * (every if use_model else 1),
+        use_model=use_model,
     )
     return await _enqueue(queue, job, config)
 

@@ -47,7 +47,7 @@ from redis.typing import EncodableT
 from memory.errors import MemoryTierError
 from memory.messages import ConversationOwnerError
 
-CounterField = Literal["explicit_attempts", "route_lock_remaining"]
+CounterField = Literal["explicit_attempts", "route_lock_remaining", "crisis_remaining"]
 
 
 class SessionConflictError(MemoryTierError):
@@ -81,6 +81,7 @@ class SessionState(msgspec.Struct, frozen=True):
     route_lock_remaining: int = 0
     explicit_attempts: int = 0  # explicit requests made without age verification
     last_content_label: str | None = None
+    crisis_remaining: int = 0  # messages the crisis route still holds after self-harm
 
 
 _MISMATCH = 0  # what the scripts return when the session is another user's

@@ -1,7 +1,8 @@
 """Everything stored about one user: exported as one document, or erased everywhere.
 
 Erasure covers PostgreSQL (the user row cascades to conversations, messages,
-memories with their vectors, and API keys) and Redis (each conversation's
+memories with their vectors, API keys, personality estimates with their
+observations, and goals with their notes) and Redis (each conversation's
 session and buffer keys). Redis goes first: if it cannot be reached the
 erasure fails before anything is deleted, so the caller can retry instead of
 being told "erased" while copies remain. If PostgreSQL then fails, retrying
@@ -23,6 +24,7 @@ from memory.buffer import buffer_keys
 from memory.errors import MemoryTierError
 from memory.longterm import LongTermMemory, Memory
 from memory.messages import MESSAGE_COLUMNS, Conversation, StoredMessage, message_from_row
+from memory.profile import Goal, ProfileStore, StoredObservation, TraitEstimate
 from memory.session import SessionState, SessionStore, session_key
 
 
@@ -46,6 +48,9 @@ class UserExport(msgspec.Struct, frozen=True):
     memories: list[Memory]
     sessions: dict[str, SessionState]
     api_keys: list[dict[str, Any]]
+    personality: list[TraitEstimate] = msgspec.field(default_factory=list)
+    personality_observations: list[StoredObservation] = msgspec.field(default_factory=list)
+    goals: list[Goal] = msgspec.field(default_factory=list)
 
 
 class ErasureReport(msgspec.Struct, frozen=True):
@@ -53,6 +58,7 @@ class ErasureReport(msgspec.Struct, frozen=True):
     messages: int
     memories: int
     redis_keys: int
+    goals: int = 0
 
 
 class UserData:
@@ -71,6 +77,7 @@ class UserData:
         if row is None:
             return None
         conversations = await self._conversations(user_id)
+        profile = ProfileStore(self._pool)
         return UserExport(
             user=UserRecord(**dict(row)),
             conversations=conversations,
@@ -78,6 +85,9 @@ class UserData:
             memories=await self._memories.export(user_id),
             sessions=await self._sessions(user_id, conversations),
             api_keys=await self._keys(user_id),
+            personality=await profile.traits(user_id),
+            personality_observations=await profile.observations(user_id),
+            goals=await profile.goals(user_id),
         )
 
     async def erase(self, user_id: uuid.UUID) -> ErasureReport:
@@ -99,8 +109,11 @@ class UserData:
             memories = await conn.fetchval(
                 "SELECT count(*) FROM memories WHERE user_id = $1", user_id
             )
+            goals = await conn.fetchval("SELECT count(*) FROM goals WHERE user_id = $1", user_id)
             await conn.execute("DELETE FROM users WHERE id = $1", user_id)
-        return ErasureReport(len(conversations), int(messages), int(memories), removed_keys)
+        return ErasureReport(
+            len(conversations), int(messages), int(memories), removed_keys, int(goals)
+        )
 
     async def _conversations(self, user_id: uuid.UUID) -> list[Conversation]:
         rows = await self._pool.fetch(

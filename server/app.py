@@ -25,6 +25,7 @@ from server.health import HealthController
 from server.logs import RequestContext, configure_logging
 from server.memories_api import MemoriesController
 from server.openai_api.routes import OpenAIController
+from server.profile_api import ProfileController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
 
@@ -56,6 +57,7 @@ def create_app(
             AccountsController,
             ConversationsController,
             MemoriesController,
+            ProfileController,
             *extra_route_handlers,
         ],
         lifespan=[lifespan],

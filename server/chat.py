@@ -62,8 +62,9 @@ from inference.types import (
 )
 from memory.accounts import AccountStore
 from memory.conversation_log import ConversationLog
-from memory.jobs import enqueue_extraction
+from memory.jobs import enqueue_extraction, enqueue_profile_update
 from memory.longterm import LongTermMemory, RetrievedMemory
+from memory.profile import ProfileStore
 from memory.session import SessionState, SessionStore
 from server.memory_jobs import MemoryJobs
 from server.personas import Persona
@@ -159,6 +160,7 @@ class TurnParts:
     content: ContentResult
     memories: list[RetrievedMemory]
     decision: RouteDecision
+    profile: str | None = None  # who the user is and what they work on (`memory.profile`)
 
 
 class ChatTurnService:
@@ -175,6 +177,7 @@ class ChatTurnService:
         personas: dict[str, Persona],
         accounts: AccountStore,
         jobs: MemoryJobs | None = None,
+        profiles: ProfileStore | None = None,
     ) -> None:
         self._engine = engine
         self._log = log
@@ -185,6 +188,7 @@ class ChatTurnService:
         self._personas = personas
         self._jobs = jobs
         self._accounts = accounts
+        self._profiles = profiles
 
     async def turn(
         self,
@@ -336,28 +340,31 @@ class ChatTurnService:
     async def _queue_memory_work(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, reply_id: int, parts: TurnParts
     ) -> None:
-        """Queue fact extraction (never raises); nothing from a blocked turn is remembered."""
+        """Queue fact extraction and the profile update (never raise); nothing from a
+        blocked turn is remembered."""
         if self._jobs is None or not parts.decision.store_in_memory:
             return
         turn = 1 + sum(1 for m in parts.history if m.role == "user")
-        await enqueue_extraction(
-            self._jobs.queue,
-            self._jobs.config,
-            user_id=user_id,
-            conversation_id=conversation_id,
-            last_message_id=reply_id,
-            turn_number=turn,
-        )
+        for enqueue in (enqueue_extraction, enqueue_profile_update):
+            await enqueue(
+                self._jobs.queue,
+                self._jobs.config,
+                user_id=user_id,
+                conversation_id=conversation_id,
+                last_message_id=reply_id,
+                turn_number=turn,
+            )
 
     async def _gather(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
     ) -> TurnParts:
-        history, session, minor = await clock.timed(
+        history, session, minor, profile = await clock.timed(
             "load",
             asyncio.gather(
                 self._log.history(conversation_id, user_id),
                 self._sessions.get_or_create(conversation_id, user_id),
                 self._accounts.is_minor(user_id),
+                self._profile_hint(user_id),
             ),
         )
         context = ContentContext(
@@ -379,6 +386,9 @@ class ChatTurnService:
             ),
         )
         emotion, content = classified
+        if content.declares_minor and not minor:  # "I'm 15": the same as a date of birth
+            await self._accounts.mark_minor(user_id)
+            minor = True
         decision = await clock.timed("route", self._route(conversation_id, user_id, content, minor))
         return TurnParts(
             session=session,
@@ -388,7 +398,11 @@ class ChatTurnService:
             content=content,
             memories=list(memories),
             decision=decision,
+            profile=profile,
         )
+
+    async def _profile_hint(self, user_id: uuid.UUID) -> str | None:
+        return await self._profiles.hint(user_id) if self._profiles is not None else None
 
     async def _route(
         self,
@@ -416,6 +430,8 @@ class ChatTurnService:
         text: str,
     ) -> GenerationRequest:
         messages = [ChatMessage("system", persona.prompt)]
+        if parts.profile:  # changes rarely: early in the prompt, after the public persona
+            messages.append(ChatMessage("system", f"About this person: {parts.profile}"))
         if parts.summary:
             messages.append(ChatMessage("system", f"Earlier in this conversation: {parts.summary}"))
         messages.extend(parts.history)

@@ -33,6 +33,8 @@ from memory.consolidation import Consolidator
 from memory.extraction import Extractor
 from memory.jobs import JobsConfig, MemoryJobDeps, create_queue, make_worker
 from memory.longterm import LongTermMemory
+from memory.profile import ProfileStore
+from memory.profile_update import ProfileUpdater
 from memory.protocols import Embedder, PromptMessage
 
 _ROLES: dict[str, Role] = {"system": "system", "user": "user", "assistant": "assistant"}
@@ -104,6 +106,7 @@ async def start_memory_jobs(
             Extractor(pool, store, embedder, generator),
             Consolidator(pool, store, generator),
             config,
+            ProfileUpdater(ProfileStore(pool), embedder, generator),
         )
         worker = make_worker(queue, deps)
         # The process that embeds the worker owns its signals (uvicorn, or `companion

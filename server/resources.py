@@ -39,6 +39,7 @@ from memory.embedded import EmbeddedPostgres, EmbeddedRedis
 from memory.longterm import LongTermMemory
 from memory.messages import MessageStore
 from memory.migrate import migrate_url
+from memory.profile import ProfileStore
 from memory.redis_client import create_redis
 from memory.session import SessionStore
 from server.chat import ChatTurnService
@@ -143,6 +144,7 @@ async def _chat_service(
         personas=personas,
         accounts=AccountStore(pool),
         jobs=jobs,
+        profiles=ProfileStore(pool),
     )
 
 

@@ -13,7 +13,14 @@ Rules, most critical first:
 
 - ``minor_sexual`` -> ``blocked``, never stored in long-term memory; any lock ends.
 - ``self_harm`` -> ``crisis`` (supportive persona with help resources),
-  whatever the lock; the lock ends.
+  whatever the lock; the lock ends and a crisis window of `CRISIS_MESSAGES`
+  opens (re-armed by every self-harm message).
+- inside a crisis window, every other message stays on ``crisis`` (explicit
+  requests included, and counted as no attempt) and the window counts down
+  by one; a message that clearly reports the crisis easing
+  (``de_escalation``: "I feel better now", "I would never hurt myself") is
+  still answered on ``crisis`` and closes the window, so the next message
+  is routed normally. ``minor_sexual`` is blocked even then.
 - ``violent_threat``/``hate`` -> ``normal``; they end a lock (safe-critical).
 - ``explicit``/``fetish``: a user flagged minor is refused (normal route,
   ``refused``); an unverified session stays normal with ``needs_verification``
@@ -39,6 +46,7 @@ from models.packaged import packaged_model
 Route = Literal["normal", "explicit", "fetish", "crisis", "blocked"]
 ROUTES: tuple[Route, ...] = ("normal", "explicit", "fetish", "crisis", "blocked")
 LOCK_MESSAGES = 5
+CRISIS_MESSAGES = 5
 ADULT_AGE = 18
 MAX_AGE = 120
 _LOCKABLE: frozenset[str] = frozenset({"explicit", "fetish"})
@@ -76,6 +84,8 @@ class RoutingSession(Protocol):
     def route_lock_remaining(self) -> int: ...
     @property
     def explicit_attempts(self) -> int: ...
+    @property
+    def crisis_remaining(self) -> int: ...
 
 
 class ContentLabel(Protocol):
@@ -83,6 +93,8 @@ class ContentLabel(Protocol):
 
     @property
     def label(self) -> str: ...
+    @property
+    def de_escalation(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,7 @@ class SessionChanges:
     route_lock_remaining: int
     explicit_attempts: int
     last_content_label: str
+    crisis_remaining: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +130,7 @@ class _Step:
     needs_verification: bool = False
     refused: bool = False
     attempted: bool = False
+    crisis: int = 0  # crisis window left after this message
 
 
 def decide_route(
@@ -126,15 +140,17 @@ def decide_route(
     minor: bool = False,
     routes: Mapping[Route, RouteTarget] | None = None,
     lock_messages: int = LOCK_MESSAGES,
+    crisis_messages: int = CRISIS_MESSAGES,
 ) -> RouteDecision:
     """Route one message; ``minor`` is the user's permanent minor flag."""
-    step = _step(session, content.label, minor, lock_messages)
+    step = _step(session, content, minor, lock_messages, crisis_messages)
     target = (routes if routes is not None else default_routes())[step.route]
     changes = SessionChanges(
         route=step.route,
         route_lock_remaining=step.lock,
         explicit_attempts=session.explicit_attempts + int(step.attempted),
         last_content_label=content.label,
+        crisis_remaining=step.crisis,
     )
     return RouteDecision(
         route=step.route,
@@ -148,11 +164,32 @@ def decide_route(
     )
 
 
-def _step(session: RoutingSession, label: str, minor: bool, lock_messages: int) -> _Step:
+def _step(
+    session: RoutingSession, content: ContentLabel, minor: bool, lock: int, crisis: int
+) -> _Step:
+    label = content.label
     if label == "minor_sexual":
-        return _Step("blocked", 0, ("minor_sexual is always blocked", "not stored in memory"))
+        reasons = ("minor_sexual is always blocked", "not stored in memory")
+        return _Step("blocked", 0, reasons, crisis=session.crisis_remaining)
     if label == "self_harm":
-        return _Step("crisis", 0, ("self_harm: crisis route, overrides any lock",))
+        reason = f"self_harm: crisis route, overrides any lock, crisis window {crisis}"
+        return _Step("crisis", 0, (reason,), crisis=crisis)
+    if session.crisis_remaining > 0:
+        return _crisis_window_step(session, content)
+    return _ordinary_step(session, label, minor, lock)
+
+
+def _crisis_window_step(session: RoutingSession, content: ContentLabel) -> _Step:
+    if content.de_escalation:
+        reason = f"{content.label}: de-escalation, crisis route answers it and the window closes"
+        return _Step("crisis", 0, (reason,), crisis=0)
+    remaining = session.crisis_remaining - 1
+    return _Step(
+        "crisis", 0, (f"{content.label} inside crisis window, {remaining} left",), crisis=remaining
+    )
+
+
+def _ordinary_step(session: RoutingSession, label: str, minor: bool, lock_messages: int) -> _Step:
     if label in _SAFE_CRITICAL:
         return _Step("normal", 0, (f"{label}: safe-critical, ends any lock",))
     if label in _LOCKABLE:
@@ -193,6 +230,7 @@ def apply_changes(state: S, changes: SessionChanges) -> S:
         route_lock_remaining=changes.route_lock_remaining,
         explicit_attempts=changes.explicit_attempts,
         last_content_label=changes.last_content_label,
+        crisis_remaining=changes.crisis_remaining,
     )
 
 

@@ -50,6 +50,9 @@ class ContentResult:
 
     ``unsure`` says the cheap layers disagreed or were not confident (what
     sends a message to the judge); ``scores`` are the prototype probabilities.
+    ``declared_age`` is ``age`` when the writer sincerely claims it as their
+    own (`content_rules.declared_age`); ``de_escalation`` says the message
+    clearly reports a crisis easing (routing ends a crisis window on it).
     """
 
     label: str
@@ -59,6 +62,13 @@ class ContentResult:
     age: int | None
     unsure: bool
     scores: dict[str, float]
+    declared_age: int | None = None
+    de_escalation: bool = False
+
+    @property
+    def declares_minor(self) -> bool:
+        """The writer sincerely says they are under 18: flag the user as a minor, for good."""
+        return self.declared_age is not None and self.declared_age < ADULT_AGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,14 +232,35 @@ def combine_layers(rule: RuleMatch, scores: dict[str, float], unsure_below: floa
         # minor_sexual from prototypes alone, with no stated age, is a guess for the judge.
         unsure = scores[top] < unsure_below or (top == "minor_sexual" and rule.age is None)
         reasons = (*rule.reasons, proto_reason)
-        result = ContentResult(top, scores[top], "prototypes", reasons, rule.age, unsure, scores)
+        calmer = rule.de_escalation and top != "self_harm"
+        result = ContentResult(
+            top,
+            scores[top],
+            "prototypes",
+            reasons,
+            rule.age,
+            unsure,
+            scores,
+            rule.declared_age,
+            calmer,
+        )
         return _minor_if_underage(result, rule.age, "rules")
     agree = top == rule.label or scores[top] < unsure_below
     # A critical rule is trusted even against confident prototypes; a mild one is not.
     unsure = not agree and rule.label not in CRITICAL_LABELS
     confidence = max(rule.confidence, scores.get(rule.label, 0.0)) if agree else rule.confidence
     reasons = (*rule.reasons, proto_reason) if agree else (*rule.reasons, proto_reason, "disagree")
-    return ContentResult(rule.label, confidence, "rules", reasons, rule.age, unsure, scores)
+    return ContentResult(
+        rule.label,
+        confidence,
+        "rules",
+        reasons,
+        rule.age,
+        unsure,
+        scores,
+        rule.declared_age,
+        rule.de_escalation,
+    )
 
 
 def _prototype_top(scores: dict[str, float], age: int | None) -> str:

@@ -11,11 +11,24 @@ message ``minor_sexual``; `content.ContentClassifier` applies that rule after
 the prototypes, because the sexual part may be one only the prototypes see.
 Patterns stay phrase-level on purpose: a bare "sex" or "kill" appears in
 plenty of safe messages ("sex education", "this commute is killing me").
+
+Denials of self-harm ("I would never hurt myself", "I'm not suicidal") are
+masked before the self-harm phrases are matched, and alone they make the
+message ``safe`` by rule (so confident self-harm prototypes only make it
+*unsure*, which asks the judge). Only clear denials are masked: "I don't
+want to hurt myself" is what someone fighting an urge says, and a denial
+followed by a contrast ("..., but sometimes ...") is not trusted at all.
+
+`declared_age` is stricter than `stated_age`: the age must be the writer's
+own, sincerely (not quoted, reported, pretended or "I feel like I'm 15
+again"). A stated minor age is enough to block sexual content; only a
+declared one may flag the user as a minor for good.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 CONTENT_LABELS: tuple[str, ...] = (
@@ -90,6 +103,49 @@ _AGE_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
     )
 )
 
+_HARM_VERB = r"(?:hurt|harm|kill|cut|end)\w*\s+(?:my\s*self|my\s+(?:own\s+)?life)\b"
+_I_AM_NOT = r"\bi\s*(?:['\u2019]\s*m|m|\s+am)\s+(?:not|never|no\s+longer)\s+"
+# Clear denials only (module docstring); each is masked before self_harm phrases match.
+_SELF_HARM_DENIALS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        # "I would never hurt myself", "I'd never kill myself", "I will never harm myself"
+        r"\bi\s*(?:\s+would|['\u2019]d|\s+will|['\u2019]ll|\s+could)?\s+never\s+(?:ever\s+)?"
+        + _HARM_VERB,
+        # "I won't hurt myself", "I'm not going to kill myself", "I am not gonna hurt myself"
+        r"\bi\s+(?:won['\u2019]?t|will\s+not|wouldn['\u2019]?t|would\s+not)\s+(?:ever\s+)?"
+        + _HARM_VERB,
+        _I_AM_NOT + r"(?:going\s+to|gonna)\s+" + _HARM_VERB,
+        # "I'm not suicidal", "I am no longer suicidal", "never been suicidal"
+        _I_AM_NOT + r"(?:feeling\s+|at\s+all\s+)?suicidal\b",
+        r"\bnot\s+(?:feeling\s+)?suicidal\b|\bnever\s+(?:been|felt)\s+suicidal\b",
+        r"\bno\s+(?:suicidal\s+thoughts|(?:intention|plans?|thoughts?|desire)\s+(?:of|to)\s+"
+        + _HARM_VERB
+        + r")",
+    )
+)
+# Masked too, but no reassurance: "I don't want to die" is fear of dying, not safety.
+_FEAR_OF_DYING = re.compile(r"\b(?:don['\u2019]?t|do\s+not)\s+want\s+to\s+die\b", re.IGNORECASE)
+# A denial followed by one of these is not trusted: "I'm not suicidal, but ...".
+_CONTRAST = re.compile(
+    r"\b(?:but|though|although|yet|except|sometimes|some\s+days|lately|unless|still)\b",
+    re.IGNORECASE,
+)
+# Clear signs that a crisis is easing; "I'm fine" alone is not one (it often masks).
+_DE_ESCALATION: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        r"\bi\s*(?:['\u2019]\s*m|m|\s+am)\s+(?:feeling\s+)?(?:a\s+lot\s+|much\s+|a\s+bit\s+|way\s+)?"
+        r"(?:better|safe|okay|ok|alright|all\s+right|calmer)\s+now\b",
+        r"\bi\s*(?:['\u2019]\s*m|m|\s+am)\s+safe\b|\bi\s+feel\s+(?:a\s+lot\s+|much\s+|a\s+bit\s+|way\s+)?"
+        r"(?:better|safer|calmer)\b",
+        r"\b(?:the\s+)?(?:urges?|feelings?|thoughts?)\s+(?:has|have|is|are)\s+(?:gone|passed)\b",
+        r"\bi\s+(?:talked|spoke|called|texted|reached\s+out)\s+(?:to\s+)?(?:my\s+|a\s+|the\s+)?"
+        r"(?:therapist|counsell?or|doctor|friend|someone|hotline|helpline|crisis\s+line|"
+        r"mum|mom|dad|family|sister|brother|partner)\b",
+    )
+)
+
 _PHRASES: dict[str, tuple[str, ...]] = {
     "self_harm": (
         r"\b(?:kill|hurt|harm|cut|hang|drown|poison)\s+my\s*self\b",
@@ -151,37 +207,122 @@ _COMPILED: dict[str, tuple[re.Pattern[str], ...]] = {
 
 @dataclass(frozen=True, slots=True)
 class RuleMatch:
-    """What the rules found: a label (None when no phrase matched), why, and a stated age."""
+    """What the rules found: a label (None when no phrase matched), why, and a stated age.
+
+    ``declared_age``: the stated age when it is sincerely the writer's own
+    (`declared_age`); ``de_escalation``: the message says a crisis is easing
+    ("I feel better now", "I would never hurt myself").
+    """
 
     label: str | None
     confidence: float
     reasons: tuple[str, ...]
     age: int | None
+    declared_age: int | None = None
+    de_escalation: bool = False
 
 
 def match_content_rules(text: str) -> RuleMatch:
     """Run every pattern over ``text``; the most severe matching label wins."""
-    hits = {label for label, patterns in _COMPILED.items() if _any_match(patterns, text)}
+    masked, denied = mask_self_harm_denials(text)
+    masked, feared = _mask(masked, (_FEAR_OF_DYING,))
+    hits = {label for label, patterns in _COMPILED.items() if _any_match(patterns, masked)}
     age = stated_age(text)
     reasons = [f"rule: {label} phrase" for label in SEVERITY if label in hits]
+    if denied:
+        reasons.append("rule: denies self-harm")
+    if feared:
+        reasons.append("rule: fear of dying, not a wish to")
     if age is not None:
         reasons.append(f"rule: stated age {age}")
-    label = next((name for name in SEVERITY if name in hits), None)
+    label = next((name for name in SEVERITY if name in hits), "safe" if denied or feared else None)
     if label in SEXUAL_LABELS and age is not None and age < ADULT_AGE:
         label = "minor_sexual"
         reasons.append("rule: sexual or romantic request with a stated age under 18")
     confidence = RULE_CONFIDENCE if label is not None else 0.0
-    return RuleMatch(label, confidence, tuple(reasons), age)
+    calmer = label != "self_harm" and (denied or is_de_escalation(text))
+    return RuleMatch(label, confidence, tuple(reasons), age, declared_age(text), calmer)
+
+
+def mask_self_harm_denials(text: str) -> tuple[str, bool]:
+    """``text`` with clear denials of self-harm blanked out, and whether there were any.
+
+    A denial followed anywhere by a contrast ("but", "sometimes") is left in:
+    the message is then matched as if it had none.
+    """
+    return _mask(text, _SELF_HARM_DENIALS)
+
+
+def _mask(text: str, patterns: tuple[re.Pattern[str], ...]) -> tuple[str, bool]:
+    masked, found_any = text, False
+    for pattern in patterns:
+        for found in pattern.finditer(text):
+            if _CONTRAST.search(text, found.end()):
+                continue
+            masked = masked[: found.start()] + " " * len(found[0]) + masked[found.end() :]
+            found_any = True
+    return masked, found_any
+
+
+def is_de_escalation(text: str) -> bool:
+    """Whether the message clearly says a crisis is easing, with no "but" after it."""
+    for pattern in _DE_ESCALATION:
+        found = pattern.search(text)
+        if found is not None and not _CONTRAST.search(text, found.end()):
+            return True
+    return False
 
 
 def stated_age(text: str) -> int | None:
     """The age the writer states about themself, if any (5 to 120; else None)."""
+    return next((age for age, _ in _age_matches(text)), None)
+
+
+def declared_age(text: str) -> int | None:
+    """A stated age the writer sincerely claims as their own now, else None.
+
+    Stricter than `stated_age`, because a declared minor age flags the user
+    for good: not inside double quotes or a quoted line ("> I'm 15"), not
+    reported ("she said I'm 15"), pretended ("pretend I'm 14", "in the
+    roleplay"), compared ("I feel like I'm 15 again") or taken back ("jk").
+    """
+    return next((age for age, found in _age_matches(text) if _sincere(text, found)), None)
+
+
+def _age_matches(text: str) -> Iterator[tuple[int, re.Match[str]]]:
     for pattern in _AGE_PATTERNS:
         for found in pattern.finditer(text):
             age = _to_int(next(group for group in found.groups() if group))
             if _MIN_AGE <= age <= _MAX_AGE:
-                return age
-    return None
+                yield age, found
+
+
+_QUOTES = frozenset('"\u201c\u201d\u00ab\u00bb')
+_NOT_SINCERE_BEFORE = re.compile(
+    r"\b(?:said|says|say|saying|told|tells|tell|wrote|writes|asked|asks|texted|replied|"
+    r"claims?|claimed|pretend\w*|role[-\s]?play\w*|rp|imagine|what\s+if|as\s+if|"
+    r"(?:feel|feels|felt|act|acting|look|looks)\s+like|wish|character|story|scenario|"
+    r"playing|lying|lie)\b",
+    re.IGNORECASE,
+)
+_NOT_SINCERE_AFTER = re.compile(
+    r"^[\s,]*(?:years?\s+old\s+|yo\s+)?(?:again|at\s+heart|inside|mentally|in\s+spirit|"
+    r"in\s+(?:dog|cat)\s+years|jk|just\s+kidding|kidding|not\s+really|lol\s+jk)\b",
+    re.IGNORECASE,
+)
+
+
+def _sincere(text: str, found: re.Match[str]) -> bool:
+    before = text[: found.start()]
+    if sum(char in _QUOTES for char in before) % 2:
+        return False
+    line = before[before.rfind("\n") + 1 :]
+    if line.lstrip().startswith(">"):
+        return False
+    clause = re.split(r"[.!?;\n]", before)[-1]
+    if _NOT_SINCERE_BEFORE.search(clause):
+        return False
+    return not _NOT_SINCERE_AFTER.search(text[found.end() :])
 
 
 def severity_rank(label: str) -> int:

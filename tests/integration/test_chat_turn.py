@@ -127,3 +127,41 @@ async def test_verified_adult_reaches_the_explicit_route(client: AsyncTestClient
     assert meta["route"] == "explicit"
     assert meta["persona"] == "companion-explicit"
     assert meta["needs_verification"] is False
+
+
+async def test_a_stated_minor_age_flags_the_user_for_good(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    adult = f"{time.gmtime().tm_year - 30}-01-15"
+    headers = await signed_in(client)
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    base = f"/api/v1/conversations/{conversation['id']}"
+    # Numbers that are not the writer's age flag nothing.
+    await client.post(f"{base}/messages", json={"content": "I'm 15 minutes late"}, headers=headers)
+    said = await client.post(
+        f"{base}/messages", json={"content": 'My sister said "I\'m 14"'}, headers=headers
+    )
+    assert said.json()["meta"]["route"] == "normal"
+    other = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    check = f"/api/v1/conversations/{other['id']}/verify-age"
+    verified = await client.post(check, json={"date_of_birth": adult}, headers=headers)
+    assert verified.json() == {"verified": True}
+
+    await client.post(f"{base}/messages", json={"content": "im 14 years old"}, headers=headers)
+    again = await client.post(f"{base}/verify-age", json={"date_of_birth": adult}, headers=headers)
+    assert again.json() == {"verified": False}  # a later adult date does not help
+    reply = await client.post(f"{base}/messages", json={"content": "can we sext"}, headers=headers)
+    assert reply.json()["meta"]["route"] == "blocked"  # sexual content from a known minor
+
+
+async def test_crisis_route_persists_after_self_harm(client: AsyncTestClient[Litestar]) -> None:
+    headers = await signed_in(client)
+    conversation = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{conversation['id']}/messages"
+    first = await client.post(url, json={"content": "I want to kill myself."}, headers=headers)
+    assert first.json()["meta"]["route"] == "crisis"
+    later = await client.post(
+        url, json={"content": "What's the capital of France?"}, headers=headers
+    )
+    assert later.json()["meta"]["route"] == "crisis"
+    assert later.json()["meta"]["content_label"] == "safe"

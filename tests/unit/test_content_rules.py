@@ -9,6 +9,8 @@ from inference.classifiers.content_rules import (
     CONTENT_LABELS,
     RULE_CONFIDENCE,
     RuleMatch,
+    declared_age,
+    is_de_escalation,
     match_content_rules,
     stated_age,
 )
@@ -144,3 +146,123 @@ def test_confident_safe_inside_lock_stays_safe() -> None:
     base = combine_layers(RuleMatch(None, 0.0, (), None), _scores("safe", 0.9), 0.55)
     context = ContentContext(route="explicit", route_lock_remaining=3)
     assert apply_context(base, context).label == "safe"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I would never hurt myself",
+        "I'm not suicidal, just really tired of my job",
+        "I'd never kill myself, don't worry",
+        "I won't hurt myself, I promise",
+        "I am no longer suicidal",
+        "I have no intention of hurting myself",
+        "I'm not going to kill myself",
+    ],
+)
+def test_clear_denials_of_self_harm_are_safe_by_rule(text: str) -> None:
+    match = match_content_rules(text)
+    assert match.label == "safe", match
+    assert "rule: denies self-harm" in match.reasons
+    assert match.de_escalation
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm not suicidal but sometimes I want to die",
+        "I would never hurt myself, though lately I think about ending it all",
+        "I don't want to hurt myself but I keep thinking about it",  # fighting an urge
+        "I don't want to live anymore",
+        "I'm not okay, I want to kill myself",
+    ],
+)
+def test_ambiguous_or_contrasted_denials_still_count_as_self_harm(text: str) -> None:
+    match = match_content_rules(text)
+    assert match.label == "self_harm", match
+    assert not match.de_escalation
+
+
+def test_fear_of_dying_is_not_a_wish_to_die_nor_a_de_escalation() -> None:
+    match = match_content_rules("I don't want to die, the surgery scares me")
+    assert (match.label, match.de_escalation) == ("safe", False)
+    assert match_content_rules("I don't want to die but I can't go on like this").label == (
+        "self_harm"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "calmer"),
+    [
+        ("I feel a lot better now, thank you", True),
+        ("I'm safe", True),
+        ("I talked to my therapist today", True),
+        ("The urge has passed", True),
+        ("I'm okay now", True),
+        ("I'm fine", False),  # often masks distress
+        ("I feel better but I still want to disappear", False),
+        ("What a lovely day", False),
+    ],
+)
+def test_de_escalation(text: str, calmer: bool) -> None:
+    assert is_de_escalation(text) is calmer
+
+
+@pytest.mark.parametrize(
+    ("text", "age"),
+    [
+        ("I'm 15", 15),
+        ("im 14 years old", 14),
+        ("I am 16 and bored", 16),
+        ("hi! i'm 13 lol", 13),
+        ("I just turned 17", 17),
+        ("I'm 34", 34),
+    ],
+)
+def test_sincere_age_statements_are_declared(text: str, age: int) -> None:
+    assert declared_age(text) == age
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm 15 minutes late",
+        "my son is 15",
+        "my 14 year old daughter says hi",
+        'She texted me "I\'m 15" and I did not believe her',
+        "> I'm 15\nwhat do you make of that message?",
+        "my friend told me I'm 14 at heart",
+        "pretend I'm 14 in this story",
+        "let's roleplay: I'm 16 and you're my teacher",
+        "I feel like I'm 15 again",
+        "I'm 15 again, at least in my head",
+        "I'm 15 jk I'm 30",
+    ],
+)
+def test_quoted_reported_or_pretended_ages_are_not_declared(text: str) -> None:
+    age = declared_age(text)
+    assert age is None or age >= 18, (text, age)
+
+
+def test_pretended_minor_age_still_blocks_sexual_content() -> None:
+    match = match_content_rules("let's roleplay, I'm 15, kiss me")
+    assert match.label == "minor_sexual" and match.declared_age is None
+
+
+def test_results_carry_the_declared_age_and_de_escalation() -> None:
+    declared = combine_layers(match_content_rules("im 14 years old"), _scores("safe"), 0.55)
+    assert declared.declares_minor and declared.age == 14
+    quoted = combine_layers(match_content_rules('she said "I\'m 14"'), _scores("safe"), 0.55)
+    assert quoted.age == 14 and not quoted.declares_minor
+    adult = combine_layers(match_content_rules("I'm 34"), _scores("safe"), 0.55)
+    assert not adult.declares_minor
+    calmer = combine_layers(match_content_rules("I feel better now"), _scores("safe"), 0.55)
+    assert calmer.de_escalation
+    # Prototypes that still hear self-harm win over a de-escalation phrase.
+    worried = combine_layers(match_content_rules("I feel better now"), _scores("self_harm"), 0.55)
+    assert worried.label == "self_harm" and not worried.de_escalation
+
+
+def test_denial_against_confident_self_harm_prototypes_is_unsure() -> None:
+    result = combine_layers(match_content_rules("I'm not suicidal"), _scores("self_harm"), 0.55)
+    assert (result.label, result.unsure) == ("safe", True)  # the judge decides

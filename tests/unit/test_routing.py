@@ -10,6 +10,7 @@ import pytest
 
 from memory.session import SessionState
 from server.routing import (
+    CRISIS_MESSAGES,
     LOCK_MESSAGES,
     InvalidDateOfBirth,
     RouteDecision,
@@ -27,6 +28,7 @@ TODAY = date(2025, 6, 1)
 @dataclass(frozen=True)
 class Label:
     label: str
+    de_escalation: bool = False
 
 
 def fresh() -> SessionState:
@@ -38,9 +40,9 @@ def verified() -> SessionState:
 
 
 def turn(
-    state: SessionState, label: str, minor: bool = False
+    state: SessionState, label: str, minor: bool = False, calmer: bool = False
 ) -> tuple[SessionState, RouteDecision]:
-    decision = decide_route(state, Label(label), minor=minor)
+    decision = decide_route(state, Label(label, calmer), minor=minor)
     return apply_changes(state, decision.changes), decision
 
 
@@ -87,7 +89,7 @@ def test_crisis_overrides_the_lock() -> None:
     assert (decision.route, decision.persona) == ("crisis", "crisis-support")
     assert state.route_lock_remaining == 0
     _, decision = turn(state, "safe")
-    assert decision.route == "normal"
+    assert decision.route == "crisis"  # the crisis window, not the explicit lock
 
 
 def test_self_harm_goes_to_crisis_without_a_lock() -> None:
@@ -175,3 +177,68 @@ def test_decision_is_idempotent_to_apply() -> None:
     decision = decide_route(state, Label("explicit"))
     once = apply_changes(state, decision.changes)
     assert apply_changes(once, decision.changes) == once
+
+
+def test_crisis_window_holds_then_releases() -> None:
+    state, decision = turn(fresh(), "self_harm")
+    assert state.crisis_remaining == CRISIS_MESSAGES and state.route == "crisis"
+    for remaining in range(CRISIS_MESSAGES - 1, -1, -1):
+        state, decision = turn(state, "safe")
+        assert decision.route == "crisis" and state.crisis_remaining == remaining
+    state, decision = turn(state, "safe")
+    assert decision.route == "normal" and state.crisis_remaining == 0
+
+
+def test_self_harm_rearms_the_crisis_window() -> None:
+    state, _ = turn(fresh(), "self_harm")
+    state, _ = turn(state, "safe")
+    state, _ = turn(state, "safe")
+    assert state.crisis_remaining == CRISIS_MESSAGES - 2
+    state, decision = turn(state, "self_harm")
+    assert decision.route == "crisis" and state.crisis_remaining == CRISIS_MESSAGES
+
+
+def test_de_escalation_is_answered_on_crisis_and_closes_the_window() -> None:
+    state, _ = turn(fresh(), "self_harm")
+    state, decision = turn(state, "safe", calmer=True)
+    assert decision.route == "crisis" and state.crisis_remaining == 0
+    state, decision = turn(state, "safe")
+    assert decision.route == "normal"
+
+
+def test_de_escalation_outside_a_crisis_changes_nothing() -> None:
+    state, decision = turn(fresh(), "safe", calmer=True)
+    assert decision.route == "normal" and state.crisis_remaining == 0
+
+
+def test_self_harm_with_a_de_escalation_phrase_still_opens_the_window() -> None:
+    state, decision = turn(fresh(), "self_harm", calmer=True)
+    assert decision.route == "crisis" and state.crisis_remaining == CRISIS_MESSAGES
+
+
+@pytest.mark.parametrize("label", ["explicit", "fetish", "romantic", "hate", "violent_threat"])
+def test_crisis_window_holds_any_other_label_and_counts_no_attempt(label: str) -> None:
+    state, _ = turn(verified(), "self_harm")
+    state, decision = turn(state, label)
+    assert decision.route == "crisis" and not decision.needs_verification
+    assert state.explicit_attempts == 0 and state.route_lock_remaining == 0
+    assert state.crisis_remaining == CRISIS_MESSAGES - 1
+
+
+def test_minor_sexual_is_blocked_inside_a_crisis_window_which_stays_open() -> None:
+    state, _ = turn(fresh(), "self_harm")
+    state, decision = turn(state, "minor_sexual")
+    assert decision.route == "blocked" and not decision.store_in_memory
+    assert state.crisis_remaining == CRISIS_MESSAGES
+    _, decision = turn(state, "safe")
+    assert decision.route == "crisis"
+
+
+def test_explicit_lock_is_not_restored_after_a_crisis_window() -> None:
+    state, _ = turn(verified(), "explicit")
+    state, _ = turn(state, "self_harm")
+    state, _ = turn(state, "safe", calmer=True)
+    state, decision = turn(state, "safe")
+    assert decision.route == "normal" and state.route_lock_remaining == 0
+    state, decision = turn(state, "explicit")
+    assert decision.route == "explicit"  # still verified: a new explicit request re-enters
