@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from saq import Job
 
@@ -27,7 +28,7 @@ from inference.config import ChatEngineConfig
 from memory.accounts import AccountStore
 from memory.config import RedisConfig
 from memory.embedded import EmbeddedRedis
-from memory.jobs import QUEUE_NAME, create_queue, read_queue
+from memory.jobs import QUEUE_NAME, QueueSample, create_queue, read_queue
 from memory.metrics import MemoryMetrics
 from server.app import create_app
 from server.settings import Settings
@@ -125,7 +126,7 @@ async def test_queue_depth_and_the_oldest_jobs_age_are_read_from_redis(own_redis
     queue = create_queue(own_redis, name=f"q-{uuid.uuid4().hex[:8]}")
     await queue.connect()
     try:
-        assert await read_queue(queue) == type(await read_queue(queue))(queue.name, 0, 0, 0, 0.0)
+        assert await read_queue(queue) == QueueSample(queue.name, 0, 0, 0, 0.0)
         await queue.enqueue(Job("extract_turn", kwargs={"n": 1}))
         await queue.enqueue(Job("extract_turn", kwargs={"n": 2}))
         await queue.enqueue(Job("consolidate_user", scheduled=int(time.time()) + 3600))
@@ -134,16 +135,10 @@ async def test_queue_depth_and_the_oldest_jobs_age_are_read_from_redis(own_redis
         await queue.disconnect()
     assert (sample.queued, sample.active, sample.scheduled) == (2, 0, 1)
     assert sample.oldest_age_s > 0
-    metrics = MemoryMetrics(registry := _registry())
-    metrics.update_queue(sample)
+    registry = CollectorRegistry()
+    MemoryMetrics(registry).update_queue(sample)
     labels = {"queue": queue.name, "state": "queued"}
     assert registry.get_sample_value("companion:job_queue_depth", labels) == 2
-
-
-def _registry() -> Any:
-    from prometheus_client import CollectorRegistry
-
-    return CollectorRegistry()
 
 
 async def test_the_app_samples_the_queue_and_counts_retries_and_failures(
