@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.errors import EngineUnavailable
+from inference.metrics import default_understanding_metrics
 from models.packaged import packaged_path
 
 Vectors = npt.NDArray[np.float32]
@@ -64,13 +66,16 @@ class SentenceEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts``, sharing a model call with whoever else is waiting."""
+        started = time.perf_counter()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vectors] = loop.create_future()
         self._pending.append((list(texts), future))
         if not self._draining:
             self._draining = True
             self._drainer = loop.create_task(self._drain())
-        return await future
+        vectors = await future
+        default_understanding_metrics().embedding.observe(time.perf_counter() - started)
+        return vectors
 
     async def warm_up(self) -> None:
         """Load the model off the event loop (the first call would otherwise pay for it)."""

@@ -116,3 +116,38 @@ class EngineMetrics:
 def default_engine_metrics() -> EngineMetrics:
     """The process's engine metrics in the default registry (created once: names are global)."""
     return EngineMetrics()
+
+
+# Understanding steps that run before generation: fast, so finer buckets.
+_FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class UnderstandingMetrics:
+    """Latency of the classifiers and the embedder, as their callers see it.
+
+    ``companion:classifier_latency_seconds{classifier, layer}``: one `classify`
+    call (the shared embedding wait included), labelled by the layer that
+    decided. ``companion:embedding_latency_seconds``: one `embed` call, from
+    the request to the vectors (waiting for the shared batch included).
+    """
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY, prefix: str = "companion") -> None:
+        self.classifier = Histogram(
+            f"{prefix}:classifier_latency_seconds",
+            "One classification, by classifier and deciding layer",
+            ["classifier", "layer"],
+            registry=registry,
+            buckets=_FAST_BUCKETS,
+        )
+        self.embedding = Histogram(
+            f"{prefix}:embedding_latency_seconds",
+            "One embed call, batching wait included",
+            registry=registry,
+            buckets=_FAST_BUCKETS,
+        )
+
+
+@functools.cache
+def default_understanding_metrics() -> UnderstandingMetrics:
+    """The process's classifier and embedder metrics (created once: names are global)."""
+    return UnderstandingMetrics()

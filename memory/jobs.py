@@ -15,12 +15,16 @@
   never raise and never wait longer than ``enqueue_timeout_s``: a chat turn
   must not block or fail on the queue. They return the job key, or None when
   skipped or not enqueued.
+- Every attempt is counted by outcome in ``companion:jobs_total`` (see
+  `memory.metrics`); `read_queue` reads the queue's depth and the age of its
+  oldest waiting job, which the server samples into gauges.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +32,14 @@ from typing import Any
 import asyncpg
 import msgspec
 from redis.asyncio import Redis
-from saq import CronJob, Job, Queue, Worker
+from saq import CronJob, Job, Queue, Status, Worker
 from saq.queue.redis import RedisQueue
 from saq.types import Context
 
 from memory.consolidation import Consolidator
 from memory.episodes import Turn
 from memory.extraction import Extractor
+from memory.metrics import default_memory_metrics
 from memory.profile_update import ProfileUpdater
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,7 @@ class MemoryJobDeps:
 
 class JobContext(Context, total=False):
     deps: MemoryJobDeps
+    attempt_started_s: float  # perf_counter at the start of this attempt
 
 
 def create_queue(redis_url: str, name: str = QUEUE_NAME) -> Queue:
@@ -99,7 +105,8 @@ def make_worker(queue: Queue, deps: MemoryJobDeps, cron: bool = True) -> Worker[
         concurrency=config.concurrency,
         cron_jobs=crons if cron else None,
         startup=startup,
-        after_process=_log_failure,
+        before_process=_before_process,
+        after_process=_after_process,
     )
 
 
@@ -253,9 +260,30 @@ async def _enqueue(queue: Queue, job: Job, config: JobsConfig) -> str | None:
     return queued.key if queued is not None else job.key
 
 
-async def _log_failure(ctx: JobContext) -> None:
+# The status a job is left in after one attempt, as counted: a job back in the
+# queue is being retried.
+_OUTCOMES = {
+    Status.COMPLETE: "complete",
+    Status.FAILED: "failed",
+    Status.ABORTED: "aborted",
+    Status.QUEUED: "retried",
+}
+
+
+async def _before_process(ctx: JobContext) -> None:
+    ctx["attempt_started_s"] = time.perf_counter()  # saq clears job.started on a retry
+
+
+async def _after_process(ctx: JobContext) -> None:
     job = ctx.get("job")
-    if job is not None and job.error:
+    if job is None:
+        return
+    outcome = _OUTCOMES.get(job.status, str(job.status.value))
+    started = ctx.get("attempt_started_s")
+    duration_s = time.perf_counter() - started if started is not None else None
+    queue = ctx["worker"].queue.name
+    default_memory_metrics().job_done(queue, job.function, outcome, duration_s)
+    if job.error:
         log.error(
             "memory job %s (%s) attempt %d failed: %s",
             job.function,
@@ -263,6 +291,34 @@ async def _log_failure(ctx: JobContext) -> None:
             job.attempts,
             job.error,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSample:
+    """One reading of a queue: jobs by state and how long the oldest has been waiting."""
+
+    queue: str
+    queued: int  # ready, waiting for a worker
+    active: int
+    scheduled: int  # waiting for their time (retries with backoff, cron)
+    oldest_age_s: float  # of the job at the head of the queue; 0 when none waits
+
+
+async def read_queue(queue: Queue) -> QueueSample:
+    """Count the queue's jobs and age its oldest waiting one (saq's Redis layout)."""
+    queued, active = await queue.count("queued"), await queue.count("active")
+    incomplete = await queue.count("incomplete")  # every job not finished, in any state
+    oldest_age_s = 0.0
+    if isinstance(queue, RedisQueue) and queued:
+        # saq pushes at the tail and workers take from the head: the head is the oldest.
+        head = await queue.redis.lindex(queue.namespace("queued"), 0)
+        job_id = head.decode() if isinstance(head, bytes) else head
+        job = await queue.job(queue.job_key_from_id(job_id)) if job_id else None
+        if job is not None and job.queued:
+            oldest_age_s = max(0.0, time.time() - job.queued / 1000)
+    return QueueSample(
+        queue.name, queued, active, max(incomplete - queued - active, 0), oldest_age_s
+    )
 
 
 _TURNS_SQL = """

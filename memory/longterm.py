@@ -23,6 +23,7 @@ filter, and the found rows are re-sorted by exact distance.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.errors import MemoryTierError
+from memory.metrics import default_memory_metrics
 from memory.protocols import Embedder
 from memory.ranking import Candidate, RankingConfig, fuse, rank, within_budget
 
@@ -264,6 +266,7 @@ class LongTermMemory:
         """The user's ``k`` most useful memories for ``query`` within ``token_budget`` tokens."""
         if k <= 0 or not query.strip():
             return []
+        started = time.perf_counter()
         vector = await self._vector(query, None)
         budget = self.config.token_budget if token_budget is None else token_budget
         limit = max(self.config.candidates, 2 * k)
@@ -283,6 +286,7 @@ class LongTermMemory:
             )
             chosen = within_budget(ranked, k, budget)
             await _touch(conn, [c.id for c, _ in chosen])
+        default_memory_metrics().retrieval.observe(time.perf_counter() - started)
         return [_retrieved(rows[c.id], score) for c, score in chosen]
 
     async def list(

@@ -20,6 +20,7 @@ from litestar.types import ControllerRouterHandler
 from server.accounts_api import AccountsController
 from server.admin import AdminController
 from server.conversations_api import ConversationsController
+from server.dashboard import DashboardController, StatsController, StatsRecorder
 from server.errors import exception_handlers
 from server.health import HealthController
 from server.logs import RequestContext, configure_logging
@@ -30,6 +31,9 @@ from server.resources import open_resources
 from server.settings import Settings, load_settings
 
 GZIP_MINIMUM_BYTES = 1024
+# Request duration buckets (seconds): the client library's defaults, plus long ones,
+# since a streamed reply is timed to its last byte.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 def create_app(
@@ -43,11 +47,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_resources(settings) as resources:
+        async with open_resources(settings) as resources, StatsRecorder().running() as stats:
             app.state.resources = resources
+            app.state.stats = stats
             yield
 
-    metrics = PrometheusConfig(app_name="companion", prefix="companion", group_path=True)
+    metrics = PrometheusConfig(
+        app_name="companion", prefix="companion", group_path=True, buckets=list(HTTP_BUCKETS)
+    )
     app = Litestar(
         route_handlers=[
             HealthController,
@@ -58,6 +65,8 @@ def create_app(
             ConversationsController,
             MemoriesController,
             ProfileController,
+            DashboardController,
+            StatsController,
             *extra_route_handlers,
         ],
         lifespan=[lifespan],

@@ -77,8 +77,11 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
 
 
 @main.command()
+@click.option(
+    "--metrics-port", type=int, help="Serve this worker's Prometheus metrics on this port."
+)
 @click.pass_obj
-def worker(config: Path | None) -> None:
+def worker(config: Path | None, metrics_port: int | None) -> None:
     """Run the memory jobs (extraction, consolidation) without serving HTTP.
 
     For scaled-out deployments: run the API with COMPANION_MEMORY_WORKER=off and
@@ -87,6 +90,10 @@ def worker(config: Path | None) -> None:
     """
     settings = _load(config)
     configure_logging(settings.log_level, settings.log_format)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=settings.host)  # job counts, queue depth
     with embedded_services(settings, stop_adopted=False):
         settings = _load(config, {"memory_worker": "inprocess"})
         asyncio.run(_work_until_stopped(settings))

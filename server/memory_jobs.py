@@ -3,13 +3,15 @@
 `EngineJSONGenerator` is the engine as a `memory.protocols.JSONGenerator`
 (`memory` never imports `inference`; `server` may import both).
 `start_memory_jobs` opens the job queue for the chat turn and, unless jobs run
-in separate `companion worker` processes, a worker in this process.
+in separate `companion worker` processes, a worker in this process; either
+way it samples the queue's depth and oldest job into metrics every few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -31,11 +33,14 @@ from inference.types import (
 )
 from memory.consolidation import Consolidator
 from memory.extraction import Extractor
-from memory.jobs import JobsConfig, MemoryJobDeps, create_queue, make_worker
+from memory.jobs import JobsConfig, MemoryJobDeps, create_queue, make_worker, read_queue
 from memory.longterm import LongTermMemory
+from memory.metrics import default_memory_metrics
 from memory.profile import ProfileStore
 from memory.profile_update import ProfileUpdater
 from memory.protocols import Embedder, PromptMessage
+
+log = logging.getLogger(__name__)
 
 _ROLES: dict[str, Role] = {"system": "system", "user": "user", "assistant": "assistant"}
 
@@ -92,12 +97,15 @@ async def start_memory_jobs(
     run_worker: bool,
     extract_every: int,
     concurrency: int,
+    sample_every_s: float = 5.0,
 ) -> MemoryJobs:
     """Open the job queue; with ``run_worker``, also process jobs in this process."""
     config = JobsConfig(extract_every_n_turns=extract_every, concurrency=concurrency)
     queue = create_queue(redis_url)
     await queue.connect()
     stack.push_async_callback(queue.disconnect)
+    sampler = asyncio.create_task(_sample_queue(queue, sample_every_s), name="queue-metrics")
+    stack.push_async_callback(_cancel, sampler)
     if run_worker:
         generator = EngineJSONGenerator(engine)
         store = LongTermMemory(pool, embedder)
@@ -122,3 +130,20 @@ async def start_memory_jobs(
 
         stack.push_async_callback(stop)
     return MemoryJobs(queue, config)
+
+
+async def _sample_queue(queue: Queue, every_s: float) -> None:
+    """Publish the queue's depth and oldest job; a Redis outage skips samples, never stops."""
+    metrics = default_memory_metrics()
+    while True:
+        try:
+            metrics.update_queue(await read_queue(queue))
+        except Exception as exc:  # readiness reports Redis; the next sample tries again
+            log.debug("queue sample failed: %s: %s", type(exc).__name__, exc)
+        await asyncio.sleep(every_s)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -21,6 +21,7 @@ age the message states, if any.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
@@ -36,6 +37,7 @@ from inference.classifiers.content_rules import (
 )
 from inference.classifiers.content_seeds import SEEDS
 from inference.embedder import SentenceEmbedder, Vectors
+from inference.metrics import default_understanding_metrics
 
 Layer = Literal["rules", "prototypes", "context", "judge"]
 
@@ -170,11 +172,14 @@ class ContentClassifier:
 
     async def classify(self, text: str, context: ContentContext = NO_CONTEXT) -> ContentResult:
         """Classify one message in its conversation, sharing the embedding call with others."""
+        started = time.perf_counter()
         vectors = await self.embedder.embed([text])
         result = self.decide([text], vectors, [context])[0]
-        if self.judge is None or not result.unsure:
-            return result
-        return await self._ask_judge(self.judge, text, context, result)
+        if self.judge is not None and result.unsure:
+            result = await self._ask_judge(self.judge, text, context, result)
+        classifier = default_understanding_metrics().classifier.labels("content", result.layer)
+        classifier.observe(time.perf_counter() - started)
+        return result
 
     def classify_batch(
         self, texts: Sequence[str], contexts: Sequence[ContentContext] | None = None

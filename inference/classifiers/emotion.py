@@ -14,6 +14,7 @@ Every `EmotionResult` says which layer decided and how confident it was.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -24,6 +25,7 @@ from inference.classifiers.dataset import EMOTION_LABELS
 from inference.classifiers.head import EmotionHead, Floats
 from inference.classifiers.lexicon import match_rules
 from inference.embedder import SentenceEmbedder
+from inference.metrics import default_understanding_metrics
 
 Layer = Literal["rules", "head", "transformer"]
 
@@ -67,12 +69,15 @@ class EmotionClassifier:
 
     async def classify(self, text: str) -> EmotionResult:
         """Classify one message, sharing the embedding call with concurrent callers."""
+        started = time.perf_counter()
         vectors = await self.embedder.embed([text])
         result = self.decide([text], vectors)[0]
         if self._should_escalate(result) and self.transformer is not None:
             loop = asyncio.get_running_loop()
             scores = await loop.run_in_executor(None, self.transformer, [text])
             result = _from_scores(scores[0], "transformer")
+        classifier = default_understanding_metrics().classifier.labels("emotion", result.layer)
+        classifier.observe(time.perf_counter() - started)
         return result
 
     def classify_batch(self, texts: Sequence[str]) -> list[EmotionResult]:
