@@ -27,6 +27,8 @@ from server.memories_api import MemoriesController
 from server.openai_api.routes import OpenAIController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
+from server.status_api import StatusController
+from server.web_ui import web_ui
 
 GZIP_MINIMUM_BYTES = 1024
 
@@ -56,6 +58,8 @@ def create_app(
             AccountsController,
             ConversationsController,
             MemoriesController,
+            StatusController,
+            web_ui(),
             *extra_route_handlers,
         ],
         lifespan=[lifespan],
