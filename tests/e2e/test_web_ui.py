@@ -387,10 +387,14 @@ def test_phone_width_and_keyboard(phone: Page, web_server: WebServer, artifacts:
     page = phone
     sign_up(page, web_server)
     # on a phone the conversation list is a drawer behind the "Chats" button
+    chats = page.get_by_role("button", name="Chats")
     expect(page.get_by_role("button", name="New conversation")).to_be_hidden()
-    page.get_by_role("button", name="Chats").click()
-    new_conversation(page)
+    chats.click()
+    expect(chats).to_have_attribute("aria-expanded", "true")
+    expect(page.get_by_role("button", name="New conversation")).to_be_visible()
+    chats.click()
     expect(page.get_by_role("button", name="New conversation")).to_be_hidden()
+    # with no conversation yet, the first message starts one
 
     box = page.get_by_label("Message", exact=True)
     box.fill("first line")
@@ -401,6 +405,9 @@ def test_phone_width_and_keyboard(phone: Page, web_server: WebServer, artifacts:
     box.press("Enter")
     expect(page.locator(".message.user .text")).to_have_text("first line\nsecond line")
     expect(box).to_have_value("")
+    chats.click()
+    expect(page.locator("#conversations li")).to_have_count(1)
+    chats.click()
     wait_reply_longer_than(page, 0)
     page.get_by_role("button", name="Stop").click()
     expect(page.locator(".message.assistant.stopped")).to_have_count(1)

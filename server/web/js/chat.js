@@ -52,7 +52,13 @@ export class ChatView {
     );
     this.describePersona();
     this.renderConversations(conversations);
-    if (conversations.length) await this.open(conversations[0]);
+    if (conversations.length) {
+      await this.open(conversations[0]);
+    } else {
+      // nothing yet: the first message starts a conversation with the chosen persona
+      byId("chat-title").textContent = "Say hello to start a conversation";
+      this.setComposer({ enabled: true, streaming: false });
+    }
   }
 
   describePersona() {
@@ -150,10 +156,12 @@ export class ChatView {
     byId("retry").hidden = !unanswered;
   }
 
-  sendFromComposer() {
+  async sendFromComposer() {
     const input = byId("composer-input");
     const text = input.value.trim();
-    if (!text || this.controller || !this.conversation) return;
+    if (!text || this.controller) return;
+    if (!this.conversation) await this.create(byId("persona").value);
+    if (!this.conversation) return; // creating it failed; the error is shown
     input.value = "";
     this.send(text);
   }
