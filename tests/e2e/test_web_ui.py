@@ -161,7 +161,11 @@ def sign_up(page: Page, server: WebServer) -> str:
 
 
 def new_conversation(page: Page) -> None:
+    conversations = page.locator("#conversations li")
+    before = conversations.count()
     page.get_by_role("button", name="New conversation").click()
+    expect(conversations).to_have_count(before + 1)
+    expect(page.locator("#chat-title")).to_contain_text("started")
     expect(page.get_by_label("Message", exact=True)).to_be_enabled()
 
 
@@ -181,6 +185,20 @@ def wait_reply_longer_than(page: Page, length: int) -> None:
         " return r && r.textContent.length > n; }",
         arg=length,
         timeout=WAIT_MS,
+    )
+
+
+def record_reply_lengths(page: Page) -> None:
+    """From now on, note the last reply's length at every change the page makes to the list."""
+    page.evaluate(
+        """() => {
+          window.replyLengths = [];
+          const list = document.getElementById('messages');
+          new MutationObserver(() => {
+            const reply = [...list.querySelectorAll('.message.assistant .text')].pop();
+            if (reply) window.replyLengths.push(reply.textContent.length);
+          }).observe(list, {subtree: true, childList: true, characterData: true});
+        }"""
     )
 
 
@@ -205,14 +223,18 @@ def test_sign_up_send_and_watch_the_reply_stream(
     sign_up(page, web_server)
     expect(page.get_by_label("Persona")).to_contain_text("Mira")
     new_conversation(page)
+    record_reply_lengths(page)
     send(page, "I love hiking in the mountains with my dog.")
 
     user = page.locator(".message.user").last
     expect(user.locator(".text")).to_have_text("I love hiking in the mountains with my dog.")
     wait_reply_longer_than(page, 0)
-    wait_reply_longer_than(page, last_reply_length(page))  # it grows token by token
     expect(page.get_by_role("button", name="Stop")).to_be_enabled()
     expect(page.locator(".message.assistant.done")).to_have_count(1, timeout=WAIT_MS)
+    # the reply grew in many steps as tokens arrived, not in one piece at the end
+    lengths = [n for n in page.evaluate("window.replyLengths") if n > 0]
+    assert len(set(lengths)) >= 10 and lengths == sorted(lengths)
+    assert lengths[-1] == last_reply_length(page)
 
     expect(user.locator(".about")).to_contain_text(re.compile(r"feeling: \w+ \(\d+%\)"))
     reply = page.locator(".message.assistant").last

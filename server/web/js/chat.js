@@ -16,6 +16,7 @@ export class ChatView {
     this.conversation = null;
     this.oldestId = null;
     this.controller = null;
+    this.creating = null;
     this.lastSent = null;
     this.wire();
   }
@@ -98,7 +99,15 @@ export class ChatView {
     byId("no-conversations").hidden = conversations.length > 0;
   }
 
-  async create(persona) {
+  /** Start a conversation and open it; a second call while one is being made shares it. */
+  create(persona) {
+    this.creating ??= this.createNow(persona).finally(() => {
+      this.creating = null;
+    });
+    return this.creating;
+  }
+
+  async createNow(persona) {
     try {
       const conversation = await this.api.request("POST", "/api/v1/conversations", { persona });
       this.conversation = conversation;
@@ -160,6 +169,7 @@ export class ChatView {
     const input = byId("composer-input");
     const text = input.value.trim();
     if (!text || this.controller) return;
+    if (this.creating) await this.creating;
     if (!this.conversation) await this.create(byId("persona").value);
     if (!this.conversation) return; // creating it failed; the error is shown
     input.value = "";
