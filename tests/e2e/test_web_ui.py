@@ -353,7 +353,7 @@ def remember(server: WebServer, user_id: str, facts: Sequence[str]) -> None:
 
 
 def test_memory_panel_search_forget_export_and_erase(
-    desktop: Page, web_server: WebServer, tmp_path: Path
+    desktop: Page, web_server: WebServer, tmp_path: Path, artifacts: Path
 ) -> None:
     page = desktop
     username = sign_up(page, web_server)
@@ -372,6 +372,7 @@ def test_memory_panel_search_forget_export_and_erase(
     page.get_by_role("searchbox", name="Search memories").fill("")
     page.get_by_role("button", name="Search", exact=True).click()
     expect(memories.locator("li")).to_have_count(2)
+    keep(page, artifacts, "desktop-memories")
 
     page.get_by_role("button", name="Forget: Has a dog called Biscuit").click()
     expect(memories.locator("li")).to_have_count(1)
@@ -442,7 +443,7 @@ def test_phone_width_and_keyboard(phone: Page, web_server: WebServer, artifacts:
     keep(page, artifacts, "phone-chat")
 
 
-def test_errors_are_shown_in_words(desktop: Page, web_server: WebServer) -> None:
+def test_errors_are_shown_in_words(desktop: Page, web_server: WebServer, artifacts: Path) -> None:
     page = desktop
     username = sign_up(page, web_server)
     page.get_by_role("button", name="Log out").click()
@@ -456,6 +457,7 @@ def test_errors_are_shown_in_words(desktop: Page, web_server: WebServer) -> None
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_role("alert")).to_contain_text(f"the username '{username}' is taken")
+    keep(page, artifacts, "sign-in-error")
 
     # a forged token: the page says the session ended instead of showing nothing
     page.evaluate("sessionStorage.setItem('companion.token', 'forged')")
