@@ -81,6 +81,8 @@ def web_server(tiny_gguf: Path) -> Iterator[WebServer]:
             COMPANION_CHAT_SLOTS="4",
             # keys on: the page must work with its access token alone
             COMPANION_API_KEYS_REQUIRED="true",
+            # every test user signs up from 127.0.0.1: per-address limits are not under test
+            COMPANION_RATE_LIMITS="false",
         )
         port = free_port()
         process = subprocess.Popen(
@@ -266,8 +268,8 @@ def running_requests(client: httpx.Client) -> int:
 def wait_engine_idle(page: Page, client: httpx.Client) -> None:
     deadline_ms = WAIT_MS
     while running_requests(client) and deadline_ms > 0:
-        page.wait_for_timeout(100)
-        deadline_ms -= 100
+        page.wait_for_timeout(250)
+        deadline_ms -= 250
     assert running_requests(client) == 0
 
 

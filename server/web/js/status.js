@@ -32,7 +32,7 @@ export class StatusPanel {
   showReply(done, pageTtftS) {
     const { usage = {}, timings = {} } = done;
     const completion = usage.completion_tokens ?? 0;
-    const generation = (timings.total_s ?? 0) - (timings.prepare_s ?? 0) - (timings.engine_ttft_s ?? 0);
+    const generation = generationSeconds(timings);
     byId("stat-speed").textContent =
       completion > 0 && generation > 0 ? `${(completion / generation).toFixed(1)} tokens/s` : "–";
     byId("stat-ttft").textContent =
@@ -49,6 +49,13 @@ export class StatusPanel {
       byId(id).textContent = "–";
     }
   }
+}
+
+/** Seconds from the first token to the end of the turn, from the done event's timings. */
+function generationSeconds(timings) {
+  const total = timings.total_s ?? 0;
+  if (timings.ttft_s !== undefined) return total - timings.ttft_s; // turn start to first token
+  return total - (timings.prepare_s ?? 0) - (timings.engine_ttft_s ?? 0);
 }
 
 function describeLoad(engine) {
