@@ -29,6 +29,8 @@ from server.openai_api.routes import OpenAIController
 from server.profile_api import ProfileController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
+from server.status_api import StatusController
+from server.web_ui import web_ui
 
 GZIP_MINIMUM_BYTES = 1024
 # Request duration buckets (seconds): the client library's defaults, plus long ones,
@@ -67,6 +69,8 @@ def create_app(
             ProfileController,
             DashboardController,
             StatsController,
+            StatusController,
+            web_ui(),
             *extra_route_handlers,
         ],
         lifespan=[lifespan],

@@ -1,0 +1,337 @@
+// Conversations and the chat view: the list, a new conversation with a persona, the history,
+// and a turn streamed token by token with Stop (aborts the request, which stops generation on
+// the server) and Retry (sends the last message again).
+
+import { byId, el, percent, when } from "./dom.js";
+
+const PAGE = 50;
+
+export class ChatView {
+  constructor(api, { showError, onReply, onOpened }) {
+    this.api = api;
+    this.showError = showError;
+    this.onReply = onReply;
+    this.onOpened = onOpened;
+    this.personas = new Map();
+    this.conversation = null;
+    this.oldestId = null;
+    this.controller = null;
+    this.creating = null;
+    this.lastSent = null;
+    this.wire();
+  }
+
+  wire() {
+    byId("new-conversation").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.create(byId("persona").value);
+    });
+    byId("persona").addEventListener("change", () => this.describePersona());
+    byId("composer").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.sendFromComposer();
+    });
+    byId("composer-input").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this.sendFromComposer();
+      }
+    });
+    byId("stop").addEventListener("click", () => this.controller?.abort());
+    byId("retry").addEventListener("click", () => this.retry());
+    byId("load-earlier").addEventListener("click", () => this.loadEarlier());
+  }
+
+  async start() {
+    const [personas, conversations] = await Promise.all([
+      this.api.request("GET", "/api/v1/personas"),
+      this.api.request("GET", "/api/v1/conversations"),
+    ]);
+    this.personas = new Map(personas.map((p) => [p.id, p]));
+    byId("persona").replaceChildren(
+      ...personas.map((p) => el("option", { value: p.id, text: p.name })),
+    );
+    this.describePersona();
+    this.renderConversations(conversations);
+    if (conversations.length) {
+      await this.open(conversations[0]);
+    } else {
+      // nothing yet: the first message starts a conversation with the chosen persona
+      byId("chat-title").textContent = "Say hello to start a conversation";
+      this.setComposer({ enabled: true, streaming: false });
+    }
+  }
+
+  describePersona() {
+    const persona = this.personas.get(byId("persona").value);
+    byId("persona-description").textContent = persona ? persona.description : "";
+  }
+
+  personaName(id) {
+    return this.personas.get(id)?.name ?? id;
+  }
+
+  async refreshConversations() {
+    try {
+      this.renderConversations(await this.api.request("GET", "/api/v1/conversations"));
+    } catch (error) {
+      this.showError(error);
+    }
+  }
+
+  renderConversations(conversations) {
+    const items = conversations.map((c) => {
+      const label = c.title || this.personaName(c.persona);
+      const button = el(
+        "button",
+        {
+          type: "button",
+          "data-conversation-id": c.id,
+          "aria-current": c.id === this.conversation?.id ? "true" : "false",
+          onclick: () => this.open(c),
+        },
+        label,
+        el("small", { text: when(c.updated_at) }),
+      );
+      return el("li", {}, button);
+    });
+    byId("conversations").replaceChildren(...items);
+    byId("no-conversations").hidden = conversations.length > 0;
+  }
+
+  /** Start a conversation and open it; a second call while one is being made shares it. */
+  create(persona) {
+    this.creating ??= this.createNow(persona).finally(() => {
+      this.creating = null;
+    });
+    return this.creating;
+  }
+
+  async createNow(persona) {
+    try {
+      const conversation = await this.api.request("POST", "/api/v1/conversations", { persona });
+      this.conversation = conversation;
+      await this.refreshConversations();
+      await this.open(conversation);
+    } catch (error) {
+      this.showError(error);
+    }
+  }
+
+  async open(conversation) {
+    if (this.controller) this.controller.abort();
+    this.conversation = conversation;
+    this.lastSent = null;
+    byId("retry").hidden = true;
+    for (const button of byId("conversations").querySelectorAll("button")) {
+      button.setAttribute("aria-current", String(button.dataset.conversationId === conversation.id));
+    }
+    byId("chat-title").textContent =
+      `${this.personaName(conversation.persona)} · started ${when(conversation.created_at)}`;
+    byId("messages").replaceChildren();
+    this.setComposer({ enabled: true, streaming: false });
+    this.onOpened();
+    await this.loadPage(null);
+    byId("composer-input").focus();
+  }
+
+  async loadEarlier() {
+    await this.loadPage(this.oldestId);
+  }
+
+  async loadPage(before) {
+    const conversation = this.conversation;
+    const params = new URLSearchParams({ limit: String(PAGE) });
+    if (before) params.set("before", String(before));
+    try {
+      const path = `/api/v1/conversations/${conversation.id}/messages?${params}`;
+      const messages = await this.api.request("GET", path);
+      if (conversation !== this.conversation) return; // another conversation was opened meanwhile
+      byId("messages").prepend(...messages.map((m) => storedBubble(m)));
+      if (messages.length) this.oldestId = messages[0].id;
+      byId("load-earlier").hidden = messages.length < PAGE;
+      if (!before) this.offerRetry(messages);
+      if (!before) scrollToEnd();
+    } catch (error) {
+      this.showError(error);
+    }
+  }
+
+  /** A conversation that ends with an unanswered message (stopped, failed) offers Retry. */
+  offerRetry(messages) {
+    const last = messages[messages.length - 1];
+    const unanswered = last?.role === "user";
+    this.lastSent = unanswered ? last.content : null;
+    byId("retry").hidden = !unanswered;
+  }
+
+  async sendFromComposer() {
+    const input = byId("composer-input");
+    const text = input.value.trim();
+    if (!text || this.controller) return;
+    if (this.creating) await this.creating;
+    if (!this.conversation) await this.create(byId("persona").value);
+    if (!this.conversation) return; // creating it failed; the error is shown
+    input.value = "";
+    this.send(text);
+  }
+
+  retry() {
+    if (this.lastSent && !this.controller) this.send(this.lastSent);
+  }
+
+  async send(text) {
+    this.lastSent = text;
+    byId("retry").hidden = true;
+    const user = bubble("user", text);
+    const reply = bubble("assistant", "");
+    reply.node.setAttribute("aria-busy", "true");
+    byId("messages").append(user.node, reply.node);
+    scrollToEnd();
+    this.controller = new AbortController();
+    this.setComposer({ enabled: true, streaming: true });
+    const outcome = await this.stream(text, user, reply);
+    reply.node.removeAttribute("aria-busy");
+    this.controller = null;
+    this.setComposer({ enabled: true, streaming: false });
+    this.finish(outcome, reply);
+    this.refreshConversations();
+  }
+
+  /** Relay one turn into the page; resolves to what ended it. */
+  async stream(text, user, reply) {
+    const started = performance.now();
+    let firstToken = null;
+    try {
+      const events = this.api.turn(this.conversation.id, text, this.controller.signal);
+      for await (const { type, data } of events) {
+        if (type === "meta") this.showMeta(data, user, reply);
+        else if (type === "token") {
+          firstToken ??= (performance.now() - started) / 1000;
+          reply.text.append(data.text);
+          scrollToEnd();
+        } else if (type === "done") {
+          reply.node.dataset.messageId = String(data.assistant_message_id);
+          user.node.dataset.messageId = String(data.user_message_id);
+          this.onReply(data, firstToken);
+          return { ended: "done" };
+        } else if (type === "error") return { ended: "error", message: data.message };
+      }
+      return { ended: "error", message: "The reply ended before it was complete." };
+    } catch (error) {
+      if (error.name === "AbortError") return { ended: "stopped" };
+      return { ended: "error", message: error.message, error };
+    }
+  }
+
+  showMeta(meta, user, reply) {
+    user.about.textContent = `feeling: ${meta.emotion} (${percent(meta.emotion_confidence)})`;
+    user.about.hidden = false;
+    reply.about.textContent = routeLine(meta, this.personaName(meta.persona));
+    reply.about.hidden = false;
+    if (meta.needs_verification) byId("messages").append(this.verification());
+  }
+
+  finish(outcome, reply) {
+    if (outcome.ended === "done") {
+      reply.node.classList.add("done");
+      return;
+    }
+    byId("retry").hidden = false;
+    if (outcome.ended === "stopped") {
+      reply.node.classList.add("stopped");
+      reply.state.textContent = "Stopped. This partial reply is not saved.";
+    } else {
+      reply.node.classList.add("failed");
+      reply.state.textContent = `Failed: ${outcome.message}`;
+      this.showError(outcome.error ?? new Error(outcome.message));
+    }
+    reply.state.hidden = false;
+  }
+
+  setComposer({ enabled, streaming }) {
+    byId("composer-input").disabled = !enabled;
+    byId("send").disabled = !enabled || streaming;
+    byId("stop").disabled = !streaming;
+  }
+
+  /** The age-verification prompt, shown when the server says this request needs it. */
+  verification() {
+    const id = `dob-${Date.now()}`;
+    const status = el("p", { role: "status" });
+    const form = el(
+      "form",
+      { "aria-label": "Age verification" },
+      el("div", {}, el("label", { for: id, text: "Date of birth" }),
+        el("input", { id, name: "date_of_birth", type: "date", required: true })),
+      el("button", { type: "submit", class: "primary", text: "Verify my age" }),
+    );
+    const conversationId = this.conversation.id;
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.verify(conversationId, form, status);
+    });
+    const explain = "Adult content needs age verification. Your date of birth is used only to "
+      + "check that you are 18 or older; under 18, adult content stays closed for good.";
+    return el("li", { class: "verify" }, el("p", { text: explain }), form, status);
+  }
+
+  async verify(conversationId, form, status) {
+    const dateOfBirth = form.elements.date_of_birth.value;
+    try {
+      const path = `/api/v1/conversations/${conversationId}/verify-age`;
+      const { verified } = await this.api.request("POST", path, { date_of_birth: dateOfBirth });
+      status.textContent = verified
+        ? "Verified: adult conversations are open in this conversation."
+        : "Not verified: adult content stays closed on this account.";
+      form.remove();
+    } catch (error) {
+      status.textContent = error.message;
+    }
+  }
+
+  clear() {
+    this.controller?.abort();
+    this.conversation = null;
+    this.lastSent = null;
+    byId("messages").replaceChildren();
+    byId("conversations").replaceChildren();
+    byId("chat-title").textContent = "Start a conversation";
+    byId("retry").hidden = true;
+    byId("load-earlier").hidden = true;
+    this.setComposer({ enabled: false, streaming: false });
+  }
+}
+
+/** A message in the list: its text node grows as tokens arrive. */
+function bubble(role, content) {
+  const text = el("p", { class: "text", text: content });
+  const about = el("p", { class: "about", hidden: true });
+  const state = el("p", { class: "state", hidden: true });
+  const who = el("span", { class: "visually-hidden", text: role === "user" ? "You: " : "Reply: " });
+  const node = el("li", { class: `message ${role}`, "data-role": role }, who, text, about, state);
+  return { node, text, about, state };
+}
+
+function storedBubble(message) {
+  const { node, about } = bubble(message.role, message.content);
+  node.dataset.messageId = String(message.id);
+  node.classList.add("done");
+  const meta = message.metadata || {};
+  if (message.role === "assistant" && meta.route) {
+    about.textContent = routeLine(meta, meta.persona) + (meta.emotion ? ` · you felt ${meta.emotion}` : "");
+    about.hidden = false;
+  }
+  return node;
+}
+
+function routeLine(meta, personaName) {
+  const parts = [`route: ${meta.route}`, personaName];
+  if (meta.model) parts.push(meta.model);
+  return parts.join(" · ");
+}
+
+function scrollToEnd() {
+  const list = byId("messages");
+  list.scrollTop = list.scrollHeight;
+}

@@ -1,0 +1,68 @@
+// The model/status panel: which models this server runs, the chat engine's load, and the
+// numbers of the last reply (speed, time to first token, prompt tokens served from cache).
+
+import { byId, el, percent, seconds } from "./dom.js";
+
+export class StatusPanel {
+  constructor(api, { showError }) {
+    this.api = api;
+    this.showError = showError;
+    byId("refresh-status").addEventListener("click", () => this.refresh());
+  }
+
+  async refresh() {
+    try {
+      const status = await this.api.request("GET", "/api/v1/models");
+      this.renderModels(status);
+    } catch (error) {
+      this.showError(error);
+    }
+  }
+
+  renderModels({ models, engine }) {
+    const list = byId("models");
+    list.replaceChildren(
+      ...models.map((m) => el("li", { text: `${m.id} (${m.role})`, "data-role": m.role })),
+    );
+    if (models.length === 0) list.append(el("li", { text: "No model is loaded." }));
+    byId("engine-load").textContent = engine ? describeLoad(engine) : "";
+  }
+
+  /** The last reply's `done` event, and the time to its first token as the page saw it. */
+  showReply(done, pageTtftS) {
+    const { usage = {}, timings = {} } = done;
+    const completion = usage.completion_tokens ?? 0;
+    const generation = generationSeconds(timings);
+    byId("stat-speed").textContent =
+      completion > 0 && generation > 0 ? `${(completion / generation).toFixed(1)} tokens/s` : "–";
+    byId("stat-ttft").textContent =
+      `${seconds(pageTtftS)} (engine ${seconds(timings.engine_ttft_s ?? NaN)})`;
+    byId("stat-cached").textContent =
+      `${usage.cached_prompt_tokens ?? 0} of ${usage.prompt_tokens ?? 0}`;
+    byId("stat-completion").textContent = String(completion);
+  }
+
+  clear() {
+    byId("models").replaceChildren();
+    byId("engine-load").textContent = "";
+    for (const id of ["stat-speed", "stat-ttft", "stat-cached", "stat-completion"]) {
+      byId(id).textContent = "–";
+    }
+  }
+}
+
+/** Seconds from the first token to the end of the turn, from the done event's timings. */
+function generationSeconds(timings) {
+  const total = timings.total_s ?? 0;
+  if (timings.ttft_s !== undefined) return total - timings.ttft_s; // turn start to first token
+  return total - (timings.prepare_s ?? 0) - (timings.engine_ttft_s ?? 0);
+}
+
+function describeLoad(engine) {
+  const parts = [
+    `${engine.running} running, ${engine.waiting} waiting`,
+    `KV cache ${percent(engine.kv_usage)} in use`,
+  ];
+  if (engine.prefix_hit_rate !== null) parts.push(`prefix cache hits ${percent(engine.prefix_hit_rate)}`);
+  return parts.join(" · ");
+}

@@ -1,0 +1,476 @@
+"""The web chat UI in a real headless Chromium, against `companion serve` on the tiny model.
+
+The browser is the system's Chromium (Debian's `chromium` package at /usr/bin/chromium),
+driven by Playwright; nothing is downloaded. Without that binary these tests skip on a
+developer's machine, and fail in CI (where ``CI`` is set), so CI can never pass them silently.
+
+The server overrides the `companion` persona to reply with 1500 tokens: the tiny model writes
+gibberish quickly, and a long reply keeps a turn streaming long enough to watch it grow and
+to stop it midway. Screenshots are kept under ``artifacts/web-ui/`` (or
+``$COMPANION_ARTIFACTS_DIR``); their paths are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import numpy as np
+import pytest
+from support import COMPANION, companion_env, free_port, wait_ready
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD = "correct horse battery"
+LONG_REPLY_TOKENS = 1500
+WAIT_MS = 120_000  # generous: a guard against hanging, never a speed requirement
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (see README)", pytrace=False)
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+PERSONAS = f"""
+[personas.companion]
+name = "Mira"
+description = "A warm, curious companion who remembers what you share."
+prompt = "You are Mira, a warm and curious companion."
+max_tokens = {LONG_REPLY_TOKENS}
+"""
+
+
+@dataclass(frozen=True)
+class WebServer:
+    base_url: str
+    data_dir: Path
+    model_id: str
+
+
+@pytest.fixture(scope="module")
+def web_server(tiny_gguf: Path) -> Iterator[WebServer]:
+    with tempfile.TemporaryDirectory(prefix="cmp-web-", dir="/tmp") as directory:
+        data_dir = Path(directory)
+        (data_dir / "personas.toml").write_text(PERSONAS, encoding="utf-8")
+        env = companion_env(
+            data_dir,
+            COMPANION_CHAT_MODEL=str(tiny_gguf),
+            COMPANION_CHAT_CTX="2048",
+            COMPANION_CHAT_SLOTS="4",
+            # keys on: the page must work with its access token alone
+            COMPANION_API_KEYS_REQUIRED="true",
+            # every test user signs up from 127.0.0.1: per-address limits are not under test
+            COMPANION_RATE_LIMITS="false",
+        )
+        port = free_port()
+        process = subprocess.Popen(
+            [*COMPANION, "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, process)
+            yield WebServer(base, data_dir, tiny_gguf.stem)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    directory = Path(os.environ.get("COMPANION_ARTIFACTS_DIR", REPO / "artifacts")) / "web-ui"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def open_page(browser: Browser, width: int, height: int) -> tuple[Page, list[str]]:
+    """A fresh context (own storage) and page; uncaught script errors are collected."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page, errors
+
+
+@pytest.fixture
+def desktop(browser: Browser) -> Iterator[Page]:
+    page, errors = open_page(browser, 1280, 800)
+    yield page
+    page.context.close()
+    assert errors == [], "uncaught errors in the page"
+
+
+@pytest.fixture
+def phone(browser: Browser) -> Iterator[Page]:
+    page, errors = open_page(browser, 375, 740)
+    yield page
+    page.context.close()
+    assert errors == [], "uncaught errors in the page"
+
+
+def keep(page: Page, artifacts: Path, name: str) -> Path:
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+# --- steps a user takes
+
+
+def sign_up(page: Page, server: WebServer) -> str:
+    username = f"u{uuid.uuid4().hex[:12]}"
+    page.goto(server.base_url + "/")
+    page.get_by_label("Username", exact=True).fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.locator("#who")).to_have_text(f"Signed in as {username}")
+    return username
+
+
+def new_conversation(page: Page) -> None:
+    conversations = page.locator("#conversations li")
+    before = conversations.count()
+    page.get_by_role("button", name="New conversation").click()
+    expect(conversations).to_have_count(before + 1)
+    expect(page.locator("#chat-title")).to_contain_text("started")
+    expect(page.get_by_label("Message", exact=True)).to_be_enabled()
+
+
+def send(page: Page, text: str) -> None:
+    box = page.get_by_label("Message", exact=True)
+    box.fill(text)
+    box.press("Enter")
+
+
+def last_reply_length(page: Page) -> int:
+    return len(page.locator(".message.assistant .text").last.inner_text())
+
+
+def wait_reply_longer_than(page: Page, length: int) -> None:
+    page.wait_for_function(
+        "n => { const r = [...document.querySelectorAll('.message.assistant .text')].pop();"
+        " return r && r.textContent.length > n; }",
+        arg=length,
+        timeout=WAIT_MS,
+    )
+
+
+def record_reply_lengths(page: Page) -> None:
+    """From now on, note the last reply's length at every change the page makes to the list."""
+    page.evaluate(
+        """() => {
+          window.replyLengths = [];
+          const list = document.getElementById('messages');
+          new MutationObserver(() => {
+            const reply = [...list.querySelectorAll('.message.assistant .text')].pop();
+            if (reply) window.replyLengths.push(reply.textContent.length);
+          }).observe(list, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+
+
+def token_of(page: Page) -> str:
+    token = page.evaluate("sessionStorage.getItem('companion.token')")
+    assert isinstance(token, str) and token
+    return token
+
+
+def api(server: WebServer, token: str) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=server.base_url + "/api/v1", headers=headers, timeout=30)
+
+
+# --- the tests
+
+
+def test_sign_up_send_and_watch_the_reply_stream(
+    desktop: Page, web_server: WebServer, artifacts: Path
+) -> None:
+    page = desktop
+    sign_up(page, web_server)
+    expect(page.get_by_label("Persona")).to_contain_text("Mira")
+    new_conversation(page)
+    record_reply_lengths(page)
+    send(page, "I love hiking in the mountains with my dog.")
+
+    user = page.locator(".message.user").last
+    expect(user.locator(".text")).to_have_text("I love hiking in the mountains with my dog.")
+    wait_reply_longer_than(page, 0)
+    expect(page.get_by_role("button", name="Stop")).to_be_enabled()
+    expect(page.locator(".message.assistant.done")).to_have_count(1, timeout=WAIT_MS)
+    # the reply grew in many steps as tokens arrived, not in one piece at the end
+    lengths = [n for n in page.evaluate("window.replyLengths") if n > 0]
+    assert len(set(lengths)) >= 10 and lengths == sorted(lengths)
+    assert lengths[-1] == last_reply_length(page)
+
+    expect(user.locator(".about")).to_contain_text(re.compile(r"feeling: \w+ \(\d+%\)"))
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator(".about")).to_contain_text("route: normal")
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+
+    page.get_by_role("button", name="Status").click()
+    expect(page.locator("#models")).to_contain_text(f"{web_server.model_id} (chat)")
+    expect(page.locator("#stat-speed")).to_have_text(re.compile(r"^\d+(\.\d)? tokens/s$"))
+    expect(page.locator("#stat-ttft")).to_have_text(re.compile(r"\d.*\(engine \d"))
+    expect(page.locator("#stat-cached")).to_have_text(re.compile(r"^\d+ of [1-9]\d*$"))
+    expect(page.locator("#stat-completion")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    keep(page, artifacts, "desktop-chat")
+
+    # a reload keeps the session (sessionStorage) and shows the stored turn
+    page.reload()
+    expect(page.locator(".message.done")).to_have_count(2)
+    expect(page.locator(".message.user .text")).to_have_text(
+        "I love hiking in the mountains with my dog."
+    )
+    expect(page.locator("#conversations li")).to_have_count(1)
+
+
+def running_requests(client: httpx.Client) -> int:
+    engine = client.get("/models").raise_for_status().json()["engine"]
+    return int(engine["running"]) + int(engine["waiting"])
+
+
+def wait_engine_idle(page: Page, client: httpx.Client) -> None:
+    deadline_ms = WAIT_MS
+    while running_requests(client) and deadline_ms > 0:
+        page.wait_for_timeout(250)
+        deadline_ms -= 250
+    assert running_requests(client) == 0
+
+
+def test_stop_ends_the_reply_and_keeps_the_message_then_verify_age(
+    desktop: Page, web_server: WebServer
+) -> None:
+    page = desktop
+    sign_up(page, web_server)
+    new_conversation(page)
+    send(page, "Talk dirty to me.")
+
+    # the server asks for age verification (meta event) while the reply streams
+    verify = page.get_by_role("form", name="Age verification")
+    expect(verify).to_be_visible()
+    wait_reply_longer_than(page, 20)
+    page.get_by_role("button", name="Stop").click()
+
+    reply = page.locator(".message.assistant").last
+    expect(reply).to_have_class(re.compile(r"\bstopped\b"))
+    expect(reply.locator(".state")).to_have_text("Stopped. This partial reply is not saved.")
+    expect(page.get_by_role("button", name="Retry")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+
+    # the generation stopped on the server: once the engine is idle, only the message is kept
+    with api(web_server, token_of(page)) as client:
+        wait_engine_idle(page, client)
+        conversation = client.get("/conversations").json()[0]["id"]
+        stored = client.get(f"/conversations/{conversation}/messages").json()
+    assert [(m["role"], m["content"]) for m in stored] == [("user", "Talk dirty to me.")]
+    page.get_by_role("button", name=re.compile("^Mira")).click()
+    expect(page.locator(".message")).to_have_count(1)
+    expect(page.locator(".message.user .text")).to_have_text("Talk dirty to me.")
+
+    # retry sends the message again; stop that reply too
+    page.get_by_role("button", name="Retry").click()
+    wait_reply_longer_than(page, 0)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".message.assistant.stopped")).to_have_count(1)
+
+    verify = page.get_by_role("form", name="Age verification").last
+    verify.get_by_label("Date of birth").fill("1990-04-02")
+    verify.get_by_role("button", name="Verify my age").click()
+    expect(page.locator(".verify [role=status]").last).to_have_text(
+        re.compile("^Verified: adult conversations are open")
+    )
+
+
+class _NoEmbedding:
+    dimensions = 384
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        raise AssertionError("the test passes its embeddings")
+
+
+def remember(server: WebServer, user_id: str, facts: Sequence[str]) -> None:
+    """Store memories for a user straight in the server's embedded PostgreSQL.
+
+    The tiny model writes gibberish, so extraction would find no facts to remember.
+    """
+    from pgvector.asyncpg import register_vector
+
+    from memory.embedded import EmbeddedPostgres
+    from memory.longterm import LongTermMemory
+
+    url = EmbeddedPostgres(server.data_dir).start()  # adopts the running server
+
+    async def add() -> None:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=1, init=register_vector)
+        try:
+            memories = LongTermMemory(pool, _NoEmbedding())
+            rng = np.random.default_rng(0)
+            for fact in facts:
+                vector = rng.normal(size=384).astype(np.float32)
+                vector /= np.linalg.norm(vector)
+                await memories.add(uuid.UUID(user_id), "semantic", fact, 0.7, [], embedding=vector)
+        finally:
+            await pool.close()
+
+    # Playwright's sync API runs an event loop in this thread: give asyncpg its own.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, add()).result()
+
+
+def test_memory_panel_search_forget_export_and_erase(
+    desktop: Page, web_server: WebServer, tmp_path: Path, artifacts: Path
+) -> None:
+    page = desktop
+    username = sign_up(page, web_server)
+    token = token_of(page)
+    with api(web_server, token) as client:
+        user_id = client.get("/me").json()["id"]
+    remember(web_server, user_id, ["Likes strong black coffee", "Has a dog called Biscuit"])
+
+    page.get_by_role("button", name="Memories").click()
+    memories = page.get_by_role("list", name="Memories")
+    expect(memories.locator("li")).to_have_count(2)
+    page.get_by_role("searchbox", name="Search memories").fill("coffee")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(memories.locator("li")).to_have_count(1)
+    expect(memories).to_contain_text("Likes strong black coffee")
+    page.get_by_role("searchbox", name="Search memories").fill("")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(memories.locator("li")).to_have_count(2)
+    keep(page, artifacts, "desktop-memories")
+
+    page.get_by_role("button", name="Forget: Has a dog called Biscuit").click()
+    expect(memories.locator("li")).to_have_count(1)
+    expect(page.locator("#notice")).to_have_text('Forgotten: "Has a dog called Biscuit"')
+    with api(web_server, token) as client:
+        left = [m["content"] for m in client.get("/memories").json()]
+    assert left == ["Likes strong black coffee"]
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export everything (JSON)").click()
+    exported = tmp_path / download.value.suggested_filename
+    download.value.save_as(exported)
+    assert download.value.suggested_filename == f"companion-{username}.json"
+    text = exported.read_text(encoding="utf-8")
+    assert "Likes strong black coffee" in text and "Biscuit" not in text
+
+    page.get_by_role("button", name="Erase my account").click()
+    dialog = page.get_by_role("dialog", name="Erase your account?")
+    erase = dialog.get_by_role("button", name="Erase everything")
+    expect(erase).to_be_disabled()
+    dialog.get_by_label("Type your username to confirm").fill(username)
+    erase.click()
+    expect(page.locator("#notice")).to_have_text(
+        "Your account and everything stored about it were erased."
+    )
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    login = httpx.post(
+        f"{web_server.base_url}/api/v1/auth/login",
+        json={"username": username, "password": PASSWORD},
+    )
+    assert login.status_code == 401
+
+
+def test_phone_width_and_keyboard(phone: Page, web_server: WebServer, artifacts: Path) -> None:
+    page = phone
+    sign_up(page, web_server)
+    # on a phone the conversation list is a drawer behind the "Chats" button
+    chats = page.get_by_role("button", name="Chats")
+    expect(page.get_by_role("button", name="New conversation")).to_be_hidden()
+    chats.click()
+    expect(chats).to_have_attribute("aria-expanded", "true")
+    expect(page.get_by_role("button", name="New conversation")).to_be_visible()
+    chats.click()
+    expect(page.get_by_role("button", name="New conversation")).to_be_hidden()
+    # with no conversation yet, the first message starts one
+
+    box = page.get_by_label("Message", exact=True)
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    expect(page.locator(".message")).to_have_count(0)
+    box.press("Enter")
+    expect(page.locator(".message.user .text")).to_have_text("first line\nsecond line")
+    expect(box).to_have_value("")
+    chats.click()
+    expect(page.locator("#conversations li")).to_have_count(1)
+    chats.click()
+    wait_reply_longer_than(page, 0)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".message.assistant.stopped")).to_have_count(1)
+
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, "the page scrolls sideways at phone width"
+    for control in ("Send", "Stop", "Memories", "Status", "Log out"):
+        box_of = page.get_by_role("button", name=control, exact=True).bounding_box()
+        assert box_of is not None and box_of["x"] + box_of["width"] <= 375, control
+    keep(page, artifacts, "phone-chat")
+
+
+def test_errors_are_shown_in_words(desktop: Page, web_server: WebServer, artifacts: Path) -> None:
+    page = desktop
+    username = sign_up(page, web_server)
+    page.get_by_role("button", name="Log out").click()
+    expect(page.locator("#notice")).to_have_text("You are signed out.")
+
+    page.get_by_label("Username", exact=True).fill(username)
+    page.get_by_label("Password", exact=True).fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("wrong username or password")
+
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("alert")).to_contain_text(f"the username '{username}' is taken")
+    keep(page, artifacts, "sign-in-error")
+
+    # a forged token: the page says the session ended instead of showing nothing
+    page.evaluate("sessionStorage.setItem('companion.token', 'forged')")
+    page.reload()
+    expect(page.locator("#notice")).to_have_text("Your session has ended. Please sign in again.")
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+
+
+def test_unknown_api_paths_stay_json(web_server: WebServer) -> None:
+    page = httpx.get(web_server.base_url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    missing = httpx.get(web_server.base_url + "/api/v1/nothing-here")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
