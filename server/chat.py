@@ -458,7 +458,8 @@ class ChatTurnService:
         return TurnMeta(
             route=decision.route,
             persona=persona.id,
-            model=decision.model,
+            # the model that answers: one chat engine serves every route today
+            model=self._engine.model_id if self._engine is not None else decision.model,
             emotion=parts.emotion.label,
             emotion_confidence=round(parts.emotion.confidence, 3),
             content_label=parts.content.label,

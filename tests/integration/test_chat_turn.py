@@ -28,6 +28,7 @@ async def test_a_conversation_over_json_and_sse(client: AsyncTestClient[Litestar
     assert first.status_code == 200, first.text
     body = first.json()
     assert body["meta"]["route"] == "normal"
+    assert body["meta"]["model"] == "tiny"  # the engine that answered
     assert body["meta"]["emotion"] == "joy"
     assert body["done"]["usage"]["completion_tokens"] > 0
 
