@@ -232,6 +232,30 @@ async def test_evicted_conversation_is_restored_from_host_memory(
     assert restored.text == fresh.text  # the restored KV is the same as computed KV
 
 
+async def test_restoring_from_a_full_host_cache_survives_the_swap(
+    make_engine: EngineFactory,
+) -> None:
+    """One slot and room for one saved sequence: restoring alice evicts bob, whose save
+    pushes every other entry out of the host cache (a crash under load, now fixed)."""
+    probe = make_engine(n_slots=1)
+    await probe.start()
+    alice_turn = turn("I love hiking in the Alps every summer.")
+    await ask(probe, request("alice", alice_turn))
+    await ask(probe, request("bob", turn("Hello from bob, who likes chess.")))
+    one_entry = probe.stats().host_cache_bytes  # alice's saved sequence
+    assert one_entry > 0
+
+    engine = make_engine(n_slots=1, host_cache_bytes=one_entry * 3 // 2)
+    await engine.start()
+    first = await ask(engine, request("alice", alice_turn))
+    await ask(engine, request("bob", turn("Hello from bob, who likes chess.")))
+    follow_up = [*alice_turn, ChatMessage("assistant", first.text), ChatMessage("user", "Why?")]
+    restored = await ask(engine, request("alice", follow_up, 8))
+    assert restored.finished.usage.cached_prompt_tokens >= first.finished.usage.prompt_tokens
+    again = await ask(engine, request("bob", turn("Hello from bob, who likes chess.")))
+    assert again.finished.finish_reason in ("stop", "length")  # the engine is still serving
+
+
 async def test_abort_frees_the_kv_for_others(make_engine: EngineFactory) -> None:
     engine = make_engine(n_ctx=640, n_slots=2)
     await engine.start()

@@ -362,11 +362,16 @@ class LlamaCppEngine:
         elif plan.source == "public" and plan.donor == plan.slot:
             self._evict(slot, keep=reuse)
         else:
+            # Take the planned host entry before evicting: saving the evicted sequence
+            # may push that very entry out of the host cache (or replace it).
+            saved = None
+            if plan.source == "host" and plan.host_key is not None:
+                saved = self._host.take(plan.host_key)
             self._evict(slot, keep=0)
             if plan.source == "public" and plan.donor is not None:
                 self._share(plan.donor, slot, reuse)
-            elif plan.source == "host" and plan.host_key is not None:
-                reuse = self._restore(slot, plan.host_key, reuse)
+            elif saved is not None:
+                reuse = self._restore(slot, saved, reuse)
         request = active.request
         slot.owner, slot.conversation_id = request.user_id, request.conversation_id
         slot.public_len, slot.busy = active.public_len, True
@@ -405,9 +410,8 @@ class LlamaCppEngine:
         self._cells.share_prefix(donor, slot.seq_id, n)
         slot.tokens = list(self._slots.slots[donor].tokens[:n])
 
-    def _restore(self, slot: Slot, host_key: int, reuse: int) -> int:
+    def _restore(self, slot: Slot, saved: SavedSequence, reuse: int) -> int:
         """Bring a saved sequence back into ``slot``; return how many tokens it gives."""
-        saved = self._host.take(host_key)
         if not self._make_room(len(saved.tokens), protect={slot.seq_id}):
             return 0
         if not self._require_model().seq_restore(slot.seq_id, saved.state):
