@@ -66,6 +66,7 @@ from memory.jobs import enqueue_extraction, enqueue_profile_update
 from memory.longterm import LongTermMemory, RetrievedMemory
 from memory.profile import ProfileStore
 from memory.session import SessionState, SessionStore
+from server.complexity import message_tier
 from server.memory_jobs import MemoryJobs
 from server.personas import Persona
 from server.routing import RouteDecision, apply_changes, decide_route
@@ -88,6 +89,7 @@ class TurnMeta(msgspec.Struct):
     content_label: str
     needs_verification: bool
     memories_used: list[int]
+    tier: str = "default"  # "small": short small talk answered by the small model
 
 
 class TurnDone(msgspec.Struct):
@@ -178,6 +180,7 @@ class ChatTurnService:
         accounts: AccountStore,
         jobs: MemoryJobs | None = None,
         profiles: ProfileStore | None = None,
+        small_engine: Engine | None = None,
     ) -> None:
         self._engine = engine
         self._log = log
@@ -189,6 +192,7 @@ class ChatTurnService:
         self._jobs = jobs
         self._accounts = accounts
         self._profiles = profiles
+        self._small_engine = small_engine
 
     async def turn(
         self,
@@ -210,7 +214,12 @@ class ChatTurnService:
         )
         clock.mark("prepare")
         persona = self._answering(parts.decision, persona_id)
-        yield self._meta(parts, persona)
+        tier = message_tier(text, parts.decision.route, parts.content.label)
+        if tier == "small" and self._small_engine is not None:
+            engine = self._small_engine
+        else:
+            tier = "default"
+        yield self._meta(parts, persona, engine, tier)
         request = self._request(user_id, conversation_id, persona, parts, text)
         reply: list[str] = []
         usage: dict[str, int] = {}
@@ -325,7 +334,7 @@ class ChatTurnService:
         )
 
     def _panel_meta(self, parts: TurnParts, personas: list[Persona]) -> PanelMeta:
-        meta = self._meta(parts, personas[0])
+        meta = self._meta(parts, personas[0], self._require_engine())
         return PanelMeta(
             route=meta.route,
             personas=[p.id for p in personas],
@@ -453,13 +462,15 @@ class ChatTurnService:
             public_prefix_messages=1,  # the persona prompt: operator text, no user data
         )
 
-    def _meta(self, parts: TurnParts, persona: Persona) -> TurnMeta:
+    def _meta(
+        self, parts: TurnParts, persona: Persona, engine: Engine, tier: str = "default"
+    ) -> TurnMeta:
         decision = parts.decision
         return TurnMeta(
             route=decision.route,
             persona=persona.id,
-            # the model that answers: one chat engine serves every route today
-            model=self._engine.model_id if self._engine is not None else decision.model,
+            model=engine.model_id,  # the model that answers
+            tier=tier,
             emotion=parts.emotion.label,
             emotion_confidence=round(parts.emotion.confidence, 3),
             content_label=parts.content.label,

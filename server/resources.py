@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from redis.asyncio import Redis
 
 from inference.classifiers.content import ContentClassifier
 from inference.classifiers.emotion import EmotionClassifier
+from inference.config import ChatEngineConfig
 from inference.embedder import SentenceEmbedder
 from inference.engine import Engine
 from inference.factory import create_engine
@@ -109,7 +111,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 concurrency=settings.memory_job_concurrency,
             )
         personas = load_personas(settings.data_dir)  # once: edits apply at the next start
-        chat = await _chat_service(pool, redis, engine, embedder, jobs, personas)
+        small = await _start_small_engine(stack, settings) if engine is not None else None
+        chat = await _chat_service(pool, redis, engine, embedder, jobs, personas, small)
         limiter = _limiter(settings, redis)
         yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas, limiter)
 
@@ -128,6 +131,7 @@ async def _chat_service(
     embedder: SentenceEmbedder | None,
     jobs: MemoryJobs | None,
     personas: dict[str, Persona],
+    small_engine: Engine | None = None,
 ) -> ChatTurnService | None:
     """The chat turn needs the engine and the embedder (classifiers, memory); else none."""
     if engine is None or embedder is None:
@@ -145,6 +149,7 @@ async def _chat_service(
         accounts=AccountStore(pool),
         jobs=jobs,
         profiles=ProfileStore(pool),
+        small_engine=small_engine,
     )
 
 
@@ -177,9 +182,20 @@ async def _start_embedder(stack: AsyncExitStack, settings: Settings) -> Sentence
     return embedder
 
 
-async def _start_engine(stack: AsyncExitStack, settings: Settings) -> Engine | None:
+async def _start_small_engine(stack: AsyncExitStack, settings: Settings) -> Engine | None:
+    """The small model for short small talk (`server.complexity`), where one is configured."""
+    path = settings.chat_small_model
+    if path is None or settings.chat_engine.backend != "llamacpp":
+        return None
+    small = dataclasses.replace(settings.chat_engine, model_path=path, model_id=path.stem)
+    return await _start_engine(stack, settings, small)
+
+
+async def _start_engine(
+    stack: AsyncExitStack, settings: Settings, config: ChatEngineConfig | None = None
+) -> Engine | None:
     metrics = default_engine_metrics()
-    engine = create_engine(settings.chat_engine, observer=metrics)
+    engine = create_engine(config or settings.chat_engine, observer=metrics)
     if engine is None:
         return None
     await engine.start()

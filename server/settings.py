@@ -83,6 +83,7 @@ class Settings:
     dev_header_auth: bool
     max_body_bytes: int
     chat_engine: ChatEngineConfig
+    chat_small_model: Path | None
     api_keys_required: bool
     embedder: str
     memory_worker: str
@@ -152,6 +153,7 @@ class Settings:
             "memory_worker": self.memory_worker,
             "chat_engine": self.chat_engine.backend,
             "chat_model": str(self.chat_engine.model_path or "(packaged default)"),
+            "chat_small_model": str(self.chat_small_model or "(none)"),
             "chat_kv": f"{self.chat_engine.n_ctx} cells, {self.chat_engine.n_slots} slots",
         }
 
@@ -361,6 +363,7 @@ _FIELDS: tuple[_Field, ...] = (
         "chat_engine", "COMPANION_CHAT_ENGINE", _choice("llamacpp", "remote", "none"), "llamacpp"
     ),
     _Field("chat_model", "COMPANION_CHAT_MODEL", _optional_file, ""),
+    _Field("chat_small_model", "COMPANION_CHAT_SMALL_MODEL", _optional_file, ""),
     _Field("chat_ctx", "COMPANION_CHAT_CTX", _integer(256, 1 << 20), 8192),
     _Field("chat_slots", "COMPANION_CHAT_SLOTS", _integer(1, 256), 16),
     _Field("chat_threads", "COMPANION_CHAT_THREADS", _integer(0, 512), 0),
@@ -511,6 +514,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
         memory_worker=values["memory_worker"],
         memory_extract_every=values["memory_extract_every"],
         memory_job_concurrency=values["memory_job_concurrency"],
+        chat_small_model=values["chat_small_model"],
         chat_engine=ChatEngineConfig(
             backend=values["chat_engine"],
             model_path=values["chat_model"],

@@ -1,12 +1,20 @@
-"""Panels (several personas answer one message) and the conversation's own persona, over HTTP."""
+"""Panels (several personas answer one message), the conversation's own persona and
+complexity routing (small talk to the small model), over HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from collections import Counter
+from pathlib import Path
 
 from helpers import signed_in, sse_events
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+
+from inference.config import ChatEngineConfig
+from server.app import create_app
+from server.settings import Settings
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -98,3 +106,22 @@ async def test_the_conversations_persona_answers(chat_client: AsyncTestClient[Li
     messages, _ = await conversation_urls(chat_client, headers, persona="mentor")
     turn = await chat_client.post(messages, json={"content": "Good morning!"}, headers=headers)
     assert turn.json()["meta"]["persona"] == "mentor"
+
+
+async def test_small_talk_goes_to_the_small_model(
+    settings: Settings, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    small = tmp_path / "tiny-small.gguf"
+    shutil.copy(tiny_gguf, small)
+    engine = ChatEngineConfig(model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4)
+    full = dataclasses.replace(
+        settings, chat_engine=engine, embedder="minilm", chat_small_model=small
+    )
+    async with AsyncTestClient(create_app(full), timeout=120) as client:
+        headers = await signed_in(client)
+        messages, _ = await conversation_urls(client, headers)
+        hello = (await client.post(messages, json={"content": "hi!"}, headers=headers)).json()
+        assert (hello["meta"]["tier"], hello["meta"]["model"]) == ("small", "tiny-small")
+        question = "Can you help me think through whether to take the new job offer?"
+        answer = (await client.post(messages, json={"content": question}, headers=headers)).json()
+        assert (answer["meta"]["tier"], answer["meta"]["model"]) == ("default", "tiny")
