@@ -7,6 +7,8 @@ from pgvector.asyncpg import register_vector
 
 from memory.config import DatabaseConfig
 
+BIGINT_MAX = 2**63 - 1  # row ids are bigint: larger ids in a request are a 400, not a 500
+
 
 async def create_pool(config: DatabaseConfig, url: str) -> asyncpg.Pool:
     """Open a pool to ``url`` (the schema must already have the vector extension)."""

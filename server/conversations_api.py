@@ -22,6 +22,7 @@ from litestar.response import Stream
 from inference.errors import EngineUnavailable, InferenceError
 from inference.types import TextDelta
 from memory.accounts import AccountStore, Caller
+from memory.db import BIGINT_MAX
 from memory.messages import (
     Conversation,
     ConversationNotFoundError,
@@ -140,7 +141,7 @@ class ConversationsController(Controller):
         conversation_id: FromPath[uuid.UUID],
         state: State,
         user: NamedDependency[Caller],
-        before: Annotated[int | None, Parameter(query="before", ge=1)] = None,
+        before: Annotated[int | None, Parameter(query="before", ge=1, le=BIGINT_MAX)] = None,
         limit: Annotated[int, Parameter(query="limit", ge=1, le=200)] = 50,
     ) -> list[StoredMessage]:
         pool = state.resources.pool

@@ -14,6 +14,8 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from inference.errors import (
     ContextLengthExceeded,
@@ -22,6 +24,7 @@ from inference.errors import (
     EngineUnavailable,
     InvalidRequest,
 )
+from memory.session import SessionUnavailableError
 from memory.users import ErasureFailed
 from server.logs import request_id_var
 
@@ -94,6 +97,17 @@ def _status_error(status: int, code: str) -> Any:
     return handle
 
 
+def _backing_service_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Redis (sessions) unreachable: a retryable 503, not a 500; the details go to the log."""
+    log.warning("backing service unavailable", extra={"error": repr(exc)})
+    return error_response(
+        503,
+        "a backing service is unavailable; try again shortly",
+        code="unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _unhandled(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "Internal Server Error")
@@ -107,5 +121,8 @@ exception_handlers: ExceptionHandlersMap = {
     DeadlineExceeded: _status_error(504, "deadline_exceeded"),
     EngineUnavailable: _status_error(503, "engine_unavailable"),
     ErasureFailed: _status_error(503, "unavailable"),
+    SessionUnavailableError: _backing_service_down,
+    RedisConnectionError: _backing_service_down,
+    RedisTimeoutError: _backing_service_down,
     Exception: _unhandled,
 }

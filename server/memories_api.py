@@ -12,9 +12,10 @@ from litestar import Controller, delete, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, Parameter
+from litestar.params import Parameter
 
 from memory.accounts import Caller
+from memory.db import BIGINT_MAX
 from memory.longterm import LongTermMemory, Memory
 from server.auth import resolve_user
 
@@ -59,7 +60,10 @@ class MemoriesController(Controller):
 
     @delete("/{memory_id:int}")
     async def forget(
-        self, memory_id: FromPath[int], state: State, user: NamedDependency[Caller]
+        self,
+        memory_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
+        state: State,
+        user: NamedDependency[Caller],
     ) -> None:
         """Forget one memory (and the older versions it replaced); 404 if not the user's."""
         if not await long_term_memory(state).delete(uuid.UUID(user.user_id), memory_id):

@@ -10,15 +10,17 @@ also lists each observation with the words that caused it.
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, delete, get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, Parameter
 
 from memory.accounts import Caller
+from memory.db import BIGINT_MAX
 from memory.profile import Profile, ProfileStore
 from memory.profile_rules import GoalStatus
 from server.auth import resolve_user
@@ -41,7 +43,7 @@ class ProfileController(Controller):
     @patch("/goals/{goal_id:int}")
     async def set_goal_status(
         self,
-        goal_id: FromPath[int],
+        goal_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
         data: JSONBody[GoalUpdate],
         state: State,
         user: NamedDependency[Caller],
@@ -53,7 +55,10 @@ class ProfileController(Controller):
 
     @delete("/goals/{goal_id:int}")
     async def forget_goal(
-        self, goal_id: FromPath[int], state: State, user: NamedDependency[Caller]
+        self,
+        goal_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
+        state: State,
+        user: NamedDependency[Caller],
     ) -> None:
         """Forget a goal and its notes; 404 if not the user's."""
         store = ProfileStore(state.resources.pool)
