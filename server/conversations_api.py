@@ -30,7 +30,6 @@ from memory.messages import (
     MessageStore,
     StoredMessage,
 )
-from memory.session import SessionStore
 from server.auth import resolve_user
 from server.chat import TurnDone, TurnMeta
 from server.personas import PersonaCard, cards
@@ -168,7 +167,7 @@ class ConversationsController(Controller):
         if verification.mark_minor:
             await accounts.mark_minor(user_id)
         minor = await accounts.is_minor(user_id)
-        sessions = SessionStore(resources.redis)
+        sessions = resources.sessions()
         await sessions.get_or_create(conversation_id, user_id)
         updated = await sessions.update(
             conversation_id,

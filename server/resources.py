@@ -32,7 +32,7 @@ from inference.factory import create_engine
 from inference.gpu import GpuMetrics, read_gpus
 from inference.metrics import EngineMetrics, default_engine_metrics
 from memory.accounts import AccountStore
-from memory.buffer import ConversationBuffer
+from memory.buffer import BufferConfig, ConversationBuffer
 from memory.conversation_log import ConversationLog
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -40,7 +40,7 @@ from memory.longterm import LongTermMemory
 from memory.messages import MessageStore
 from memory.migrate import migrate_url
 from memory.redis_client import create_redis
-from memory.session import SessionStore
+from memory.session import SessionConfig, SessionStore
 from server.chat import ChatTurnService
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
@@ -67,6 +67,19 @@ class Resources:
     chat: ChatTurnService | None = None
     probes: list[Probe] = field(default_factory=list)
     personas: dict[str, Persona] = field(default_factory=dict)
+
+    def sessions(self) -> SessionStore:
+        """Session records with the configured TTL (cheap: nothing is sent to Redis)."""
+        return SessionStore(self.redis, session_config(self.settings))
+
+
+def session_config(settings: Settings) -> SessionConfig:
+    return SessionConfig(ttl_s=settings.session_ttl_s)
+
+
+def buffer_config(settings: Settings) -> BufferConfig:
+    """The buffer lives as long as the session: both are a conversation's Redis state."""
+    return BufferConfig(size=settings.buffer_size, ttl_s=settings.session_ttl_s)
 
 
 @asynccontextmanager
@@ -103,11 +116,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 concurrency=settings.memory_job_concurrency,
             )
         personas = load_personas(settings.data_dir)  # once: edits apply at the next start
-        chat = await _chat_service(pool, redis, engine, embedder, jobs, personas)
+        chat = await _chat_service(settings, pool, redis, engine, embedder, jobs, personas)
         yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas)
 
 
 async def _chat_service(
+    settings: Settings,
     pool: asyncpg.Pool,
     redis: Redis,
     engine: Engine | None,
@@ -122,8 +136,8 @@ async def _chat_service(
     content = await asyncio.to_thread(ContentClassifier, embedder)
     return ChatTurnService(
         engine=engine,
-        log=ConversationLog(MessageStore(pool), ConversationBuffer(redis)),
-        sessions=SessionStore(redis),
+        log=ConversationLog(MessageStore(pool), ConversationBuffer(redis, buffer_config(settings))),
+        sessions=SessionStore(redis, session_config(settings)),
         memories=LongTermMemory(pool, embedder),
         emotions=EmotionClassifier(embedder),
         content=content,
