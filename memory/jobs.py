@@ -1,15 +1,17 @@
-"""Background memory jobs on a Redis-backed saq queue: extraction and consolidation.
+"""Background memory jobs on a Redis-backed saq queue: extraction, summaries, consolidation.
 
 - `create_queue` opens the queue; `make_worker` builds a worker with bounded
-  concurrency that runs `extract_turn`, `consolidate_user` and the daily
+  concurrency that runs `extract_turn`, `summarise_conversation` (the rolling
+  summary, `memory.summaries`), `consolidate_user` and the daily
   `consolidate_all` sweep (cron). The API process runs one in-process by
   default; `companion worker` processes run the same worker when scaled out.
 - Jobs retry with exponential backoff (``retries``, ``retry_delay_s`` doubling
   up to ``retry_backoff_max_s``); a job that still fails is left in saq as
   ``failed`` with its error (saq's web UI and `Queue.info` show it), and the
   error is logged. An extraction whose model output is unusable is not a
-  failure: the job succeeds with an `ExtractionResult` of status ``unusable``.
-- `enqueue_extraction` / `enqueue_consolidation` never raise and never wait
+  failure: the job succeeds with an `ExtractionResult` of status ``unusable``;
+  likewise a summary (`SummaryResult`, and the failure is counted on its row).
+- `enqueue_extraction` / `enqueue_summary` / `enqueue_consolidation` never raise and never wait
   longer than ``enqueue_timeout_s``: a chat turn must not block or fail on the
   queue. They return the job key, or None when skipped or not enqueued.
 """
@@ -32,6 +34,7 @@ from saq.types import Context
 from memory.consolidation import Consolidator
 from memory.episodes import Turn
 from memory.extraction import Extractor
+from memory.summaries import Summariser
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class MemoryJobDeps:
     extractor: Extractor
     consolidator: Consolidator
     config: JobsConfig
+    summariser: Summariser | None = None  # None: summary jobs are skipped
 
 
 class JobContext(Context, total=False):
@@ -87,7 +91,7 @@ def make_worker(queue: Queue, deps: MemoryJobDeps, cron: bool = True) -> Worker[
     crons = [CronJob(consolidate_all, cron=config.consolidation_cron, timeout=config.timeout_s)]
     return Worker(
         queue,
-        functions=[extract_turn, consolidate_user, consolidate_all],
+        functions=[extract_turn, summarise_conversation, consolidate_user, consolidate_all],
         concurrency=config.concurrency,
         cron_jobs=crons if cron else None,
         startup=startup,
@@ -108,6 +112,18 @@ async def extract_turn(
     result = await deps.extractor.extract(
         uuid.UUID(user_id), uuid.UUID(conversation_id), turns, occurred_at
     )
+    out: dict[str, Any] = msgspec.to_builtins(result)
+    return out
+
+
+async def summarise_conversation(
+    ctx: JobContext, *, user_id: str, conversation_id: str
+) -> dict[str, Any]:
+    """Fold the conversation's oldest unsummarised messages into its summary, if due."""
+    summariser = ctx["deps"].summariser
+    if summariser is None:
+        return {"status": "skipped", "reason": "no summariser in this worker"}
+    result = await summariser.summarise(uuid.UUID(user_id), uuid.UUID(conversation_id))
     out: dict[str, Any] = msgspec.to_builtins(result)
     return out
 
@@ -159,6 +175,29 @@ async def enqueue_extraction(
         conversation_id=str(conversation_id),
         last_message_id=last_message_id,
         messages=2 * max(1, config.extract_every_n_turns),
+    )
+    return await _enqueue(queue, job, config)
+
+
+async def enqueue_summary(
+    queue: Queue,
+    config: JobsConfig,
+    *,
+    user_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    last_message_id: int,
+) -> str | None:
+    """Queue a summary check after a turn; never raises, never blocks the turn for long.
+
+    Cheap when nothing is due (one indexed query); the model runs only when the
+    messages after the summary outgrow three quarters of the buffer.
+    """
+    job = _job(
+        summarise_conversation,
+        config,
+        key=f"summary:{conversation_id}:{last_message_id}",
+        user_id=str(user_id),
+        conversation_id=str(conversation_id),
     )
     return await _enqueue(queue, job, config)
 

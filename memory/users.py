@@ -1,7 +1,7 @@
 """Everything stored about one user: exported as one document, or erased everywhere.
 
 Erasure covers PostgreSQL (the user row cascades to conversations, messages,
-memories with their vectors, and API keys) and Redis (each conversation's
+their rolling summaries, memories with their vectors, and API keys) and Redis (each conversation's
 session and buffer keys). Redis goes first: if it cannot be reached the
 erasure fails before anything is deleted, so the caller can retry instead of
 being told "erased" while copies remain. If PostgreSQL then fails, retrying
@@ -24,6 +24,7 @@ from memory.errors import MemoryTierError
 from memory.longterm import LongTermMemory, Memory
 from memory.messages import MESSAGE_COLUMNS, Conversation, StoredMessage, message_from_row
 from memory.session import SessionState, SessionStore, session_key
+from memory.summaries import StoredSummary, SummaryStore
 
 
 class ErasureFailed(MemoryTierError):
@@ -43,6 +44,7 @@ class UserExport(msgspec.Struct, frozen=True):
     user: UserRecord
     conversations: list[Conversation]
     messages: list[StoredMessage]
+    summaries: list[StoredSummary]  # rolling summaries of the conversations
     memories: list[Memory]
     sessions: dict[str, SessionState]
     api_keys: list[dict[str, Any]]
@@ -75,6 +77,7 @@ class UserData:
             user=UserRecord(**dict(row)),
             conversations=conversations,
             messages=await self._messages(user_id),
+            summaries=await SummaryStore(self._pool).export(user_id),
             memories=await self._memories.export(user_id),
             sessions=await self._sessions(user_id, conversations),
             api_keys=await self._keys(user_id),

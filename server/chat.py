@@ -44,7 +44,7 @@ from inference.errors import EngineUnavailable
 from inference.types import ChatMessage, GenerationRequest, Priority, SamplingParams, TextDelta
 from memory.accounts import AccountStore
 from memory.conversation_log import ConversationLog
-from memory.jobs import enqueue_extraction
+from memory.jobs import enqueue_extraction, enqueue_summary
 from memory.longterm import LongTermMemory, RetrievedMemory
 from memory.session import SessionState, SessionStore
 from server.memory_jobs import MemoryJobs
@@ -143,7 +143,8 @@ class ChatTurnService:
     async def _queue_memory_work(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, reply_id: int, parts: TurnParts
     ) -> None:
-        """Queue fact extraction (never raises); nothing from a blocked turn is remembered."""
+        """Queue fact extraction and the summary check (never raises); nothing from a
+        blocked turn is remembered."""
         if self._jobs is None or not parts.decision.store_in_memory:
             return
         turn = 1 + sum(1 for m in parts.history if m.role == "user")
@@ -154,6 +155,13 @@ class ChatTurnService:
             conversation_id=conversation_id,
             last_message_id=reply_id,
             turn_number=turn,
+        )
+        await enqueue_summary(
+            self._jobs.queue,
+            self._jobs.config,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            last_message_id=reply_id,
         )
 
     async def _gather(self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str) -> TurnParts:

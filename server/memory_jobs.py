@@ -34,6 +34,7 @@ from memory.extraction import Extractor
 from memory.jobs import JobsConfig, MemoryJobDeps, create_queue, make_worker
 from memory.longterm import LongTermMemory
 from memory.protocols import Embedder, PromptMessage
+from memory.summaries import Summariser, SummaryConfig
 
 _ROLES: dict[str, Role] = {"system": "system", "user": "user", "assistant": "assistant"}
 
@@ -90,6 +91,7 @@ async def start_memory_jobs(
     run_worker: bool,
     extract_every: int,
     concurrency: int,
+    buffer_size: int = 40,
 ) -> MemoryJobs:
     """Open the job queue; with ``run_worker``, also process jobs in this process."""
     config = JobsConfig(extract_every_n_turns=extract_every, concurrency=concurrency)
@@ -104,6 +106,7 @@ async def start_memory_jobs(
             Extractor(pool, store, embedder, generator),
             Consolidator(pool, store, generator),
             config,
+            Summariser(pool, generator, SummaryConfig(buffer_size=buffer_size)),
         )
         worker = make_worker(queue, deps)
         # The process that embeds the worker owns its signals (uvicorn, or `companion

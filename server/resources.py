@@ -114,13 +114,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 run_worker=settings.memory_worker == "inprocess",
                 extract_every=settings.memory_extract_every,
                 concurrency=settings.memory_job_concurrency,
+                buffer_size=settings.buffer_size,
             )
         personas = load_personas(settings.data_dir)  # once: edits apply at the next start
-        chat = await _chat_service(settings, pool, redis, engine, embedder, jobs, personas)
+        chat = await _chat_service(stack, settings, pool, redis, engine, embedder, jobs, personas)
         yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas)
 
 
 async def _chat_service(
+    stack: AsyncExitStack,
     settings: Settings,
     pool: asyncpg.Pool,
     redis: Redis,
@@ -134,11 +136,13 @@ async def _chat_service(
         return None
     # the content prototypes embed about a hundred seed sentences: off the event loop
     content = await asyncio.to_thread(ContentClassifier, embedder)
+    memories = LongTermMemory(pool, embedder)
+    stack.push_async_callback(memories.close)  # batched access statistics, before the pool
     return ChatTurnService(
         engine=engine,
         log=ConversationLog(MessageStore(pool), ConversationBuffer(redis, buffer_config(settings))),
         sessions=SessionStore(redis, session_config(settings)),
-        memories=LongTermMemory(pool, embedder),
+        memories=memories,
         emotions=EmotionClassifier(embedder),
         content=content,
         personas=personas,
