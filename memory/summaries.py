@@ -25,7 +25,9 @@ previous summary and the messages to fold. An unusable answer (engine error,
 truncated, empty, invalid JSON, wrong shape, too short, nothing in common with
 what it summarises) is recorded on the row (``failures``, ``last_failure``) and
 logged; the previous summary stays as it was and the messages stay unfolded,
-so the next job tries again. Two jobs folding the same messages at once (a
+so the next job tries again. Messages of a turn that routing said must not be
+remembered (the reply's metadata has ``store_in_memory: false``) are never
+shown to the model; the summary moves past them. Two jobs folding the same messages at once (a
 retry overlapping a new turn) cannot both win: the write is a compare-and-set
 on the ``through_message_id`` the job started from.
 """
@@ -142,9 +144,14 @@ SELECT id, user_id, 1, $3, now() FROM conversations WHERE id = $1 AND user_id = 
 ON CONFLICT (conversation_id) DO UPDATE
 SET failures = s.failures + 1, last_failure = excluded.last_failure, last_failure_at = now()
 """
-# The oldest messages after the summary, and how many there are in all.
+# The oldest messages after the summary, how many there are in all, and which
+# belong to a turn that routing said must not be remembered (the reply carries
+# ``store_in_memory: false``; the user message is the one just before it).
 _PENDING_SQL = """
-SELECT id, role, content, count(*) OVER () AS pending FROM messages
+SELECT id, role, content, count(*) OVER () AS pending,
+    coalesce(metadata->>'store_in_memory' = 'false' OR (role = 'user'
+        AND lead(metadata->>'store_in_memory') OVER (ORDER BY id) = 'false'), false) AS forget
+FROM messages
 WHERE conversation_id = $1 AND user_id = $2 AND id > $3 AND role <> 'system'
 ORDER BY id LIMIT $4
 """
@@ -229,8 +236,13 @@ class Summariser:
         count = pending[0]["pending"] if pending else 0
         if count <= self.config.due_above:
             return SummaryResult(status="not_due", through_id=through)
-        fold = _take(pending[: count - self.config.keep], self.config.max_fold_chars)
-        text = "\n".join(f"{r['role']}: {r['content']}" for r in fold)
+        due = pending[: count - self.config.keep]
+        shown = _take([r for r in due if not r["forget"]], self.config.max_fold_chars)
+        # Past the last message shown; forgotten ones after it go with it.
+        end = due[-1]["id"] if not shown or shown[-1] is _last_kept(due) else shown[-1]["id"]
+        if not shown:  # only turns that must not be remembered: nothing to ask
+            return await self._pass_over(user_id, conversation_id, previous, end)
+        text = "\n".join(f"{r['role']}: {r['content']}" for r in shown)
         try:
             summary = await self._ask(user_id, previous.text if previous else None, text)
         except UnusableSummary as exc:
@@ -238,10 +250,24 @@ class Summariser:
             log.warning("conversation summary unusable for %s: %s", conversation_id, reason)
             await self._store.record_failure(conversation_id, user_id, reason)
             return SummaryResult(status="unusable", through_id=through, reason=reason)
-        new_through = fold[-1]["id"]
-        if not await self._store.save(conversation_id, user_id, summary, new_through, through):
+        if not await self._store.save(conversation_id, user_id, summary, end, through):
             return SummaryResult(status="superseded", through_id=through)
-        return SummaryResult(status="applied", through_id=new_through, folded=len(fold))
+        return SummaryResult(status="applied", through_id=end, folded=len(shown))
+
+    async def _pass_over(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, previous: Summary | None, end: int
+    ) -> SummaryResult:
+        """Move an existing summary past messages that are not to be summarised.
+
+        Without a summary yet there is nothing to move (and an empty one would be
+        invented): the messages wait for a fold that also holds others.
+        """
+        through = previous.through_id if previous else 0
+        if previous is None:
+            return SummaryResult(status="not_due", through_id=0)
+        if not await self._store.save(conversation_id, user_id, previous.text, end, through):
+            return SummaryResult(status="superseded", through_id=through)
+        return SummaryResult(status="applied", through_id=end)
 
     async def _ask(self, user_id: uuid.UUID, previous: str | None, text: str) -> str:
         prompt = [
@@ -272,6 +298,11 @@ def parse_summary(raw: str, min_chars: int) -> str:
     if len(summary) < min_chars:
         raise UnusableSummary(f"summary shorter than {min_chars} characters")
     return summary
+
+
+def _last_kept(rows: Sequence[asyncpg.Record]) -> asyncpg.Record | None:
+    """The newest row that may be summarised."""
+    return next((r for r in reversed(rows) if not r["forget"]), None)
 
 
 def _take(rows: Sequence[asyncpg.Record], max_chars: int) -> list[asyncpg.Record]:

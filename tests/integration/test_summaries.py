@@ -233,3 +233,44 @@ async def test_tiny_model_never_leaves_an_empty_or_invented_summary(
         assert (await log.history(conversation, user)).messages == said
     else:
         assert result.status == "applied" and row.summary and len(row.summary) >= 20
+
+
+async def test_turns_not_to_be_remembered_are_never_shown_to_the_model(
+    pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    log, conversation, user = await setup(pool, shared_redis)
+    said = await chat(log, conversation, user, 1)
+    said.append(await log.append(conversation, user, "user", "A message routing blocked"))
+    said.append(
+        await log.append(
+            conversation, user, "assistant", "A blocked reply", {"store_in_memory": False}
+        )
+    )
+    said += await chat(log, conversation, user, 2, start=1)  # 8 messages: fold the oldest 4
+    generator = ScriptedGenerator(answer("The user asked one question about Lisbon."))
+    result = await summariser(pool, generator).summarise(user, conversation)
+    assert (result.status, result.through_id, result.folded) == ("applied", said[3].id, 2)
+    assert "Question 0 about Lisbon" in generator.prompts[0]
+    assert "blocked" not in generator.prompts[0]
+    assert (await log.history(conversation, user)).messages == said[4:]
+
+    # A fold of nothing but such turns moves the summary on without asking the model.
+    for _ in range(2):
+        said.append(await log.append(conversation, user, "user", "Another blocked message"))
+        said.append(
+            await log.append(
+                conversation, user, "assistant", "Another reply", {"store_in_memory": False}
+            )
+        )
+    # pending: Q1 A1 Q2 A2 + four blocked = 8: folds Q1 A1 Q2 A2
+    second = ScriptedGenerator(answer("The user asked three questions about Lisbon."))
+    assert (await summariser(pool, second).summarise(user, conversation)).through_id == said[7].id
+    said += await chat(log, conversation, user, 2, start=3)
+    # pending: four blocked + Q3 A3 Q4 A4 = 8: the oldest four are all blocked
+    silent = ScriptedGenerator()  # any question to the model would fail here
+    result = await summariser(pool, silent).summarise(user, conversation)
+    assert (result.status, result.through_id, result.folded) == ("applied", said[11].id, 0)
+    history = await log.history(conversation, user)
+    assert history.summary is not None
+    assert history.summary.text == "The user asked three questions about Lisbon."
+    assert history.messages == said[12:]
