@@ -11,8 +11,9 @@ candidates with an exact numpy search over that user's vectors. Both vector
 paths are measured: the default (exact scan for users with few memories) and
 the HNSW iterative-scan path (``exact_scan_max=0``), and then also the text
 search through the GIN index (``text_scan_max=0``), as a user with more than
-5000 memories would get. The query embedding is also timed alone, so the table
-shows what the database part costs.
+5000 memories would get. The query embedding is also timed alone, and the
+default path once more without it (query vectors computed beforehand), so the
+table shows where the time goes.
 
 Run it from the repository root with ``PYTHONPATH=.`` when the virtual
 environment's editable install points at another checkout.
@@ -139,6 +140,11 @@ async def run(args: argparse.Namespace, pool: asyncpg.Pool) -> dict[str, Any]:
         store = LongTermMemory(pool, embedder, config)
         results[name] = await measure(store, pool, embedder, by_user, args)
         await store.close()
+    # The default path once more with the query vectors computed beforehand: the
+    # database and ranking part alone.
+    store = LongTermMemory(pool, await Precomputed.of(embedder, QUERIES))
+    results["no-embedding"] = await measure(store, pool, embedder, by_user, args)
+    await store.close()
     embedder.close()
     return results
 
@@ -165,6 +171,22 @@ async def measure(
         "p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
         "recall": float(np.mean(recalls)),
     }
+
+
+class Precomputed:
+    """An embedder that answers from vectors computed beforehand (the database part alone)."""
+
+    dimensions = 384
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self._vectors = vectors
+
+    @classmethod
+    async def of(cls, embedder: SentenceEmbedder, texts: list[str]) -> Precomputed:
+        return cls(dict(zip(texts, await embedder.embed(texts), strict=True)))
+
+    async def embed(self, texts: Any) -> np.ndarray:
+        return np.stack([self._vectors[t] for t in texts])
 
 
 async def measure_embedding(embedder: SentenceEmbedder, queries: int) -> dict[str, float]:
@@ -209,6 +231,8 @@ def report(results: dict[str, Any]) -> None:
     for name in PATHS:
         r = results[name]
         print(f"{name:<16}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['recall']:>9.3f}")
+    r = results["no-embedding"]
+    print(f"{'no-embedding':<16}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['recall']:>9.3f}")
     e = results["embedding"]
     print(f"{'embedding only':<16}{e['p50_ms']:>10.1f}{e['p95_ms']:>10.1f}{'-':>9}")
 
