@@ -60,10 +60,18 @@ class ErasureReport(msgspec.Struct, frozen=True):
 class UserData:
     """Export and erasure across PostgreSQL and Redis."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: Redis, memories: LongTermMemory) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        memories: LongTermMemory,
+        sessions: SessionStore | None = None,
+    ) -> None:
         self._pool = pool
         self._redis = redis
         self._memories = memories
+        # reading a session refreshes its TTL: use the service's configured one
+        self._session_store = sessions or SessionStore(redis)
 
     async def export(self, user_id: uuid.UUID) -> UserExport | None:
         """The whole record of ``user_id``; None for an unknown user."""
@@ -122,10 +130,9 @@ class UserData:
     async def _sessions(
         self, user_id: uuid.UUID, conversations: list[Conversation]
     ) -> dict[str, SessionState]:
-        store = SessionStore(self._redis)
         found = {}
         for conversation in conversations:
-            state = await store.get(conversation.id, user_id)
+            state = await self._session_store.get(conversation.id, user_id)
             if state is not None:
                 found[str(conversation.id)] = state
         return found

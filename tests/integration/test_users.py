@@ -22,7 +22,7 @@ from memory.longterm import LongTermMemory
 from memory.messages import ConversationStore, MessageStore
 from memory.migrate import migrate_url
 from memory.redis_client import create_redis
-from memory.session import SessionStore, session_key
+from memory.session import SessionConfig, SessionStore, session_key
 from memory.summaries import SummaryStore
 from memory.users import ErasureFailed, UserData
 
@@ -116,3 +116,14 @@ async def test_erase_refuses_while_redis_is_down(database_url: str) -> None:
             await redis.aclose()
             server.stop()
             await pool.close()
+
+
+async def test_export_keeps_the_configured_session_ttl(
+    pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    user_id, conversation_id = await populate(pool, shared_redis, f"ttl-{uuid.uuid4().hex[:6]}")
+    sessions = SessionStore(shared_redis, SessionConfig(ttl_s=600))
+    data = UserData(pool, shared_redis, LongTermMemory(pool, NoEmbedder()), sessions)
+    export = await data.export(user_id)
+    assert export is not None and str(conversation_id) in export.sessions
+    assert 0 < await shared_redis.ttl(session_key(conversation_id)) <= 600
