@@ -9,8 +9,10 @@ may touch several of them):
   first, trimmed to the newest ``size`` on every push;
 - ``companion:buffer:{<id>}:meta``: a hash whose ``last_id`` is the id of the
   newest message the list reflects (``0``: the conversation has none);
-- ``companion:buffer:{<id>}:summary``: a hash with the rolling summary of older
-  messages (``text``) and the id of the newest message it covers (``through_id``).
+- ``companion:buffer:{<id>}:summary``: a hash with a copy of the rolling summary
+  of older messages (``text``) and the id of the newest message it covers
+  (``through_id``); the summary itself is durable in PostgreSQL
+  (`memory.summaries`), and `memory.conversation_log` refreshes this copy.
 
 All three expire after ``ttl_s`` without use. The list only ever grows by a
 message whose predecessor is the current ``last_id`` (the push script checks

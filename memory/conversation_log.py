@@ -12,6 +12,12 @@ Redis alone would serve a stale buffer after Redis comes back from a restart
 (its append-only file restores the buffer as it was before the outage, without
 the messages appended while it was down), and no instance could tell. The
 lookup also enforces ownership: a conversation is only read by its user.
+
+The rolling summary is checked the same way: the lookup also returns the last
+message id the durable summary (`memory.summaries`, PostgreSQL) covers; a
+Redis copy that ends elsewhere, or none, is replaced by the durable one. The
+history returned holds only the messages after the summary, so the prompt
+shows each message once, summarised or verbatim.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from redis.exceptions import RedisError
 
 from memory.buffer import BufferSnapshot, ConversationBuffer, Summary
 from memory.messages import ConversationHead, MessageStore, Role, StoredMessage, check_owner
+from memory.summaries import SummaryStore
 
 log = logging.getLogger(__name__)
 
 
 class ConversationHistory(msgspec.Struct, frozen=True):
-    """What a chat turn needs of the past: the summary of older messages and the newest ones."""
+    """What a chat turn needs of the past: the summary of older messages and the newest
+    ones after it (oldest first)."""
 
     summary: Summary | None
     messages: list[StoredMessage]
@@ -40,9 +48,15 @@ class ConversationHistory(msgspec.Struct, frozen=True):
 class ConversationLog:
     """Appends and reads conversation messages; PostgreSQL durable, Redis as the fast path."""
 
-    def __init__(self, messages: MessageStore, buffer: ConversationBuffer) -> None:
+    def __init__(
+        self,
+        messages: MessageStore,
+        buffer: ConversationBuffer,
+        summaries: SummaryStore | None = None,
+    ) -> None:
         self._messages = messages
         self._buffer = buffer
+        self._summaries = summaries or SummaryStore(messages.pool)
 
     async def append(
         self,
@@ -77,21 +91,35 @@ class ConversationLog:
             self._messages.head(conversation_id), self._read_buffer(conversation_id)
         )
         check_owner(conversation_id, head.user_id, user_id)
-        summary = snapshot.summary if snapshot else None
+        summary = await self._summary(conversation_id, snapshot, head.summary_through_id)
         messages = _current_messages(snapshot, head)
         if messages is None:
             messages = await self._messages.recent(conversation_id, self._buffer.config.size)
             if snapshot is not None:  # Redis answered: worth storing the rebuild there
                 await self._store_rebuilt(conversation_id, messages)
+        if summary is not None:
+            messages = [m for m in messages if m.id > summary.through_id]
         return ConversationHistory(summary, messages)
 
-    async def set_summary(self, conversation_id: uuid.UUID, text: str, through_id: int) -> bool:
-        """Record the rolling summary of messages up to ``through_id`` (summariser job).
-
-        False when a summary of later messages is already there. Raises
-        redis-py errors: the job retries later.
-        """
-        return await self._buffer.set_summary(conversation_id, text, through_id)
+    async def _summary(
+        self, conversation_id: uuid.UUID, snapshot: BufferSnapshot | None, durable_through: int
+    ) -> Summary | None:
+        """The durable summary, from Redis when its copy is current (``durable_through``)."""
+        if durable_through == 0:
+            return None
+        cached = snapshot.summary if snapshot is not None else None
+        if cached is not None and cached.through_id == durable_through:
+            return cached
+        summary = await self._summaries.get(conversation_id)
+        if summary is not None and snapshot is not None:
+            try:
+                await self._buffer.set_summary(conversation_id, summary.text, summary.through_id)
+            except RedisError as exc:
+                log.warning(
+                    "summary copy not stored in the buffer",
+                    extra={"conversation_id": str(conversation_id), "error": type(exc).__name__},
+                )
+        return summary
 
     async def _read_buffer(self, conversation_id: uuid.UUID) -> BufferSnapshot | None:
         try:

@@ -18,6 +18,7 @@ Both servers listen on unix sockets only, never on a TCP port.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -96,6 +97,7 @@ class EmbeddedPostgres:
         if server is None:
             return
         PostgresServer._instances.pop(self.pgdata, None)  # let a later start() start anew
+        atexit.unregister(server._cleanup)  # it would look up the instance popped above
         result = subprocess.run(
             [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
             user=server.system_user,

@@ -1,8 +1,10 @@
-"""Background memory jobs on a Redis-backed saq queue: extraction, consolidation, profile.
+"""Background memory jobs on a Redis-backed saq queue: extraction, summaries, profile,
+consolidation.
 
 - `create_queue` opens the queue; `make_worker` builds a worker with bounded
-  concurrency that runs `extract_turn`, `update_profile` (personality and
-  goals, `memory.profile_update`; only when the deps have a profiler),
+  concurrency that runs `extract_turn`, `summarise_conversation` (the rolling
+  summary, `memory.summaries`), `update_profile` (personality and goals,
+  `memory.profile_update`; only when the deps have a profiler),
   `consolidate_user` and the daily `consolidate_all` sweep (cron). The API
   process runs one in-process by default; `companion worker` processes run
   the same worker when scaled out.
@@ -10,11 +12,12 @@
   up to ``retry_backoff_max_s``); a job that still fails is left in saq as
   ``failed`` with its error (saq's web UI and `Queue.info` show it), and the
   error is logged. An extraction whose model output is unusable is not a
-  failure: the job succeeds with an `ExtractionResult` of status ``unusable``.
-- `enqueue_extraction`, `enqueue_profile_update` and `enqueue_consolidation`
-  never raise and never wait longer than ``enqueue_timeout_s``: a chat turn
-  must not block or fail on the queue. They return the job key, or None when
-  skipped or not enqueued.
+  failure: the job succeeds with an `ExtractionResult` of status ``unusable``;
+  likewise a summary (`SummaryResult`, and the failure is counted on its row).
+- `enqueue_extraction`, `enqueue_summary`, `enqueue_profile_update` and
+  `enqueue_consolidation` never raise and never wait longer than
+  ``enqueue_timeout_s``: a chat turn must not block or fail on the queue. They
+  return the job key, or None when skipped or not enqueued.
 - Every attempt is counted by outcome in ``companion:jobs_total`` (see
   `memory.metrics`); `read_queue` reads the queue's depth and the age of its
   oldest waiting job, which the server samples into gauges.
@@ -41,6 +44,7 @@ from memory.episodes import Turn
 from memory.extraction import Extractor
 from memory.metrics import default_memory_metrics
 from memory.profile_update import ProfileUpdater
+from memory.summaries import Summariser
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class MemoryJobDeps:
     consolidator: Consolidator
     config: JobsConfig
     profiler: ProfileUpdater | None = None
+    summariser: Summariser | None = None  # None: summary jobs are skipped
 
 
 class JobContext(Context, total=False):
@@ -101,7 +106,13 @@ def make_worker(queue: Queue, deps: MemoryJobDeps, cron: bool = True) -> Worker[
     crons = [CronJob(consolidate_all, cron=config.consolidation_cron, timeout=config.timeout_s)]
     return Worker(
         queue,
-        functions=[extract_turn, update_profile, consolidate_user, consolidate_all],
+        functions=[
+            extract_turn,
+            summarise_conversation,
+            update_profile,
+            consolidate_user,
+            consolidate_all,
+        ],
         concurrency=config.concurrency,
         cron_jobs=crons if cron else None,
         startup=startup,
@@ -146,6 +157,18 @@ async def update_profile(
     if not turns:
         return {"status": "skipped", "reason": "no such messages"}
     result = await deps.profiler.update(uuid.UUID(user_id), turns, use_model=use_model)
+    out: dict[str, Any] = msgspec.to_builtins(result)
+    return out
+
+
+async def summarise_conversation(
+    ctx: JobContext, *, user_id: str, conversation_id: str
+) -> dict[str, Any]:
+    """Fold the conversation's oldest unsummarised messages into its summary, if due."""
+    summariser = ctx["deps"].summariser
+    if summariser is None:
+        return {"status": "skipped", "reason": "no summariser in this worker"}
+    result = await summariser.summarise(uuid.UUID(user_id), uuid.UUID(conversation_id))
     out: dict[str, Any] = msgspec.to_builtins(result)
     return out
 
@@ -227,6 +250,29 @@ async def enqueue_profile_update(
         last_message_id=last_message_id,
         messages=2 * (every if use_model else 1),
         use_model=use_model,
+    )
+    return await _enqueue(queue, job, config)
+
+
+async def enqueue_summary(
+    queue: Queue,
+    config: JobsConfig,
+    *,
+    user_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    last_message_id: int,
+) -> str | None:
+    """Queue a summary check after a turn; never raises, never blocks the turn for long.
+
+    Cheap when nothing is due (one indexed query); the model runs only when the
+    messages after the summary outgrow three quarters of the buffer.
+    """
+    job = _job(
+        summarise_conversation,
+        config,
+        key=f"summary:{conversation_id}:{last_message_id}",
+        user_id=str(user_id),
+        conversation_id=str(conversation_id),
     )
     return await _enqueue(queue, job, config)
 

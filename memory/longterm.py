@@ -8,7 +8,8 @@ Retrieval (docs/memory.md has the full design and the LoCoMo numbers):
    full-text matches (``search @@ term`` per query term, ranked BM25-style by
    the terms' inverse document frequency over the user's own memories).
 3. Reciprocal rank fusion, then importance and recency (`memory.ranking`).
-4. The best ``k`` that fit the token budget; their access stats are bumped.
+4. The best ``k`` that fit the token budget; their access stats are counted
+   and written in batches off the read path (`memory.access`).
 
 Exactness under the shared HNSW index: a filtered HNSW scan can return fewer
 than ``k`` rows for a user whose memories are a small part of the index (the
@@ -35,6 +36,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from memory.access import AccessStats
 from memory.errors import MemoryTierError
 from memory.metrics import default_memory_metrics
 from memory.protocols import Embedder
@@ -99,9 +101,11 @@ class RetrievalConfig:
 
     candidates: int = 100  # per list; at least 2 * k
     exact_scan_max: int = 5000  # live memories up to which a user is scanned exactly
+    text_scan_max: int = 5000  # ... and up to which text matches skip the GIN index
     ef_search: int = 200  # HNSW search width on the index path
     max_scan_tuples: int = 100_000  # how far an iterative scan may walk
     token_budget: int = 1500
+    access_flush_s: float = 1.0  # access statistics are written in batches this often
     ranking: RankingConfig = field(default_factory=RankingConfig)
 
 
@@ -135,26 +139,40 @@ SELECT {_CANDIDATE_COLUMNS} FROM found ORDER BY distance, id DESC
 # rare word for a lot). Binary term frequency: episodes are short and of bounded
 # size, so term counts and length normalisation add little. Each stemmed
 # lexeme is quoted by hand so that the cast to tsquery does not stem it again.
-_TEXT_SQL = rf"""
-WITH terms AS (
-    SELECT DISTINCT ('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''')::tsquery
-           AS term
+#
+# Every (memory, term) match is found once (``hits``); document frequencies and
+# scores are both counted from it. How the matches are found depends on the
+# user's size (see `_text_sql`): a user with few memories has them read once
+# through the btree index and matched in memory, never touching the GIN index,
+# whose posting list for a common word spans every user's memories; a user
+# with many memories is matched through the GIN index.
+_TEXT_TEMPLATE = rf"""
+WITH terms AS MATERIALIZED (
+    SELECT DISTINCT lexeme,
+        ('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''')::tsquery AS term
     FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS lexeme
-), live AS (
+), live AS MATERIALIZED (
     SELECT count(*) AS n FROM memories WHERE {_MINE}
+), hits AS MATERIALIZED (
+    {{hits}}
 ), weighted AS (
-    SELECT t.term, ln(1 + (live.n - df.n + 0.5) / (df.n + 0.5)) AS idf
-    FROM terms AS t CROSS JOIN live
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS n FROM memories WHERE {_MINE} AND search @@ t.term
-    ) AS df
+    SELECT lexeme, ln(1 + ((SELECT n FROM live) - count(*) + 0.5) / (count(*) + 0.5)) AS idf
+    FROM hits GROUP BY lexeme
 ), scored AS (
-    SELECT m.id, sum(w.idf) AS score
-    FROM memories AS m JOIN weighted AS w ON m.search @@ w.term
-    WHERE {_MINE} GROUP BY m.id ORDER BY score DESC, m.id DESC LIMIT $4
+    SELECT h.id, sum(w.idf) AS score FROM hits AS h JOIN weighted AS w USING (lexeme)
+    GROUP BY h.id ORDER BY score DESC, h.id DESC LIMIT $4
 )
 SELECT {_CANDIDATE_COLUMNS} FROM scored JOIN memories USING (id) ORDER BY score DESC, id DESC
 """
+# The user's rows through the btree index, each matched against every term.
+_SCAN_HITS = f"""SELECT m.id, t.lexeme
+    FROM (SELECT id, search FROM memories WHERE {_MINE} OFFSET 0) AS m
+    JOIN terms AS t ON m.search @@ t.term"""
+# Each term's matches through the GIN index, filtered to the user's rows.
+_INDEX_HITS = f"""SELECT id, t.lexeme FROM terms AS t JOIN memories ON search @@ t.term
+    WHERE {_MINE}"""
+_TEXT_SCAN_SQL = _TEXT_TEMPLATE.format(hits=_SCAN_HITS)
+_TEXT_INDEX_SQL = _TEXT_TEMPLATE.format(hits=_INDEX_HITS)
 _COUNT_SQL = f"SELECT count(*) FROM (SELECT 1 FROM memories WHERE {_MINE} LIMIT $2 + 1) AS s"
 _SEARCH_SQL = f"""
 SELECT {_MEMORY_COLUMNS} FROM memories, websearch_to_tsquery('english', $2) AS q(query)
@@ -196,6 +214,7 @@ class LongTermMemory:
         self._pool = pool
         self._embedder = embedder
         self.config = config or RetrievalConfig()
+        self._access = AccessStats(pool, self.config.access_flush_s)
 
     async def add(
         self,
@@ -270,24 +289,36 @@ class LongTermMemory:
         vector = await self._vector(query, None)
         budget = self.config.token_budget if token_budget is None else token_budget
         limit = max(self.config.candidates, 2 * k)
-        async with self._pool.acquire() as conn, conn.transaction():
-            by_vector = await self._vector_candidates(conn, user_id, vector, conversation_id, limit)
-            by_text = await conn.fetch(_TEXT_SQL, user_id, query, conversation_id, limit)
-            rows = {row["id"]: row for row in [*by_vector, *by_text]}
-            relevance = fuse(
-                [[r["id"] for r in by_vector], [r["id"] for r in by_text]],
-                self.config.ranking.rrf_k,
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            live = await self._count(conn, user_id, conversation_id)
+            by_vector = await self._vector_candidates(
+                conn, user_id, vector, conversation_id, limit, live
             )
-            ranked = rank(
-                {i: _candidate(r) for i, r in rows.items()},
-                relevance,
-                now or datetime.now(UTC),
-                self.config.ranking,
-            )
-            chosen = within_budget(ranked, k, budget)
-            await _touch(conn, [c.id for c, _ in chosen])
+            text_sql = _TEXT_SCAN_SQL if live <= self.config.text_scan_max else _TEXT_INDEX_SQL
+            by_text = await conn.fetch(text_sql, user_id, query, conversation_id, limit)
+        rows = {row["id"]: row for row in [*by_vector, *by_text]}
+        relevance = fuse(
+            [[r["id"] for r in by_vector], [r["id"] for r in by_text]],
+            self.config.ranking.rrf_k,
+        )
+        ranked = rank(
+            {i: _candidate(r) for i, r in rows.items()},
+            relevance,
+            now or datetime.now(UTC),
+            self.config.ranking,
+        )
+        chosen = within_budget(ranked, k, budget)
+        self._access.record([c.id for c, _ in chosen])
         default_memory_metrics().retrieval.observe(time.perf_counter() - started)
         return [_retrieved(rows[c.id], score) for c, score in chosen]
+
+    async def flush_access(self) -> None:
+        """Write the access statistics of past retrievals now (they are batched)."""
+        await self._access.flush()
+
+    async def close(self) -> None:
+        """Write what is pending; call at shutdown, before the pool closes."""
+        await self._access.close()
 
     async def list(
         self,
@@ -346,6 +377,13 @@ class LongTermMemory:
             raise EmbeddingFailed(f"expected a {DIMENSIONS}-d embedding, got {vector.shape}")
         return vector
 
+    async def _count(
+        self, conn: asyncpg.Connection, user_id: uuid.UUID, conversation_id: uuid.UUID | None
+    ) -> int:
+        """The user's live memories, counted only up to the larger scan threshold (plus one)."""
+        bound = max(self.config.exact_scan_max, self.config.text_scan_max)
+        return int(await conn.fetchval(_COUNT_SQL, user_id, bound, conversation_id))
+
     async def _vector_candidates(
         self,
         conn: asyncpg.Connection,
@@ -353,11 +391,12 @@ class LongTermMemory:
         vector: npt.NDArray[np.float32],
         conversation_id: uuid.UUID | None,
         limit: int,
+        live: int | None = None,
     ) -> _Rows:
         """Nearest live memories of the user: exact scan when few, else iterative HNSW."""
-        exact_max = self.config.exact_scan_max
-        count = await conn.fetchval(_COUNT_SQL, user_id, exact_max, conversation_id)
-        if count <= exact_max:
+        if live is None:
+            live = await self._count(conn, user_id, conversation_id)
+        if live <= self.config.exact_scan_max:
             exact = await conn.fetch(_EXACT_VECTOR_SQL, user_id, vector, conversation_id, limit)
             return list(exact)
         # SET LOCAL equivalents: they end with this transaction.
@@ -393,16 +432,6 @@ async def _insert(
     if memory_id is None:
         raise MemoryNotFound(f"conversation {row[1]} is not the user's")
     return int(memory_id)
-
-
-async def _touch(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
-    """Record that these memories were used (for decay and consolidation jobs)."""
-    if ids:
-        await conn.execute(
-            "UPDATE memories SET access_count = access_count + 1, last_accessed_at = now() "
-            "WHERE id = ANY($1::bigint[])",
-            list(ids),
-        )
 
 
 def _candidate(row: Any) -> Candidate:

@@ -68,10 +68,12 @@ class AppendedMessage(msgspec.Struct, frozen=True):
 
 
 class ConversationHead(msgspec.Struct, frozen=True):
-    """Who owns a conversation and its newest message id (None: no messages yet)."""
+    """Who owns a conversation, its newest message id (None: no messages yet) and the
+    last message its durable rolling summary covers (0: no summary)."""
 
     user_id: uuid.UUID
     last_message_id: int | None
+    summary_through_id: int = 0
 
 
 MESSAGE_COLUMNS = (
@@ -106,7 +108,9 @@ ORDER BY id
 
 _HEAD = """
 SELECT c.user_id,
-    (SELECT max(m.id) FROM messages m WHERE m.conversation_id = c.id) AS last_message_id
+    (SELECT max(m.id) FROM messages m WHERE m.conversation_id = c.id) AS last_message_id,
+    (SELECT s.through_message_id FROM conversation_summaries s
+     WHERE s.conversation_id = c.id AND s.summary IS NOT NULL) AS summary_through_id
 FROM conversations c
 WHERE c.id = $1
 """
@@ -160,6 +164,10 @@ class MessageStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
 
     async def append(
         self,
@@ -219,7 +227,9 @@ class MessageStore:
         row = await self._pool.fetchrow(_HEAD, conversation_id)
         if row is None:
             raise ConversationNotFoundError(f"conversation {conversation_id} does not exist")
-        return ConversationHead(row["user_id"], row["last_message_id"])
+        return ConversationHead(
+            row["user_id"], row["last_message_id"], row["summary_through_id"] or 0
+        )
 
     @staticmethod
     async def _raise_missing_or_foreign(

@@ -1,8 +1,8 @@
 """Everything stored about one user: exported as one document, or erased everywhere.
 
 Erasure covers PostgreSQL (the user row cascades to conversations, messages,
-memories with their vectors, API keys, personality estimates with their
-observations, and goals with their notes) and Redis (each conversation's
+their rolling summaries, memories with their vectors, API keys, personality
+estimates with their observations, and goals with their notes) and Redis (each conversation's
 session and buffer keys). Redis goes first: if it cannot be reached the
 erasure fails before anything is deleted, so the caller can retry instead of
 being told "erased" while copies remain. If PostgreSQL then fails, retrying
@@ -26,6 +26,7 @@ from memory.longterm import LongTermMemory, Memory
 from memory.messages import MESSAGE_COLUMNS, Conversation, StoredMessage, message_from_row
 from memory.profile import Goal, ProfileStore, StoredObservation, TraitEstimate
 from memory.session import SessionState, SessionStore, session_key
+from memory.summaries import StoredSummary, SummaryStore
 
 
 class ErasureFailed(MemoryTierError):
@@ -45,6 +46,7 @@ class UserExport(msgspec.Struct, frozen=True):
     user: UserRecord
     conversations: list[Conversation]
     messages: list[StoredMessage]
+    summaries: list[StoredSummary]  # rolling summaries of the conversations
     memories: list[Memory]
     sessions: dict[str, SessionState]
     api_keys: list[dict[str, Any]]
@@ -64,10 +66,18 @@ class ErasureReport(msgspec.Struct, frozen=True):
 class UserData:
     """Export and erasure across PostgreSQL and Redis."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: Redis, memories: LongTermMemory) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        memories: LongTermMemory,
+        sessions: SessionStore | None = None,
+    ) -> None:
         self._pool = pool
         self._redis = redis
         self._memories = memories
+        # reading a session refreshes its TTL: use the service's configured one
+        self._session_store = sessions or SessionStore(redis)
 
     async def export(self, user_id: uuid.UUID) -> UserExport | None:
         """The whole record of ``user_id``; None for an unknown user."""
@@ -82,6 +92,7 @@ class UserData:
             user=UserRecord(**dict(row)),
             conversations=conversations,
             messages=await self._messages(user_id),
+            summaries=await SummaryStore(self._pool).export(user_id),
             memories=await self._memories.export(user_id),
             sessions=await self._sessions(user_id, conversations),
             api_keys=await self._keys(user_id),
@@ -132,10 +143,9 @@ class UserData:
     async def _sessions(
         self, user_id: uuid.UUID, conversations: list[Conversation]
     ) -> dict[str, SessionState]:
-        store = SessionStore(self._redis)
         found = {}
         for conversation in conversations:
-            state = await store.get(conversation.id, user_id)
+            state = await self._session_store.get(conversation.id, user_id)
             if state is not None:
                 found[str(conversation.id)] = state
         return found

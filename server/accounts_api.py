@@ -52,7 +52,7 @@ class Conflict(ClientException):
 
 def _user_data(state: State) -> UserData:
     resources = state.resources
-    return UserData(resources.pool, resources.redis, long_term_memory(state))
+    return UserData(resources.pool, resources.redis, long_term_memory(state), resources.sessions())
 
 
 class AccountsController(Controller):

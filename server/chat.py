@@ -62,7 +62,7 @@ from inference.types import (
 )
 from memory.accounts import AccountStore
 from memory.conversation_log import ConversationLog
-from memory.jobs import enqueue_extraction, enqueue_profile_update
+from memory.jobs import enqueue_extraction, enqueue_profile_update, enqueue_summary
 from memory.longterm import LongTermMemory, RetrievedMemory
 from memory.profile import ProfileStore
 from memory.session import SessionState, SessionStore
@@ -349,8 +349,8 @@ class ChatTurnService:
     async def _queue_memory_work(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, reply_id: int, parts: TurnParts
     ) -> None:
-        """Queue fact extraction and the profile update (never raise); nothing from a
-        blocked turn is remembered."""
+        """Queue fact extraction, the profile update and the summary check (they never
+        raise); nothing from a blocked turn is remembered."""
         if self._jobs is None or not parts.decision.store_in_memory:
             return
         turn = 1 + sum(1 for m in parts.history if m.role == "user")
@@ -363,6 +363,13 @@ class ChatTurnService:
                 last_message_id=reply_id,
                 turn_number=turn,
             )
+        await enqueue_summary(
+            self._jobs.queue,
+            self._jobs.config,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            last_message_id=reply_id,
+        )
 
     async def _gather(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock

@@ -31,7 +31,6 @@ from memory.messages import (
     MessageStore,
     StoredMessage,
 )
-from memory.session import SessionStore
 from server import idempotency
 from server.auth import resolve_user
 from server.chat import (
@@ -237,7 +236,7 @@ class ConversationsController(Controller):
         if verification.mark_minor:
             await accounts.mark_minor(user_id)
         minor = await accounts.is_minor(user_id)
-        sessions = SessionStore(resources.redis)
+        sessions = resources.sessions()
         await sessions.get_or_create(conversation_id, user_id)
         updated = await sessions.update(
             conversation_id,

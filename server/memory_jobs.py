@@ -39,6 +39,7 @@ from memory.metrics import default_memory_metrics
 from memory.profile import ProfileStore
 from memory.profile_update import ProfileUpdater
 from memory.protocols import Embedder, PromptMessage
+from memory.summaries import Summariser, SummaryConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ async def start_memory_jobs(
     extract_every: int,
     concurrency: int,
     sample_every_s: float = 5.0,
+    buffer_size: int = 40,
 ) -> MemoryJobs:
     """Open the job queue; with ``run_worker``, also process jobs in this process."""
     config = JobsConfig(extract_every_n_turns=extract_every, concurrency=concurrency)
@@ -115,6 +117,7 @@ async def start_memory_jobs(
             Consolidator(pool, store, generator),
             config,
             ProfileUpdater(ProfileStore(pool), embedder, generator),
+            Summariser(pool, generator, SummaryConfig(buffer_size=buffer_size)),
         )
         worker = make_worker(queue, deps)
         # The process that embeds the worker owns its signals (uvicorn, or `companion

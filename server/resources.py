@@ -34,7 +34,7 @@ from inference.factory import create_engine
 from inference.gpu import GpuMetrics, read_gpus
 from inference.metrics import EngineMetrics, default_engine_metrics
 from memory.accounts import AccountStore
-from memory.buffer import ConversationBuffer
+from memory.buffer import BufferConfig, ConversationBuffer
 from memory.conversation_log import ConversationLog
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -43,7 +43,7 @@ from memory.messages import MessageStore
 from memory.migrate import migrate_url
 from memory.profile import ProfileStore
 from memory.redis_client import create_redis
-from memory.session import SessionStore
+from memory.session import SessionConfig, SessionStore
 from server.chat import ChatTurnService
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
@@ -73,6 +73,19 @@ class Resources:
     probes: list[Probe] = field(default_factory=list)
     personas: dict[str, Persona] = field(default_factory=dict)
     rate_limiter: RateLimiter | None = None
+
+    def sessions(self) -> SessionStore:
+        """Session records with the configured TTL (cheap: nothing is sent to Redis)."""
+        return SessionStore(self.redis, session_config(self.settings))
+
+
+def session_config(settings: Settings) -> SessionConfig:
+    return SessionConfig(ttl_s=settings.session_ttl_s)
+
+
+def buffer_config(settings: Settings) -> BufferConfig:
+    """The buffer lives as long as the session: both are a conversation's Redis state."""
+    return BufferConfig(size=settings.buffer_size, ttl_s=settings.session_ttl_s)
 
 
 @asynccontextmanager
@@ -109,10 +122,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 run_worker=settings.memory_worker == "inprocess",
                 extract_every=settings.memory_extract_every,
                 concurrency=settings.memory_job_concurrency,
+                buffer_size=settings.buffer_size,
             )
         personas = load_personas(settings.data_dir)  # once: edits apply at the next start
         small = await _start_small_engine(stack, settings) if engine is not None else None
-        chat = await _chat_service(pool, redis, engine, embedder, jobs, personas, small)
+        chat = await _chat_service(
+            stack, settings, pool, redis, engine, embedder, jobs, personas, small
+        )
         limiter = _limiter(settings, redis)
         yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas, limiter)
 
@@ -125,6 +141,8 @@ def _limiter(settings: Settings, redis: Redis) -> RateLimiter | None:
 
 
 async def _chat_service(
+    stack: AsyncExitStack,
+    settings: Settings,
     pool: asyncpg.Pool,
     redis: Redis,
     engine: Engine | None,
@@ -138,11 +156,13 @@ async def _chat_service(
         return None
     # the content prototypes embed about a hundred seed sentences: off the event loop
     content = await asyncio.to_thread(ContentClassifier, embedder)
+    memories = LongTermMemory(pool, embedder)
+    stack.push_async_callback(memories.close)  # batched access statistics, before the pool
     return ChatTurnService(
         engine=engine,
-        log=ConversationLog(MessageStore(pool), ConversationBuffer(redis)),
-        sessions=SessionStore(redis),
-        memories=LongTermMemory(pool, embedder),
+        log=ConversationLog(MessageStore(pool), ConversationBuffer(redis, buffer_config(settings))),
+        sessions=SessionStore(redis, session_config(settings)),
+        memories=memories,
         emotions=EmotionClassifier(embedder),
         content=content,
         personas=personas,

@@ -89,6 +89,8 @@ class Settings:
     memory_worker: str
     memory_extract_every: int
     memory_job_concurrency: int
+    session_ttl_s: int
+    buffer_size: int
 
     @property
     def is_production(self) -> bool:
@@ -151,6 +153,8 @@ class Settings:
             "api_keys_required": str(self.api_keys_required).lower(),
             "embedder": self.embedder,
             "memory_worker": self.memory_worker,
+            "session_ttl_s": str(self.session_ttl_s),
+            "buffer_size": str(self.buffer_size),
             "chat_engine": self.chat_engine.backend,
             "chat_model": str(self.chat_engine.model_path or "(packaged default)"),
             "chat_small_model": str(self.chat_small_model or "(none)"),
@@ -379,6 +383,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("memory_worker", "COMPANION_MEMORY_WORKER", _choice("inprocess", "off"), "inprocess"),
     _Field("memory_extract_every", "COMPANION_MEMORY_EXTRACT_EVERY", _integer(1, 100), 1),
     _Field("memory_job_concurrency", "COMPANION_MEMORY_JOB_CONCURRENCY", _integer(1, 64), 2),
+    _Field("session_ttl_s", "COMPANION_SESSION_TTL", _integer(60, 30 * 86400), 86400),
+    _Field("buffer_size", "COMPANION_BUFFER_SIZE", _integer(2, 1000), 40),
     _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
     # Unset: required, except in development on a loopback address (LM Studio-style).
     _Field("api_keys_required", "COMPANION_API_KEYS_REQUIRED", _optional_boolean, ""),
@@ -515,6 +521,8 @@ def _build(values: Mapping[str, Any]) -> Settings:
         memory_extract_every=values["memory_extract_every"],
         memory_job_concurrency=values["memory_job_concurrency"],
         chat_small_model=values["chat_small_model"],
+        session_ttl_s=values["session_ttl_s"],
+        buffer_size=values["buffer_size"],
         chat_engine=ChatEngineConfig(
             backend=values["chat_engine"],
             model_path=values["chat_model"],

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import asyncpg
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+
+from memory.protocols import PromptMessage
 
 
 async def new_user(pool: asyncpg.Pool) -> uuid.UUID:
@@ -34,3 +38,20 @@ def sse_events(body: str) -> list[tuple[str, dict[str, object]]]:
         if "event" in lines:
             events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+class ScriptedGenerator:
+    """Returns the scripted answers in order (an Exception instance is raised)."""
+
+    def __init__(self, *answers: str | Exception) -> None:
+        self.answers = list(answers)
+        self.prompts: list[str] = []
+
+    async def generate_json(
+        self, prompt_messages: Sequence[PromptMessage], schema: Mapping[str, Any], user_id: str
+    ) -> str:
+        self.prompts.append("\n".join(m.content for m in prompt_messages))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer

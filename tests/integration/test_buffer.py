@@ -19,6 +19,7 @@ from memory.conversation_log import ConversationLog
 from memory.embedded import EmbeddedRedis
 from memory.messages import ConversationOwnerError, ConversationStore, MessageStore
 from memory.redis_client import create_redis
+from memory.summaries import SummaryStore
 
 
 @pytest.fixture
@@ -149,16 +150,18 @@ async def test_summary_is_kept_apart_from_the_messages(
 ) -> None:
     log = conversation_log(pool, shared_redis)
     conversation, user = await new_conversation(pool)
-    message = await log.append(conversation, user, "user", "hello")
+    first = await log.append(conversation, user, "user", "hello")
+    second = await log.append(conversation, user, "assistant", "hi there")
 
-    assert await log.set_summary(conversation, "they said hello", message.id)
-    assert not await log.set_summary(conversation, "an older summary", message.id - 1)
-    await ConversationBuffer(shared_redis).invalidate(conversation)
-
+    assert await SummaryStore(pool).save(conversation, user, "they said hello", first.id, 0)
     history = await log.history(conversation, user)
     assert history.summary is not None
-    assert (history.summary.text, history.summary.through_id) == ("they said hello", message.id)
-    assert history.messages == [message]
+    assert (history.summary.text, history.summary.through_id) == ("they said hello", first.id)
+    assert history.messages == [second]  # only what the summary does not cover
+
+    await ConversationBuffer(shared_redis).invalidate(conversation)
+    assert await log.history(conversation, user) == history
+    assert not await ConversationBuffer(shared_redis).set_summary(conversation, "older", 0)
 
 
 async def test_buffer_ttl_is_set_and_refreshed_on_read(
@@ -168,7 +171,7 @@ async def test_buffer_ttl_is_set_and_refreshed_on_read(
     log = ConversationLog(MessageStore(pool), buffer)
     conversation, user = await new_conversation(pool)
     message = await log.append(conversation, user, "user", "hello")
-    await log.set_summary(conversation, "hello", message.id)
+    await buffer.set_summary(conversation, "hello", message.id)
 
     keys = buffer_keys(conversation)
     assert all(590 <= ttl <= 600 for ttl in [await shared_redis.ttl(key) for key in keys])

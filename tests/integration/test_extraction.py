@@ -11,13 +11,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from helpers import new_user
+from helpers import ScriptedGenerator, new_user
 
 from inference.embedder import SentenceEmbedder
 from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
@@ -34,25 +32,7 @@ from memory.jobs import (
 )
 from memory.longterm import LongTermMemory
 from memory.messages import ConversationStore, MessageStore
-from memory.protocols import PromptMessage
 from server.memory_jobs import EngineJSONGenerator
-
-
-class ScriptedGenerator:
-    """Returns the scripted answers in order (an Exception instance is raised)."""
-
-    def __init__(self, *answers: str | Exception) -> None:
-        self.answers = list(answers)
-        self.prompts: list[str] = []
-
-    async def generate_json(
-        self, prompt_messages: Sequence[PromptMessage], schema: Mapping[str, Any], user_id: str
-    ) -> str:
-        self.prompts.append("\n".join(m.content for m in prompt_messages))
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 def facts(*items: tuple[str, float] | tuple[str, float, int]) -> str:

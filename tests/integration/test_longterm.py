@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import numpy as np
@@ -160,15 +162,66 @@ async def test_conversation_filter_and_foreign_conversation(
         await store.add(alice, "semantic", "Too important.", 1.5, [])
 
 
-async def test_access_stats_are_updated(store: LongTermMemory, pool: asyncpg.Pool) -> None:
+async def test_access_stats_are_written_off_the_read_path(
+    pool: asyncpg.Pool, embedder: SentenceEmbedder
+) -> None:
     user = await new_user(pool)
+    store = LongTermMemory(pool, embedder, RetrievalConfig(access_flush_s=3600))
     memory_id = await store.add(user, "semantic", "The user's favourite tea is oolong.", 0.5, [])
     await store.retrieve(user, "favourite tea")
     await store.retrieve(user, "favourite tea")
     (memory,) = await store.list(user)
+    assert (memory.access_count, memory.last_accessed_at) == (0, None)  # not on the read path
+
+    await store.flush_access()
+    (memory,) = await store.list(user)
     assert memory.id == memory_id
     assert memory.access_count == 2
     assert memory.last_accessed_at is not None
+
+
+async def test_access_stats_are_written_in_the_background_and_at_close(
+    pool: asyncpg.Pool, embedder: SentenceEmbedder
+) -> None:
+    user = await new_user(pool)
+    store = LongTermMemory(pool, embedder, RetrievalConfig(access_flush_s=0.05))
+    await store.add(user, "semantic", "The user plays the cello on Sundays.", 0.5, [])
+    await store.retrieve(user, "cello")
+    for _ in range(200):  # the background write, whenever it comes
+        if (await store.list(user))[0].access_count == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await store.list(user))[0].access_count == 1
+
+    closing = LongTermMemory(pool, embedder, RetrievalConfig(access_flush_s=3600))
+    await closing.retrieve(user, "cello")
+    await closing.close()
+    assert (await store.list(user))[0].access_count == 2
+
+
+async def test_text_candidates_are_the_same_through_the_gin_index(
+    pool: asyncpg.Pool, embedder: SentenceEmbedder
+) -> None:
+    """Small users are matched by scanning their rows, large ones through the GIN index:
+    the two must rank alike (forced here with ``text_scan_max=0``)."""
+    user = await new_user(pool)
+    scan = LongTermMemory(pool, embedder)
+    index = LongTermMemory(pool, embedder, RetrievalConfig(text_scan_max=0))
+    texts = [
+        "We hiked to the lake with my sister.",
+        "My sister adopted a dog last spring.",
+        "The lake was frozen when we went skating.",
+        "Work was busy; the project deadline moved.",
+        "My sister's dog chewed my hiking boots.",
+        "Adoption papers for the dog came through.",
+    ]
+    for text in texts:
+        await scan.add(user, "episodic", text, 0.5, [])
+    await crowd_near(pool, await query_vector(embedder, "sister dog"), users=3, each=20)
+    now = datetime.now(UTC)
+    for query in ("my sister's dog", "frozen lake hike", "adoption", "nothing matches zzz"):
+        by_scan = await scan.retrieve(user, query, k=6, now=now)
+        assert by_scan == await index.retrieve(user, query, k=6, now=now), query
 
 
 @pytest.mark.parametrize("exact_scan_max", [5000, 0], ids=["exact-scan", "iterative-hnsw"])

@@ -22,7 +22,8 @@ from memory.longterm import LongTermMemory
 from memory.messages import ConversationStore, MessageStore
 from memory.migrate import migrate_url
 from memory.redis_client import create_redis
-from memory.session import SessionStore, session_key
+from memory.session import SessionConfig, SessionStore, session_key
+from memory.summaries import SummaryStore
 from memory.users import ErasureFailed, UserData
 
 
@@ -42,8 +43,10 @@ async def populate(pool: asyncpg.Pool, redis: Redis, name: str) -> tuple[uuid.UU
     conversation = await ConversationStore(pool).create(user_id, title="chat")
     log = ConversationLog(MessageStore(pool), ConversationBuffer(redis))
     await log.append(conversation.id, user_id, "user", f"I am {name} and I love tea")
-    await log.append(conversation.id, user_id, "assistant", "Tea is lovely.")
-    await log.history(conversation.id, user_id)  # fills the Redis buffer
+    reply = await log.append(conversation.id, user_id, "assistant", "Tea is lovely.")
+    summary = f"{name} said they love tea."
+    assert await SummaryStore(pool).save(conversation.id, user_id, summary, reply.id - 1, 0)
+    await log.history(conversation.id, user_id)  # fills the Redis buffer and summary copy
     await SessionStore(redis).get_or_create(conversation.id, user_id)
     vector = np.ones(384, dtype=np.float32) / np.sqrt(384)
     memories = LongTermMemory(pool, NoEmbedder())
@@ -61,6 +64,7 @@ async def test_export_contains_everything_and_encodes(
     assert export is not None
     assert [c.id for c in export.conversations] == [conversation_id]
     assert [m.role for m in export.messages] == ["user", "assistant"]
+    assert [s.summary for s in export.summaries] == [f"{export.user.username} said they love tea."]
     assert len(export.memories) == 1
     assert export.memories[0].content.endswith("loves tea")
     assert str(conversation_id) in export.sessions
@@ -79,8 +83,9 @@ async def test_erase_leaves_nothing_and_spares_others(
 
     report = await data.erase(gone)
     assert (report.conversations, report.messages, report.memories) == (1, 2, 1)
-    assert report.redis_keys >= 2  # the session and the buffer at least
-    for table in ("users", "conversations", "messages", "memories", "api_keys"):
+    assert report.redis_keys >= 3  # the session, the buffer and the summary copy at least
+    tables = ("users", "conversations", "messages", "conversation_summaries", "memories")
+    for table in (*tables, "api_keys"):
         column = "id" if table == "users" else "user_id"
         left = await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {column} = $1", gone)
         assert left == 0, table
@@ -111,3 +116,14 @@ async def test_erase_refuses_while_redis_is_down(database_url: str) -> None:
             await redis.aclose()
             server.stop()
             await pool.close()
+
+
+async def test_export_keeps_the_configured_session_ttl(
+    pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    user_id, conversation_id = await populate(pool, shared_redis, f"ttl-{uuid.uuid4().hex[:6]}")
+    sessions = SessionStore(shared_redis, SessionConfig(ttl_s=600))
+    data = UserData(pool, shared_redis, LongTermMemory(pool, NoEmbedder()), sessions)
+    export = await data.export(user_id)
+    assert export is not None and str(conversation_id) in export.sessions
+    assert 0 < await shared_redis.ttl(session_key(conversation_id)) <= 600

@@ -185,3 +185,23 @@ def test_api_keys_cannot_be_off_when_exposed_or_in_production() -> None:
     assert "only when bound to a loopback address" in problems_of(exposed)[0]
     production = {**PRODUCTION, "COMPANION_HOST": "127.0.0.1", "COMPANION_API_KEYS_REQUIRED": "0"}
     assert "required in production" in problems_of(production)[0]
+
+
+def test_session_ttl_and_buffer_size_are_read_and_bounded() -> None:
+    settings = load_settings({"COMPANION_SESSION_TTL": "3600", "COMPANION_BUFFER_SIZE": "12"})
+    assert (settings.session_ttl_s, settings.buffer_size) == (3600, 12)
+    defaults = load_settings({})
+    assert (defaults.session_ttl_s, defaults.buffer_size) == (86400, 40)
+    problems = problems_of({"COMPANION_SESSION_TTL": "1h", "COMPANION_BUFFER_SIZE": "1"})
+    text = "\n".join(problems)
+    assert len(problems) == 2, text
+    assert "COMPANION_SESSION_TTL: expected an integer from 60 to 2592000, got '1h'" in text
+    assert "COMPANION_BUFFER_SIZE: expected an integer from 2 to 1000, got '1'" in text
+
+
+def test_session_ttl_and_buffer_size_reach_the_redis_stores() -> None:
+    from server.resources import buffer_config, session_config
+
+    settings = load_settings({"COMPANION_SESSION_TTL": "600", "COMPANION_BUFFER_SIZE": "8"})
+    assert session_config(settings).ttl_s == 600
+    assert (buffer_config(settings).size, buffer_config(settings).ttl_s) == (8, 600)
