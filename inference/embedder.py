@@ -31,9 +31,15 @@ Vectors = npt.NDArray[np.float32]
 class SentenceEmbedder:
     """A sentence-transformers model behind an async, batching front."""
 
-    def __init__(self, model_path: Path | None = None, max_batch: int = 64) -> None:
+    def __init__(
+        self, model_path: Path | None = None, max_batch: int = 64, threads: int = 0
+    ) -> None:
         self.model_path = model_path
         self.max_batch = max_batch
+        # torch's intra-op threads (0: torch's default, one per core). The service uses 1:
+        # short sentences gain little from more, and on a small CPU the extra threads
+        # fight the chat engine's and make the tail latency of retrieval many times worse.
+        self.threads = threads
         self._model: Any = None
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
@@ -80,6 +86,10 @@ class SentenceEmbedder:
     async def warm_up(self) -> None:
         """Load the model off the event loop (the first call would otherwise pay for it)."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded)
+        if self.threads > 0:
+            import torch
+
+            torch.set_num_threads(self.threads)  # process-wide, as torch has it
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -196,7 +196,7 @@ def _gpu_metrics() -> GpuMetrics:
 async def _start_embedder(stack: AsyncExitStack, settings: Settings) -> SentenceEmbedder | None:
     if settings.embedder == "none":
         return None
-    embedder = SentenceEmbedder()
+    embedder = SentenceEmbedder(threads=settings.embedder_threads)
     await embedder.warm_up()  # load now, not on the first request
     stack.callback(embedder.close)
     return embedder

@@ -86,6 +86,7 @@ class Settings:
     chat_small_model: Path | None
     api_keys_required: bool
     embedder: str
+    embedder_threads: int
     memory_worker: str
     memory_extract_every: int
     memory_job_concurrency: int
@@ -387,6 +388,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("buffer_size", "COMPANION_BUFFER_SIZE", _integer(2, 1000), 40),
     _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
     # Unset: required, except in development on a loopback address (LM Studio-style).
+    _Field("embedder_threads", "COMPANION_EMBEDDER_THREADS", _integer(0, 256), 1),
     _Field("api_keys_required", "COMPANION_API_KEYS_REQUIRED", _optional_boolean, ""),
 )
 _BY_KEY = {field.key: field for field in _FIELDS}
@@ -517,6 +519,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
         max_body_bytes=values["max_body_bytes"],
         api_keys_required=values["api_keys_required"],
         embedder=values["embedder"],
+        embedder_threads=values["embedder_threads"],
         memory_worker=values["memory_worker"],
         memory_extract_every=values["memory_extract_every"],
         memory_job_concurrency=values["memory_job_concurrency"],
