@@ -62,6 +62,7 @@ class Turn:
     e2e_s: float | None = None
     tokens: int = 0
     error: str | None = None
+    steps: dict[str, float] = field(default_factory=dict)  # the done event's timings
 
     @property
     def overhead_s(self) -> float | None:
@@ -106,6 +107,7 @@ async def one_turn(
                             record.ttft_s = time.perf_counter() - started
                     elif event == "done":
                         timings = json.loads(line[6:])["timings"]
+                        record.steps = timings
                         record.engine_ttft_s = timings.get("engine_ttft_s")
                         record.server_overhead_s = timings.get("overhead_s")
                         record.ok = True
@@ -174,6 +176,11 @@ def summarize(run: Run) -> dict[str, Any]:
     for name, values in columns.items():
         summary[f"{name}_p50_ms"] = pct(values, 50)
         summary[f"{name}_p95_ms"] = pct(values, 95)
+    steps = sorted({name for t in ok for name in t.steps})
+    summary["server_steps_ms"] = {
+        name.removesuffix("_s"): [pct([t.steps.get(name) for t in ok], q) for q in (50, 95)]
+        for name in steps
+    }
     summary["first_errors"] = [t.error for t in run.turns if not t.ok][:3]
     return summary
 
@@ -287,6 +294,9 @@ def main() -> None:
             runs = measure(base_url)
     summaries = [summarize(run) for run in runs]
     print(format_table(summaries))
+    for s in summaries:
+        steps = ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in s["server_steps_ms"].items())
+        print(f"  {s['concurrency']} users, server steps p50/p95 ms: {steps}")
     for s in summaries:
         for error in s["first_errors"]:
             print(f"  {s['concurrency']} users, error: {error}")
