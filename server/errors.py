@@ -108,6 +108,11 @@ def _backing_service_down(_: Request[Any, Any, Any], exc: Exception) -> Response
     )
 
 
+def _undecodable(_: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[dict[str, Any]]:
+    # Litestar's JSON body decoder lets a body that is not UTF-8 escape as this
+    return error_response(400, "the request body is not valid UTF-8", code="bad_request")
+
+
 def _unhandled(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "Internal Server Error")
@@ -121,6 +126,7 @@ exception_handlers: ExceptionHandlersMap = {
     DeadlineExceeded: _status_error(504, "deadline_exceeded"),
     EngineUnavailable: _status_error(503, "engine_unavailable"),
     ErasureFailed: _status_error(503, "unavailable"),
+    UnicodeDecodeError: _undecodable,
     SessionUnavailableError: _backing_service_down,
     RedisConnectionError: _backing_service_down,
     RedisTimeoutError: _backing_service_down,

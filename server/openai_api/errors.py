@@ -88,6 +88,8 @@ def _translate(exc: Exception) -> OpenAIError:
         )
     if isinstance(exc, NotAuthorizedException):
         return OpenAIError(401, exc.detail, code="invalid_api_key")
+    if isinstance(exc, UnicodeDecodeError):
+        return OpenAIError(400, "The request body is not valid UTF-8.")
     if isinstance(exc, ValidationException):
         return OpenAIError(400, _validation_message(exc))
     if isinstance(exc, HTTPException) and exc.status_code < 500:

@@ -79,3 +79,20 @@ async def test_other_users_conversations_are_404(client: AsyncTestClient[Litesta
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json()["error"]["message"] == missing.json()["error"]["message"]
     assert (await client.get("/api/v1/conversations", headers=mallory)).json() == []
+
+
+async def test_undecodable_messages_are_400_and_store_nothing(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    headers, _ = await user(client)
+    created = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{created['id']}/messages"
+    sent = {**headers, "Content-Type": "application/json"}
+    for body in (b'{"content": "caf\xe9 \xff"}', b'{"content": "unterminated', b"[1, 2]"):
+        refused = await client.post(url, content=body, headers=sent)
+        assert refused.status_code == 400, body
+        assert refused.json()["error"]["code"] == "bad_request"
+    assert (await client.get(url, headers=headers)).json() == []
+    openai = await client.post("/v1/chat/completions", content=b'{"model": "\xff"}', headers=sent)
+    assert openai.status_code == 400
+    assert openai.json()["error"]["message"] == "The request body is not valid UTF-8."
