@@ -101,8 +101,13 @@ class SentenceEmbedder:
                 await asyncio.sleep(0)  # one loop turn: let concurrent callers join the batch
                 batch = self._take_batch()
                 texts = [t for chunk, _ in batch for t in chunk]
+                # A chat turn asks for the same message three times at once (emotion,
+                # content, retrieval): each distinct text is encoded once.
+                unique = list(dict.fromkeys(texts))
                 try:
-                    vectors = await loop.run_in_executor(self._executor, self.encode, texts)
+                    encoded = await loop.run_in_executor(self._executor, self.encode, unique)
+                    row = {text: i for i, text in enumerate(unique)}
+                    vectors = encoded[[row[t] for t in texts]]
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():

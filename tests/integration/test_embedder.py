@@ -39,5 +39,27 @@ async def test_concurrent_callers_share_model_calls(embedder: SentenceEmbedder) 
         assert np.allclose(vector[0], solo[i], atol=1e-5)
 
 
+async def test_the_same_text_asked_at_once_is_encoded_once(embedder: SentenceEmbedder) -> None:
+    calls: list[list[str]] = []
+    original = embedder.encode
+
+    def counting(batch: list[str], batch_size: int = 64) -> np.ndarray:
+        calls.append(list(batch))
+        return original(batch, batch_size)
+
+    embedder.encode = counting  # type: ignore[method-assign]
+    try:
+        message = "I'm so tired of everything today"
+        results = await asyncio.gather(
+            embedder.embed([message]), embedder.embed([message, "other"]), embedder.embed([message])
+        )
+    finally:
+        del embedder.encode
+    assert calls == [[message, "other"]]  # one call, each distinct text once
+    assert [r.shape for r in results] == [(1, 384), (2, 384), (1, 384)]
+    assert np.allclose(results[0], results[2]) and np.allclose(results[0][0], results[1][0])
+    assert not np.allclose(results[1][0], results[1][1])
+
+
 async def test_empty_input_gives_an_empty_matrix(embedder: SentenceEmbedder) -> None:
     assert (await embedder.embed([])).shape == (0, 384)
