@@ -15,8 +15,10 @@ license = "llama3"
 ```
 
 Sources: ``packaged:PACKAGE/PATH`` (inside an installed package), ``path:FILE``
-(on disk) or ``url:URL`` (downloaded by ``companion models pull`` into
-``<data dir>/models/``, with a progress bar and a checksum). Nothing is
+(on disk), ``url:URL`` (downloaded by ``companion models pull`` into
+``<data dir>/models/``, with a progress bar and a checksum) or, for
+``backend = "remote"``, ``remote:UPSTREAM_MODEL`` (no weights here; the
+replicas are listed in ``urls = [...]``). Nothing is
 downloaded at run time: a model whose weights are not on disk does not
 resolve, and the service says so.
 """
@@ -84,6 +86,8 @@ class Catalog:
         if kind == "path":
             path = Path(rest).expanduser()
             return path if path.exists() else None
+        if kind == "remote":
+            return None  # served by upstream replicas: no weights here
         path = self.download_path(spec)
         return path if path.exists() else None
 
@@ -185,8 +189,10 @@ def _check(path: Path, spec: ModelSpec) -> None:
         raise CatalogError(f"{where}: role must be one of {', '.join(ROLES)}")
     if spec.backend not in BACKENDS:
         raise CatalogError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
-    if spec.source_kind not in ("packaged", "path", "url"):
-        raise CatalogError(f"{where}: source must start with packaged:, path: or url:")
+    if spec.source_kind not in ("packaged", "path", "url", "remote"):
+        raise CatalogError(f"{where}: source must start with packaged:, path:, url: or remote:")
+    if (spec.source_kind == "remote") != (spec.backend == "remote"):
+        raise CatalogError(f'{where}: remote: sources go with backend = "remote"')
     if spec.source_kind == "url" and not spec.sha256:
         raise CatalogError(f"{where}: url: sources need a sha256 to verify the download")
 

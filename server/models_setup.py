@@ -8,8 +8,8 @@ is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
 - ``backend = "llamacpp"``: the engine settings of the default model
   (``COMPANION_CHAT_CTX``, slots, threads...), with ``n_ctx`` capped by the
   spec's ``context_length`` and overridable per model (``n_ctx``, ``n_slots``);
-- ``backend = "remote"``: ``urls = [...]`` (the replicas' base URLs),
-  optional ``upstream_model`` and ``flavor``; it costs no local memory.
+- ``backend = "remote"``, ``source = "remote:UPSTREAM_MODEL"``: ``urls = [...]``
+  (the replicas' base URLs), optional ``flavor``; it costs no local memory.
 
 A catalog entry may set ``memory_mb`` to replace the estimate
 (`inference.manager.estimate_memory`). Each loaded engine publishes its stats
@@ -94,7 +94,7 @@ def catalog_config(
             base,
             backend="remote",
             remote_urls=tuple(str(u).rstrip("/") for u in urls),
-            remote_model=str(extra.get("upstream_model", "")),
+            remote_model=spec.source.partition(":")[2],
             remote_flavor=str(extra.get("flavor", "openai")),
         )
     path = catalog.resolve(spec.id) if spec.backend == "llamacpp" else None
