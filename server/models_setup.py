@@ -142,7 +142,7 @@ def _idle(model_id: str) -> EngineStats:
 
 def _catalog(settings: Settings) -> Catalog | None:
     try:
-        return load_catalog(settings.data_dir)
+        return load_catalog(settings.data_dir, hub_url=settings.hf_endpoint)
     except CatalogError as exc:  # a broken catalog must not stop the default model
         log.error("model catalog unusable; serving the default model only: %s", exc)
         return None

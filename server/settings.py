@@ -85,6 +85,7 @@ class Settings:
     chat_engine: ChatEngineConfig
     chat_small_model: Path | None
     model_memory_mb: int
+    hf_endpoint: str
     api_keys_required: bool
     embedder: str
     embedder_threads: int
@@ -396,6 +397,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("chat_remote_kv_full", "COMPANION_CHAT_REMOTE_KV_FULL", _fraction, 0.98),
     _Field("chat_remote_max_waiting", "COMPANION_CHAT_REMOTE_MAX_WAITING", _integer(0, 100_000), 8),
     _Field("model_memory_mb", "COMPANION_MODEL_MEMORY_MB", _integer(0, 1 << 30), 0),
+    _Field("hf_endpoint", "HF_ENDPOINT", _url("http", "https"), "https://huggingface.co"),
     _Field("memory_worker", "COMPANION_MEMORY_WORKER", _choice("inprocess", "off"), "inprocess"),
     _Field("memory_extract_every", "COMPANION_MEMORY_EXTRACT_EVERY", _integer(1, 100), 1),
     _Field("memory_job_concurrency", "COMPANION_MEMORY_JOB_CONCURRENCY", _integer(1, 64), 2),
@@ -540,6 +542,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
         memory_job_concurrency=values["memory_job_concurrency"],
         chat_small_model=values["chat_small_model"],
         model_memory_mb=values["model_memory_mb"],
+        hf_endpoint=values["hf_endpoint"] or "https://huggingface.co",
         session_ttl_s=values["session_ttl_s"],
         buffer_size=values["buffer_size"],
         chat_engine=ChatEngineConfig(

@@ -58,6 +58,8 @@ sha256 = "00"
         ('role = "chat"\nbackend = "magic"\nsource = "path:/x"', "backend must be"),
         ('role = "chat"\nbackend = "llamacpp"\nsource = "ftp:/x"', "source must start"),
         ('role = "chat"\nbackend = "llamacpp"\nsource = "url:http://x/y"', "need a sha256"),
+        ('role = "chat"\nbackend = "llamacpp"\nsource = "hf:o/r/f.gguf"', "need a sha256"),
+        ('role = "chat"\nbackend = "llamacpp"\nsource = "hf:o/f.gguf"\nsha256 = "0"', "OWNER"),
         ('role = "chat"\nbackend = "llamacpp"\nsource = "remote:m"', "go with backend"),
         ('role = "chat"\nbackend = "remote"\nsource = "path:/x"', "go with backend"),
     ],
