@@ -30,3 +30,7 @@ class ChatEngineConfig:
     remote_model: str = ""  # the model name upstream (default: model_id)
     remote_api_key: str | None = None
     remote_flavor: str = "openai"  # or "vllm": send cache_salt and priority
+    # refuse (EngineOverloaded) when every replica's KV usage is at least this and more
+    # than remote_max_waiting requests wait there (from the replicas' /metrics)
+    remote_kv_full: float = 0.98
+    remote_max_waiting: int = 8

@@ -2,7 +2,8 @@
 
 The HTTP edge maps them: `InvalidRequest` -> 400, `ContextLengthExceeded` ->
 413, `EngineOverloaded` -> 503 with Retry-After, `DeadlineExceeded` -> 504,
-`EngineUnavailable` -> 503.
+`EngineUnavailable` -> 503, `UnknownModel` -> 404, `ModelBusy` -> 409,
+`NoRoomForModel` -> 503 with Retry-After (an `EngineOverloaded`).
 """
 
 from __future__ import annotations
@@ -34,3 +35,15 @@ class DeadlineExceeded(InferenceError):
 
 class EngineUnavailable(InferenceError):
     """The engine is not running (not started, stopped, or its model failed to load)."""
+
+
+class UnknownModel(InferenceError):
+    """No chat model by that id can be served here."""
+
+
+class ModelBusy(InferenceError):
+    """The model cannot be unloaded: it has requests running, or it is the default one."""
+
+
+class NoRoomForModel(EngineOverloaded):
+    """The model does not fit in the memory budget, even after unloading every idle model."""

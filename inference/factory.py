@@ -59,5 +59,7 @@ def _remote(config: ChatEngineConfig, observer: EngineObserver | None) -> Engine
         upstream_model=config.remote_model,
         api_key=config.remote_api_key,
         flavor=config.remote_flavor,
+        kv_full=config.remote_kv_full,
+        max_waiting=config.remote_max_waiting,
     )
     return RemoteEngine(remote, observer)

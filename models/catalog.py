@@ -15,8 +15,13 @@ license = "llama3"
 ```
 
 Sources: ``packaged:PACKAGE/PATH`` (inside an installed package), ``path:FILE``
-(on disk) or ``url:URL`` (downloaded by ``companion models pull`` into
-``<data dir>/models/``, with a progress bar and a checksum). Nothing is
+(on disk), ``url:URL`` (downloaded by ``companion models pull`` into
+``<data dir>/models/``, with a progress bar and a checksum),
+``hf:OWNER/REPO/FILE`` (a file of a Hugging Face model repository, pulled
+the same way from ``<hub>/OWNER/REPO/resolve/<revision>/FILE``; ``revision``
+defaults to ``main``, the hub to ``HF_ENDPOINT`` or https://huggingface.co) or, for
+``backend = "remote"``, ``remote:UPSTREAM_MODEL`` (no weights here; the
+replicas are listed in ``urls = [...]``). Nothing is
 downloaded at run time: a model whose weights are not on disk does not
 resolve, and the service says so.
 """
@@ -32,6 +37,8 @@ from urllib.parse import urlsplit
 
 from models.packaged import BUILTIN_MODELS, PackagedModel
 
+HUB_URL = "https://huggingface.co"
+_PULLED = ("url", "hf")
 ROLES = ("chat", "embedding", "emotion", "content", "guard")
 BACKENDS = ("llamacpp", "remote", "vllm", "sentence-transformers", "numpy")
 
@@ -61,9 +68,12 @@ class ModelSpec:
 class Catalog:
     """Built-in models plus the operator's file; file entries win on id."""
 
-    def __init__(self, specs: dict[str, ModelSpec], models_dir: Path) -> None:
+    def __init__(
+        self, specs: dict[str, ModelSpec], models_dir: Path, hub_url: str = HUB_URL
+    ) -> None:
         self._specs = specs
         self.models_dir = models_dir
+        self.hub_url = hub_url.rstrip("/")
 
     def list(self) -> list[ModelSpec]:
         return sorted(self._specs.values(), key=lambda s: (s.role, s.id))
@@ -84,21 +94,32 @@ class Catalog:
         if kind == "path":
             path = Path(rest).expanduser()
             return path if path.exists() else None
+        if kind == "remote":
+            return None  # served by upstream replicas: no weights here
         path = self.download_path(spec)
         return path if path.exists() else None
+
+    def download_url(self, spec: ModelSpec) -> str:
+        """Where ``pull`` fetches the weights of a ``url:`` or ``hf:`` model from."""
+        kind, _, rest = spec.source.partition(":")
+        if kind == "hf":
+            owner, repo, file = rest.split("/", 2)
+            revision = str(spec.extra.get("revision", "main"))
+            return f"{self.hub_url}/{owner}/{repo}/resolve/{revision}/{file}"
+        return rest
 
     def download_path(self, spec: ModelSpec) -> Path:
         name = Path(urlsplit(spec.source.partition(":")[2]).path).name or spec.id
         return self.models_dir / spec.id / name
 
 
-def load_catalog(data_dir: Path, file: Path | None = None) -> Catalog:
+def load_catalog(data_dir: Path, file: Path | None = None, hub_url: str = HUB_URL) -> Catalog:
     """The built-in models plus ``file`` (default ``<data_dir>/models.toml`` if present)."""
     specs = {spec.id: spec for spec in _builtin_specs()}
     path = file or data_dir / "models.toml"
     if path.exists():
         specs.update(_read_file(path))
-    return Catalog(specs, data_dir / "models")
+    return Catalog(specs, data_dir / "models", hub_url)
 
 
 def pull(
@@ -107,21 +128,21 @@ def pull(
     fetch: Callable[[str, Path, Callable[[int, int | None], None]], None],
     progress: Callable[[int, int | None], None] = lambda done, total: None,
 ) -> Path:
-    """Download a ``url:`` model into the models dir and verify its checksum.
+    """Download a ``url:`` or ``hf:`` model into the models dir and verify its checksum.
 
     ``fetch(url, destination, progress)`` does the transfer (see `server.cli`);
     the file is written to a temporary name and moved into place only when its
     SHA-256 matches the catalog's, so a broken download never resolves.
     """
     spec = catalog.get(model_id)
-    if spec.source_kind != "url":
+    if spec.source_kind not in _PULLED:
         raise CatalogError(
-            f"{model_id} comes from {spec.source_kind!r}; only url: sources are pulled"
+            f"{model_id} comes from {spec.source_kind!r}; only url: and hf: sources are pulled"
         )
     target = catalog.download_path(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    fetch(spec.source.partition(":")[2], partial, progress)
+    fetch(catalog.download_url(spec), partial, progress)
     digest = _sha256(partial)
     if spec.sha256 and digest != spec.sha256.lower():
         partial.unlink(missing_ok=True)
@@ -185,10 +206,18 @@ def _check(path: Path, spec: ModelSpec) -> None:
         raise CatalogError(f"{where}: role must be one of {', '.join(ROLES)}")
     if spec.backend not in BACKENDS:
         raise CatalogError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
-    if spec.source_kind not in ("packaged", "path", "url"):
-        raise CatalogError(f"{where}: source must start with packaged:, path: or url:")
-    if spec.source_kind == "url" and not spec.sha256:
-        raise CatalogError(f"{where}: url: sources need a sha256 to verify the download")
+    if spec.source_kind not in ("packaged", "path", "url", "hf", "remote"):
+        raise CatalogError(
+            f"{where}: source must start with packaged:, path:, url:, hf: or remote:"
+        )
+    if spec.source_kind == "hf" and spec.source.count("/") < 2:
+        raise CatalogError(f"{where}: hf: sources are hf:OWNER/REPO/FILE")
+    if (spec.source_kind == "remote") != (spec.backend == "remote"):
+        raise CatalogError(f'{where}: remote: sources go with backend = "remote"')
+    if spec.source_kind in _PULLED and not spec.sha256:
+        raise CatalogError(
+            f"{where}: {spec.source_kind}: sources need a sha256 to verify the download"
+        )
 
 
 def _packaged(package: str, relative: str) -> Path | None:

@@ -1,4 +1,12 @@
-"""Administration endpoints (administrator keys only): API keys."""
+"""Administration endpoints (administrator keys only): API keys, chat models.
+
+Models (`inference.manager`): ``GET /api/v1/admin/models`` lists the loaded
+and loadable chat models with their memory estimates, the budget and when
+each was last used; ``POST .../{id}/load`` loads one (unloading least
+recently used idle models to fit; 503 with Retry-After when it cannot);
+``POST .../{id}/unload`` unloads one (409 while it has requests running, or
+for the default model). Unknown ids are a 404.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody
 
+from inference.errors import EngineUnavailable
+from inference.manager import ModelManager, ModelState
 from memory.accounts import AccountError, AccountStore, ApiKeyInfo, Caller, CreatedKey
 from server.auth import resolve_admin
 
@@ -59,3 +69,51 @@ class AdminController(Controller):
             await accounts.revoke_key(key_id)
         except AccountError as exc:
             raise NotFoundException(str(exc)) from exc
+
+
+class ModelsReport(msgspec.Struct):
+    budget_bytes: int
+    used_bytes: int
+    models: list[ModelState]
+
+
+def provide_models(state: State) -> ModelManager:
+    models: ModelManager | None = state.resources.models
+    if models is None:
+        raise EngineUnavailable("no chat engine is configured (COMPANION_CHAT_ENGINE=none)")
+    return models
+
+
+class ModelsAdminController(Controller):
+    path = "/api/v1/admin/models"
+    tags = ["admin"]
+    dependencies = {
+        "admin": Provide(resolve_admin),
+        "models": Provide(provide_models, sync_to_thread=False),
+    }
+
+    @get("/", cache=False)
+    async def list_models(
+        self, models: NamedDependency[ModelManager], admin: NamedDependency[Caller]
+    ) -> ModelsReport:
+        return ModelsReport(models.budget_bytes, models.used_bytes(), models.states())
+
+    @post("/{model_id:str}/load", status_code=200)
+    async def load_model(
+        self,
+        model_id: FromPath[str],
+        models: NamedDependency[ModelManager],
+        admin: NamedDependency[Caller],
+    ) -> ModelState:
+        await models.load(model_id)
+        return models.state(model_id)
+
+    @post("/{model_id:str}/unload", status_code=200)
+    async def unload_model(
+        self,
+        model_id: FromPath[str],
+        models: NamedDependency[ModelManager],
+        admin: NamedDependency[Caller],
+    ) -> ModelState:
+        await models.unload(model_id)
+        return models.state(model_id)

@@ -18,7 +18,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ControllerRouterHandler
 
 from server.accounts_api import AccountsController
-from server.admin import AdminController
+from server.admin import AdminController, ModelsAdminController
 from server.conversations_api import ConversationsController
 from server.dashboard import DashboardController, StatsController, StatsRecorder
 from server.errors import exception_handlers
@@ -63,6 +63,7 @@ def create_app(
             PrometheusController,
             OpenAIController,
             AdminController,
+            ModelsAdminController,
             AccountsController,
             ConversationsController,
             MemoriesController,

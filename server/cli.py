@@ -249,7 +249,7 @@ def models_show(config: Path | None, model_id: str) -> None:
 @click.argument("model_id")
 @click.pass_obj
 def models_pull(config: Path | None, model_id: str) -> None:
-    """Download MODEL_ID's weights (url: sources), with a progress bar and checksum."""
+    """Download MODEL_ID's weights (url: and hf: sources), with a progress bar and checksum."""
     from models.catalog import CatalogError, pull
 
     catalog = _catalog(config)
@@ -272,7 +272,7 @@ def _catalog(config: Path | None) -> Any:
 
     settings = _load(config)
     try:
-        return load_catalog(settings.data_dir)
+        return load_catalog(settings.data_dir, hub_url=settings.hf_endpoint)
     except CatalogError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

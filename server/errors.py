@@ -23,6 +23,8 @@ from inference.errors import (
     EngineOverloaded,
     EngineUnavailable,
     InvalidRequest,
+    ModelBusy,
+    UnknownModel,
 )
 from memory.session import SessionUnavailableError
 from memory.users import ErasureFailed
@@ -125,6 +127,8 @@ exception_handlers: ExceptionHandlersMap = {
     InvalidRequest: _status_error(400, "invalid_request"),
     DeadlineExceeded: _status_error(504, "deadline_exceeded"),
     EngineUnavailable: _status_error(503, "engine_unavailable"),
+    UnknownModel: _status_error(404, "model_not_found"),
+    ModelBusy: _status_error(409, "model_busy"),
     ErasureFailed: _status_error(503, "unavailable"),
     UnicodeDecodeError: _undecodable,
     SessionUnavailableError: _backing_service_down,

@@ -2,8 +2,9 @@
 
 Order at start: the embedded servers (only where no URL is configured), the
 schema migrations, the PostgreSQL pool and the Redis client, then the chat
-engine (its model loads off the event loop) with a task that publishes its
-stats as metrics every second, then the embedding model, then (where there
+model manager with the default chat engine loaded (its model loads off the
+event loop; each loaded engine has a task that publishes its stats as metrics
+every second; see `server.models_setup`), then the embedding model, then (where there
 are GPUs) a task sampling NVML every five seconds, then the memory job queue
 (and, unless ``COMPANION_MEMORY_WORKER=off``, a worker in this process) and
 the chat turn service. Shutdown closes them in reverse order. A
@@ -32,6 +33,7 @@ from inference.embedder import SentenceEmbedder
 from inference.engine import Engine
 from inference.factory import create_engine
 from inference.gpu import GpuMetrics, read_gpus
+from inference.manager import ModelManager
 from inference.metrics import EngineMetrics, default_engine_metrics
 from memory.accounts import AccountStore
 from memory.buffer import BufferConfig, ConversationBuffer
@@ -47,9 +49,9 @@ from memory.session import SessionConfig, SessionStore
 from server.chat import ChatTurnService
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
+from server.models_setup import open_models
 from server.personas import Persona, load_personas
 from server.ratelimit import Limits, RateLimiter
-from server.response_cache import ResponseCache
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Resources:
     probes: list[Probe] = field(default_factory=list)
     personas: dict[str, Persona] = field(default_factory=dict)
     rate_limiter: RateLimiter | None = None
+    models: ModelManager | None = None  # every chat model; `engine` is its default one
 
     def sessions(self) -> SessionStore:
         """Session records with the configured TTL (cheap: nothing is sent to Redis)."""
@@ -104,9 +107,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         redis = create_redis(settings.redis, redis_url)
         stack.push_async_callback(redis.aclose)
         probes = [Probe("database", lambda: pool.fetchval("SELECT 1")), Probe("redis", redis.ping)]
-        engine = await _start_engine(stack, settings)
-        if engine is not None and settings.response_cache_ttl_s > 0:
-            engine = ResponseCache(engine, redis, settings.response_cache_ttl_s)
+        models = await open_models(stack, settings, redis)
+        engine = models.loaded_engine(settings.chat_engine.model_id) if models else None
         if engine is not None:
             probes.append(Probe("engine", engine.health))
         embedder = await _start_embedder(stack, settings)
@@ -130,7 +132,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             stack, settings, pool, redis, engine, embedder, jobs, personas, small
         )
         limiter = _limiter(settings, redis)
-        yield Resources(settings, pool, redis, engine, embedder, chat, probes, personas, limiter)
+        yield Resources(
+            settings, pool, redis, engine, embedder, chat, probes, personas, limiter, models
+        )
 
 
 def _limiter(settings: Settings, redis: Redis) -> RateLimiter | None:

@@ -84,6 +84,8 @@ class Settings:
     max_body_bytes: int
     chat_engine: ChatEngineConfig
     chat_small_model: Path | None
+    model_memory_mb: int
+    hf_endpoint: str
     api_keys_required: bool
     embedder: str
     embedder_threads: int
@@ -160,6 +162,7 @@ class Settings:
             "chat_model": str(self.chat_engine.model_path or "(packaged default)"),
             "chat_small_model": str(self.chat_small_model or "(none)"),
             "chat_kv": f"{self.chat_engine.n_ctx} cells, {self.chat_engine.n_slots} slots",
+            "model_memory_mb": str(self.model_memory_mb or "(half the machine's memory)"),
         }
 
 
@@ -211,6 +214,16 @@ def _seconds(raw: object) -> float:
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def _fraction(raw: object) -> float:
+    try:
+        value = float(raw) if isinstance(raw, (int, float, str)) else -1.0
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError("expected a number in (0, 1]")
+    return value
 
 
 def _boolean(raw: object) -> bool:
@@ -381,6 +394,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field(
         "chat_remote_flavor", "COMPANION_CHAT_REMOTE_FLAVOR", _choice("openai", "vllm"), "openai"
     ),
+    _Field("chat_remote_kv_full", "COMPANION_CHAT_REMOTE_KV_FULL", _fraction, 0.98),
+    _Field("chat_remote_max_waiting", "COMPANION_CHAT_REMOTE_MAX_WAITING", _integer(0, 100_000), 8),
+    _Field("model_memory_mb", "COMPANION_MODEL_MEMORY_MB", _integer(0, 1 << 30), 0),
+    _Field("hf_endpoint", "HF_ENDPOINT", _url("http", "https"), "https://huggingface.co"),
     _Field("memory_worker", "COMPANION_MEMORY_WORKER", _choice("inprocess", "off"), "inprocess"),
     _Field("memory_extract_every", "COMPANION_MEMORY_EXTRACT_EVERY", _integer(1, 100), 1),
     _Field("memory_job_concurrency", "COMPANION_MEMORY_JOB_CONCURRENCY", _integer(1, 64), 2),
@@ -524,6 +541,8 @@ def _build(values: Mapping[str, Any]) -> Settings:
         memory_extract_every=values["memory_extract_every"],
         memory_job_concurrency=values["memory_job_concurrency"],
         chat_small_model=values["chat_small_model"],
+        model_memory_mb=values["model_memory_mb"],
+        hf_endpoint=values["hf_endpoint"] or "https://huggingface.co",
         session_ttl_s=values["session_ttl_s"],
         buffer_size=values["buffer_size"],
         chat_engine=ChatEngineConfig(
@@ -541,5 +560,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
             remote_model=values["chat_remote_model"],
             remote_api_key=values["chat_remote_key"],
             remote_flavor=values["chat_remote_flavor"],
+            remote_kv_full=values["chat_remote_kv_full"],
+            remote_max_waiting=values["chat_remote_max_waiting"],
         ),
     )

@@ -18,6 +18,12 @@ vLLM, which is the default for that flavor; "companion" for this service),
 they are polled every ``metrics_every_s``: new conversations then go to the
 replica with the fewest requests in flight or waiting, then the emptiest KV
 cache, and `stats` reports the upstream's KV usage and queue.
+
+Admission: when every healthy replica reports its KV cache full (usage at
+least ``kv_full``) and more than ``max_waiting`` requests already waiting,
+a new request fails at once with `EngineOverloaded` (HTTP 503 with
+Retry-After) instead of joining queues that cannot move until running
+requests finish. A replica whose metrics are unknown counts as having room.
 """
 
 from __future__ import annotations
@@ -69,6 +75,9 @@ class RemoteConfig:
     down_for_s: float = 10.0
     metrics_prefix: str | None = None  # None: "vllm" for the vllm flavor, else no polling
     metrics_every_s: float = 2.0
+    kv_full: float = 0.98  # admission: a replica at this KV usage...
+    max_waiting: int = 8  # ...with more than this many waiting is full
+    retry_after_s: float = 2.0
 
     @property
     def polled_prefix(self) -> str | None:
@@ -97,6 +106,11 @@ class _Replica:
     @property
     def healthy(self) -> bool:
         return time.monotonic() >= self.down_until
+
+    def full(self, kv_full: float, max_waiting: int) -> bool:
+        """Its last metrics say its KV cache is full and requests queue behind it."""
+        load = self.load
+        return load is not None and load.kv_usage >= kv_full and load.waiting > max_waiting
 
 
 class _ReplicaFailed(Exception):
@@ -199,6 +213,7 @@ class RemoteEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self._body(request)
+        self._admit()
         submitted = time.monotonic()
         tried: set[int] = set()
         while True:
@@ -219,6 +234,15 @@ class RemoteEngine:
                 )
 
     # --- routing
+
+    def _admit(self) -> None:
+        config = self.config
+        healthy = [r for r in self._replicas if r.healthy]
+        if healthy and all(r.full(config.kv_full, config.max_waiting) for r in healthy):
+            raise EngineOverloaded(
+                f"every replica of {self.model_id} has a full KV cache and a queue",
+                retry_after_s=config.retry_after_s,
+            )
 
     def _choose(self, request: GenerationRequest, tried: set[int]) -> int:
         candidates = [i for i, r in enumerate(self._replicas) if r.healthy and i not in tried]

@@ -21,6 +21,8 @@ from inference.errors import (
     EngineOverloaded,
     EngineUnavailable,
     InvalidRequest,
+    ModelBusy,
+    UnknownModel,
 )
 from server.errors import exception_handlers as app_exception_handlers
 from server.ratelimit import RateLimited
@@ -62,6 +64,17 @@ def _respond(error: OpenAIError) -> Response[dict[str, Any]]:
     return Response(body, status_code=error.status, headers=error.headers)
 
 
+# Inference errors answered with their own message: (status, type, param, code), in MRO order.
+_INFERENCE: tuple[tuple[type[Exception], int, str, str | None, str | None], ...] = (
+    (UnknownModel, 404, "invalid_request_error", "model", "model_not_found"),
+    (ModelBusy, 409, "invalid_request_error", None, "model_busy"),
+    (ContextLengthExceeded, 413, "invalid_request_error", "messages", "context_length_exceeded"),
+    (InvalidRequest, 400, "invalid_request_error", None, None),
+    (DeadlineExceeded, 504, "server_error", None, "timeout"),
+    (EngineUnavailable, 503, "server_error", None, "engine_unavailable"),
+)
+
+
 def _translate(exc: Exception) -> OpenAIError:
     if isinstance(exc, OpenAIError):
         return exc
@@ -74,14 +87,9 @@ def _translate(exc: Exception) -> OpenAIError:
             code="overloaded",
             headers={"Retry-After": retry},
         )
-    if isinstance(exc, ContextLengthExceeded):
-        return OpenAIError(413, str(exc), param="messages", code="context_length_exceeded")
-    if isinstance(exc, InvalidRequest):
-        return OpenAIError(400, str(exc))
-    if isinstance(exc, DeadlineExceeded):
-        return OpenAIError(504, str(exc), error_type="server_error", code="timeout")
-    if isinstance(exc, EngineUnavailable):
-        return OpenAIError(503, str(exc), error_type="server_error", code="engine_unavailable")
+    for kind, status, error_type, param, code in _INFERENCE:
+        if isinstance(exc, kind):
+            return OpenAIError(status, str(exc), error_type=error_type, param=param, code=code)
     if isinstance(exc, RateLimited):
         return OpenAIError(
             429, exc.detail, error_type="requests", code="rate_limit_exceeded", headers=exc.headers

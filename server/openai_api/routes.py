@@ -22,7 +22,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def provide_service(state: State) -> OpenAIService:
     resources = state.resources
-    return OpenAIService(resources.engine, resources.embedder)
+    return OpenAIService(resources.models, resources.embedder)
 
 
 def _respond(result: Any) -> Response[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from inference.embedder import SentenceEmbedder
-from inference.engine import Engine
+from inference.manager import ModelManager
 from inference.types import (
     ChatMessage,
     Finished,
@@ -38,14 +38,19 @@ _STARTED = int(time.time())
 
 
 class OpenAIService:
-    """Serves /v1 for one engine and one embedder (either may be absent)."""
+    """Serves /v1 for the chat models of a manager and one embedder (either may be absent).
 
-    def __init__(self, engine: Engine | None, embedder: SentenceEmbedder | None) -> None:
-        self._engine = engine
+    A request naming a chat model that is not loaded loads it (within the
+    manager's memory budget, unloading idle models: `inference.manager`).
+    """
+
+    def __init__(self, models: ModelManager | None, embedder: SentenceEmbedder | None) -> None:
+        self._models = models
         self._embedder = embedder
 
     def models(self) -> s.ModelList:
-        ids = [self._engine.model_id] if self._engine else []
+        """Loaded chat models, then loadable ones, then the embedding model."""
+        ids = self._models.ids() if self._models else []
         ids += [EMBEDDING_MODEL_ID] if self._embedder else []
         return s.ModelList(data=[s.ModelCard(id=i, created=_STARTED) for i in ids])
 
@@ -60,7 +65,7 @@ class OpenAIService:
     async def chat(
         self, body: s.ChatCompletionRequest, caller: Caller
     ) -> s.ChatCompletion | AsyncIterator[bytes]:
-        engine = self._chat_engine(body.model)
+        models = self._chat_models(body.model)
         request = GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             user_id=_cache_salt(caller, body.user),
@@ -68,10 +73,10 @@ class OpenAIService:
             sampling=_sampling(body, body.max_completion_tokens or body.max_tokens),
             json_schema=_response_schema(body.response_format),
         )
-        events = await _started(engine.generate(request))
+        events = await _started(models.generate(body.model, request))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _chat_chunks(request.request_id, engine.model_id, events, include_usage)
+            return _chat_chunks(request.request_id, body.model, events, include_usage)
         text, finished = await _collect(events)
         choice = s.ChatChoice(
             0, s.AssistantMessage("assistant", text), _FINISH[finished.finish_reason]
@@ -79,7 +84,7 @@ class OpenAIService:
         return s.ChatCompletion(
             id=request.request_id,
             created=int(time.time()),
-            model=engine.model_id,
+            model=body.model,
             choices=[choice],
             usage=_usage(finished),
         )
@@ -89,7 +94,7 @@ class OpenAIService:
     async def complete(
         self, body: s.CompletionRequest, caller: Caller
     ) -> s.Completion | AsyncIterator[bytes]:
-        engine = self._chat_engine(body.model)
+        models = self._chat_models(body.model)
         prompt = body.prompt if isinstance(body.prompt, str) else _single_prompt(body.prompt)
         if not prompt:
             raise bad_param("prompt", "prompt must not be empty")
@@ -99,15 +104,15 @@ class OpenAIService:
             prompt=prompt,
             sampling=_sampling(body, body.max_tokens),
         )
-        events = await _started(engine.generate(request))
+        events = await _started(models.generate(body.model, request))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _text_chunks(request.request_id, engine.model_id, events, include_usage)
+            return _text_chunks(request.request_id, body.model, events, include_usage)
         text, finished = await _collect(events)
         return s.Completion(
             id=request.request_id,
             created=int(time.time()),
-            model=engine.model_id,
+            model=body.model,
             choices=[s.TextChoice(0, text, _FINISH[finished.finish_reason])],
             usage=_usage(finished),
         )
@@ -128,10 +133,10 @@ class OpenAIService:
         tokens = sum(self._embedder.token_counts(texts))
         return s.EmbeddingList(items, EMBEDDING_MODEL_ID, s.EmbeddingUsage(tokens, tokens))
 
-    def _chat_engine(self, model: str) -> Engine:
-        if self._engine is None or model != self._engine.model_id:
+    def _chat_models(self, model: str) -> ModelManager:
+        if self._models is None or model not in self._models:
             raise _unknown_model(model)
-        return self._engine
+        return self._models
 
 
 # --- request translation

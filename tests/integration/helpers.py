@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from memory.protocols import PromptMessage
+from server.app import create_app
+from server.settings import Settings
 
 
 async def new_user(pool: asyncpg.Pool) -> uuid.UUID:
@@ -55,3 +61,45 @@ class ScriptedGenerator:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    """An ASGI app served by uvicorn on a thread, on a real port."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+class Upstream(Served):
+    """One instance of the service, served by uvicorn on a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(create_app(settings))

@@ -30,8 +30,10 @@ def file_server(tmp_path: Path) -> Iterator[str]:
     server.shutdown()
 
 
-def pull(data_dir: Path, model_id: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COMPANION_DATA_DIR": str(data_dir)}
+def pull(
+    data_dir: Path, model_id: str, hub: str = "http://127.0.0.1:9"
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COMPANION_DATA_DIR": str(data_dir), "HF_ENDPOINT": hub}
     return subprocess.run(
         [*COMPANION, "models", "pull", model_id],
         env=env,
@@ -69,3 +71,31 @@ def test_a_wrong_checksum_leaves_nothing_behind(tmp_path: Path, file_server: str
     assert result.returncode == 1
     assert "checksum mismatch" in result.stderr
     assert not any((data_dir / "models" / "tiny").iterdir())
+
+
+def test_pull_from_a_hub_repository(tmp_path: Path, file_server: str) -> None:
+    # the hub's layout: <hub>/OWNER/REPO/resolve/REVISION/FILE
+    resolved = tmp_path / "served" / "someone" / "tiny-GGUF" / "resolve" / "v2" / "q4"
+    resolved.mkdir(parents=True)
+    weights = os.urandom(2 << 20)
+    (resolved / "tiny.Q4_0.gguf").write_bytes(weights)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "models.toml").write_text(
+        '[models.hubbed]\nrole = "chat"\nbackend = "llamacpp"\n'
+        'source = "hf:someone/tiny-GGUF/q4/tiny.Q4_0.gguf"\nrevision = "v2"\n'
+        f'sha256 = "{hashlib.sha256(weights).hexdigest()}"\n'
+    )
+    result = pull(data_dir, "hubbed", hub=file_server)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path == data_dir / "models" / "hubbed" / "tiny.Q4_0.gguf"
+    assert path.read_bytes() == weights
+    assert "pulling hubbed" in result.stderr
+
+    (data_dir / "models.toml").write_text(
+        '[models.hubbed]\nrole = "chat"\nbackend = "llamacpp"\n'
+        'source = "hf:someone/tiny-GGUF/missing.gguf"\nsha256 = "00"\n'
+    )
+    missing = pull(data_dir, "hubbed", hub=file_server)
+    assert missing.returncode == 1 and "404" in missing.stderr

@@ -4,54 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
+from helpers import Upstream, free_port
 
 from inference.config import ChatEngineConfig
 from inference.engines.remote import RemoteConfig, RemoteEngine
 from inference.errors import EngineUnavailable
 from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
-from server.app import create_app
 from server.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Upstream:
-    """One instance of the service, served by uvicorn on a thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "upstream did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture

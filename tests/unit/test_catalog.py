@@ -58,8 +58,43 @@ sha256 = "00"
         ('role = "chat"\nbackend = "magic"\nsource = "path:/x"', "backend must be"),
         ('role = "chat"\nbackend = "llamacpp"\nsource = "ftp:/x"', "source must start"),
         ('role = "chat"\nbackend = "llamacpp"\nsource = "url:http://x/y"', "need a sha256"),
+        ('role = "chat"\nbackend = "llamacpp"\nsource = "hf:o/r/f.gguf"', "need a sha256"),
+        ('role = "chat"\nbackend = "llamacpp"\nsource = "hf:o/f.gguf"\nsha256 = "0"', "OWNER"),
+        ('role = "chat"\nbackend = "llamacpp"\nsource = "remote:m"', "go with backend"),
+        ('role = "chat"\nbackend = "remote"\nsource = "path:/x"', "go with backend"),
     ],
 )
 def test_invalid_entries_are_refused_with_reasons(tmp_path: Path, table: str, message: str) -> None:
     with pytest.raises(CatalogError, match=message):
         load_catalog(write(tmp_path, f"[models.bad]\n{table}\n"))
+
+
+def test_remote_models_become_remote_engines_with_no_memory(tmp_path: Path) -> None:
+    from server.models_setup import model_options
+    from server.settings import load_settings
+
+    write(
+        tmp_path,
+        """
+[models.big]
+role = "chat"
+backend = "remote"
+source = "remote:meta-llama/Llama-3.1-70B-Instruct"
+urls = ["http://gpu1:8000/v1/", "http://gpu2:8000/v1"]
+flavor = "vllm"
+
+[models.nowhere]
+role = "chat"
+backend = "remote"
+source = "remote:x"
+""",
+    )
+    settings = load_settings({"COMPANION_DATA_DIR": str(tmp_path)})
+    options = {o.model_id: o for o in model_options(settings, load_catalog(tmp_path))}
+    big = options["big"]
+    assert big.config.backend == "remote" and big.memory_bytes == 0 and not big.pinned
+    assert big.config.remote_urls == ("http://gpu1:8000/v1", "http://gpu2:8000/v1")
+    assert big.config.remote_model == "meta-llama/Llama-3.1-70B-Instruct"
+    assert big.config.remote_flavor == "vllm"
+    assert "nowhere" not in options  # no urls: cannot be served
+    assert options["smollm2-135m-instruct"].pinned  # the default model

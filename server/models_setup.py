@@ -1,0 +1,159 @@
+"""The chat models this process can serve, and the manager that loads them.
+
+The default chat model (``COMPANION_CHAT_ENGINE`` / ``COMPANION_CHAT_MODEL``) is
+pinned: loaded at start, never unloaded, handed to the companion chat turn.
+Every chat model of the catalog (`models.catalog`) whose weights are on disk
+is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
+
+- ``backend = "llamacpp"``: the engine settings of the default model
+  (``COMPANION_CHAT_CTX``, slots, threads...), with ``n_ctx`` capped by the
+  spec's ``context_length`` and overridable per model (``n_ctx``, ``n_slots``);
+- ``backend = "remote"``, ``source = "remote:UPSTREAM_MODEL"``: ``urls = [...]``
+  (the replicas' base URLs), optional ``flavor``; it costs no local memory.
+
+A catalog entry may set ``memory_mb`` to replace the estimate
+(`inference.manager.estimate_memory`). Each loaded engine publishes its stats
+as metrics every second and sits behind the response cache, like the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from contextlib import AsyncExitStack
+
+from redis.asyncio import Redis
+
+from inference.config import ChatEngineConfig
+from inference.engine import Engine
+from inference.errors import EngineUnavailable
+from inference.factory import create_engine
+from inference.manager import ModelManager, ModelOption, OpenedEngine, estimate_memory
+from inference.metrics import EngineMetrics, default_engine_metrics
+from inference.stats import EngineStats
+from models.catalog import Catalog, CatalogError, ModelSpec, load_catalog
+from server.response_cache import ResponseCache
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_MB = 1 << 20
+
+
+async def open_models(
+    stack: AsyncExitStack, settings: Settings, redis: Redis
+) -> ModelManager | None:
+    """The manager with the default model loaded; None when no chat engine is configured."""
+    if settings.chat_engine.backend == "none":
+        return None
+    options = model_options(settings, _catalog(settings))
+
+    async def opener(config: ChatEngineConfig) -> OpenedEngine:
+        return await open_engine(config, redis, settings.response_cache_ttl_s)
+
+    manager = ModelManager(options, memory_budget(settings), opener)
+    stack.push_async_callback(manager.close)
+    await manager.load(settings.chat_engine.model_id)
+    return manager
+
+
+def memory_budget(settings: Settings) -> int:
+    """``COMPANION_MODEL_MEMORY_MB``, or half of this machine's memory when it is 0."""
+    if settings.model_memory_mb:
+        return settings.model_memory_mb * _MB
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def model_options(settings: Settings, catalog: Catalog | None) -> list[ModelOption]:
+    """The pinned default model, then every catalog chat model that can be loaded."""
+    default = settings.chat_engine
+    options = [ModelOption(default.model_id, default, estimate_memory(default), pinned=True)]
+    for spec in catalog.list() if catalog else []:
+        if spec.role != "chat" or spec.id == default.model_id:
+            continue
+        config = catalog_config(settings, catalog, spec) if catalog else None
+        if config is not None:
+            options.append(ModelOption(spec.id, config, _memory(spec, config)))
+    return options
+
+
+def catalog_config(
+    settings: Settings, catalog: Catalog, spec: ModelSpec
+) -> ChatEngineConfig | None:
+    """How to run ``spec``; None when it cannot run here (weights absent, backend not built)."""
+    base = dataclasses.replace(settings.chat_engine, model_id=spec.id, remote_api_key=None)
+    extra = spec.extra
+    if spec.backend == "remote":
+        urls = extra.get("urls")
+        if not isinstance(urls, list) or not urls:
+            return None
+        return dataclasses.replace(
+            base,
+            backend="remote",
+            remote_urls=tuple(str(u).rstrip("/") for u in urls),
+            remote_model=spec.source.partition(":")[2],
+            remote_flavor=str(extra.get("flavor", "openai")),
+        )
+    path = catalog.resolve(spec.id) if spec.backend == "llamacpp" else None
+    if path is None:
+        return None
+    n_ctx = _int(extra.get("n_ctx"), base.n_ctx)
+    return dataclasses.replace(
+        base,
+        backend="llamacpp",
+        model_path=path,
+        n_ctx=min(n_ctx, spec.context_length or n_ctx),
+        n_slots=_int(extra.get("n_slots"), base.n_slots),
+    )
+
+
+async def open_engine(config: ChatEngineConfig, redis: Redis, cache_ttl_s: int) -> OpenedEngine:
+    """Start the engine for ``config``, with its metrics task and the response cache."""
+    metrics = default_engine_metrics()
+    engine = create_engine(config, observer=metrics)
+    if engine is None:
+        raise EngineUnavailable(f"no engine for {config.model_id}")
+    await engine.start()
+    task = asyncio.create_task(_publish_stats(engine, metrics), name="engine-metrics")
+    served: Engine = ResponseCache(engine, redis, cache_ttl_s) if cache_ttl_s > 0 else engine
+
+    async def close() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await engine.close()
+        metrics.update(_idle(engine.model_id))  # gauges to zero; counters restart at a reload
+
+    return OpenedEngine(served, close)
+
+
+async def _publish_stats(engine: Engine, metrics: EngineMetrics, every_s: float = 1.0) -> None:
+    while True:
+        metrics.update(engine.stats())
+        await asyncio.sleep(every_s)
+
+
+def _idle(model_id: str) -> EngineStats:
+    return EngineStats(model_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _catalog(settings: Settings) -> Catalog | None:
+    try:
+        return load_catalog(settings.data_dir, hub_url=settings.hf_endpoint)
+    except CatalogError as exc:  # a broken catalog must not stop the default model
+        log.error("model catalog unusable; serving the default model only: %s", exc)
+        return None
+
+
+def _memory(spec: ModelSpec, config: ChatEngineConfig) -> int:
+    given = spec.extra.get("memory_mb")
+    if isinstance(given, int) and given >= 0:
+        return given * _MB
+    return estimate_memory(config)
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and value > 0 else default
