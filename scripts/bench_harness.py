@@ -36,7 +36,7 @@ import random
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -267,6 +267,19 @@ async def _run_poisson(
         task = asyncio.ensure_future(one(index, turn, due, previous.get(index)))
         previous[index] = task
     await asyncio.gather(*previous.values())
+
+
+def merge_runs(runs: Sequence[LoadRun]) -> LoadRun:
+    """Repeats of one load as one run: requests pooled, wall times added (so throughput is
+    the mean over the repeats), sessions renumbered apart."""
+    if not runs or any(r.shape != runs[0].shape for r in runs):
+        raise ValueError("merge_runs needs one or more runs of the same load shape")
+    records: list[RequestRecord] = []
+    offset = 0
+    for run in runs:
+        records += [replace(r, session=r.session + offset) for r in run.records]
+        offset += max((r.session for r in run.records), default=-1) + 1
+    return LoadRun(runs[0].shape, records, sum(r.wall_s for r in runs))
 
 
 def round_robin(turns: Sequence[int]) -> list[tuple[int, int]]:

@@ -53,10 +53,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_harness import (
     LoadRun,
-    LoadShape,
     Sample,
     draw_cdfs,
     format_table,
+    merge_runs,
     overhead_lines,
     parse_load,
     parse_slos,
@@ -278,33 +278,67 @@ async def served_model(client: httpx.AsyncClient) -> str:
     return "default"
 
 
-async def run_target(
-    target: Target, args: argparse.Namespace, loads: Sequence[LoadShape]
-) -> list[tuple[LoadRun, str]]:
+async def open_target(
+    stack: contextlib.AsyncExitStack[Any], target: Target, args: argparse.Namespace
+) -> tuple[httpx.AsyncClient, str]:
+    """A client for ``target`` (closed with ``stack``), its chat model, warm-up done."""
     headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
-    connections = max(args.conversations, *(int(s.value) for s in loads if s.kind == "fixed"))
+    connections = max(args.conversations, *(int(s.value) for s in args.loads if s.kind == "fixed"))
     limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections)
     timeout = httpx.Timeout(args.request_timeout, connect=10)
-    async with httpx.AsyncClient(
-        base_url=target.base_url, headers=headers, timeout=timeout, limits=limits
-    ) as client:
-        model = target.model or await served_model(client)
-        for i in range(args.warmup):  # first-call costs, sharing nothing with the workload
-            body = {"model": model, "max_tokens": 8, "stream": True,
-                    "messages": [{"role": "user", "content": f"Hello, warm-up {i}!"}]}  # fmt: skip
-            warm = await stream_chat(client, body)
-            if warm.error:
-                raise SystemExit(f"{target.name}: warm-up failed: {warm.error}")
-        runs = []
-        for number, shape in enumerate(loads):
-            offset = 1000 * (number + 1)  # new users per load: nothing cached from the last
-            sessions = [
-                ChatSession(client, model, _shifted(c, offset), args.max_tokens, args.send_user)
-                for c in build_conversations(args.conversations, args.turns)
-            ]
-            run = await run_load(shape, sessions, f"{target.name} {shape.label}")
-            runs.append((run, model))
-    return runs
+    client = await stack.enter_async_context(
+        httpx.AsyncClient(base_url=target.base_url, headers=headers, timeout=timeout, limits=limits)
+    )
+    model = target.model or await served_model(client)
+    for i in range(args.warmup):  # first-call costs, sharing nothing with the workload
+        body = {
+            "model": model,
+            "max_tokens": 8,
+            "stream": True,
+            "messages": [{"role": "user", "content": f"Hello, warm-up {i}!"}],
+        }
+        warm = await stream_chat(client, body)
+        if warm.error:
+            raise SystemExit(f"{target.name}: warm-up failed: {warm.error}")
+    return client, model
+
+
+@dataclass
+class Measured:
+    target: str
+    model: str
+    round: int
+    run: LoadRun
+    loadavg: tuple[float, float]  # 1-minute load average before and after
+
+
+async def run_all(targets: Sequence[Target], args: argparse.Namespace) -> list[Measured]:
+    """Every load against every target, ``--rounds`` times. Within a load the targets take
+    turns, and the order flips every round, so drifting background load on a shared
+    machine falls on all of them alike."""
+    measured: list[Measured] = []
+    async with contextlib.AsyncExitStack() as stack:
+        opened = [await open_target(stack, t, args) for t in targets]
+        for round_ in range(args.rounds):
+            order = list(zip(targets, opened, strict=True))
+            if round_ % 2:
+                order.reverse()
+            for number, shape in enumerate(args.loads):
+                # New users for every run: no run finds the previous one's cache.
+                offset = 1000 * (round_ * len(args.loads) + number + 1)
+                for target, (client, model) in order:
+                    sessions = [
+                        ChatSession(
+                            client, model, _shifted(c, offset), args.max_tokens, args.send_user
+                        )
+                        for c in build_conversations(args.conversations, args.turns)
+                    ]
+                    before = os.getloadavg()[0]
+                    label = f"{target.name} {shape.label}" + (f" #{round_ + 1}" if round_ else "")
+                    run = await run_load(shape, sessions, label)
+                    loadavg = (before, os.getloadavg()[0])
+                    measured.append(Measured(target.name, model, round_, run, loadavg))
+    return measured
 
 
 def _shifted(conversation: Conversation, offset: int) -> Conversation:
@@ -327,6 +361,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="GGUF for --start (default: packaged SmolLM2)")
     p.add_argument("--load", action="append", default=[], help="fixed:C or poisson:RATE")
     p.add_argument("--seed", type=int, default=0, help="Poisson schedule seed")
+    p.add_argument("--rounds", type=int, default=1, help="repeat, targets alternating")
     p.add_argument("--conversations", type=int, default=8, help="conversations per load")
     p.add_argument("--turns", type=int, default=3, help="turns per conversation")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per reply")
@@ -362,23 +397,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         from models.packaged import packaged_path
 
         model = packaged_path("chat")
-    summaries: list[dict[str, Any]] = []
-    plotted: list[tuple[str, LoadRun]] = []
-    details: list[dict[str, Any]] = []
-    for target in targets:
-        with contextlib.ExitStack() as stack:
-            how: dict[str, Any] = {}
+    args.loads = loads
+    with contextlib.ExitStack() as stack:
+        started_how: dict[str, dict[str, Any]] = {}
+        for target in targets:  # all up before any run: each idles while the others run
             if target.start:
                 assert model is not None
-                how = stack.enter_context(started(target.start, args, model))
-                target.base_url = how["base_url"]
+                started_how[target.name] = stack.enter_context(started(target.start, args, model))
+                target.base_url = started_how[target.name]["base_url"]
             print(f"{target.name}: {target.base_url}", file=sys.stderr)
-            for run, served in asyncio.run(run_target(target, args, loads)):
-                summary = {"target": target.name, "model": served, **summarize(run, slos)}
-                summaries.append(summary)
-                plotted.append((target.name, run))
-                details.append({"target": target.name, "load": run.shape.label,
-                                "started": how, "requests": records_json(run)})  # fmt: skip
+        measured = asyncio.run(run_all(targets, args))
+    report(args, targets, measured, slos, model, started_how)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    targets: Sequence[Target],
+    measured: Sequence[Measured],
+    slos: dict[str, float],
+    model: Path | None,
+    started_how: dict[str, dict[str, Any]],
+) -> None:
+    """The table and overhead lines on stdout; ``--json`` and ``--png`` when asked."""
+    summaries: list[dict[str, Any]] = []
+    plotted: list[tuple[str, LoadRun]] = []
+    for target in targets:
+        for shape in args.loads:
+            parts = [m for m in measured if m.target == target.name and m.run.shape == shape]
+            run = merge_runs([m.run for m in parts])
+            summary = {"target": target.name, "model": parts[0].model, **summarize(run, slos)}
+            summary["rounds"] = len(parts)
+            summary["loadavg_before_after"] = [m.loadavg for m in parts]
+            summaries.append(summary)
+            plotted.append((target.name, run))
     print(format_table(summaries))
     baseline = args.baseline or targets[0].name
     for line in overhead_lines(summaries, baseline):
@@ -388,19 +440,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in summaries:
         for error in s["first_errors"]:
             print(f"  {s['target']} {s['load']}: {error}")
-    workload = {
-        "conversations": args.conversations,
-        "turns": args.turns,
-        "max_tokens": args.max_tokens,
-        "loads": [s.label for s in loads],
-        "seed": args.seed,
-        "send_user": args.send_user,
-        "model": str(model) if model else None,
-        "slots": args.slots,
-        "ctx": args.ctx,
-        "threads": args.threads,
-    }
     if args.json:
+        workload = {
+            "conversations": args.conversations,
+            "turns": args.turns,
+            "max_tokens": args.max_tokens,
+            "loads": [s.label for s in args.loads],
+            "rounds": args.rounds,
+            "seed": args.seed,
+            "send_user": args.send_user,
+            "model": str(model) if model else None,
+            "slots": args.slots,
+            "ctx": args.ctx,
+            "threads": args.threads,
+        }
+        runs = [
+            {
+                "target": m.target,
+                "load": m.run.shape.label,
+                "round": m.round,
+                "wall_s": m.run.wall_s,
+                "loadavg_before_after": m.loadavg,
+                "requests": records_json(m.run),
+            }
+            for m in measured
+        ]
         document = {
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "machine": machine_info() | {"loadavg": os.getloadavg()},
@@ -408,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "slos_s": slos,
             "baseline": baseline,
             "summaries": summaries,
-            "runs": details,
+            "started": started_how,
+            "runs": runs,
         }
         write_json(args.json, document)
     if args.png:
@@ -417,7 +482,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.max_tokens} tokens/reply" + (f", {model.name}" if model else "")
         )
         draw_cdfs(args.png, plotted, title)
-    return 0
 
 
 if __name__ == "__main__":

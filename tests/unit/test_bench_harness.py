@@ -219,3 +219,15 @@ def test_the_table_has_a_row_per_target_and_load() -> None:
         "b - a, fixed C=1: ttft p50 +0.0 ms, ttft p99 +0.0 ms, tpot p50 +0.0 ms, "
         "tpot p99 +0.0 ms, e2e p50 +0.0 ms, e2e p99 +0.0 ms"
     ]
+
+
+def test_repeats_merge_into_one_run() -> None:
+    shape = h.LoadShape("fixed", 2)
+    first = h.LoadRun(shape, [record(session=0), record(session=1)], wall_s=2.0)
+    second = h.LoadRun(shape, [record(session=0, ttft_s=0.9)], wall_s=1.0)
+    merged = h.merge_runs([first, second])
+    assert [r.session for r in merged.records] == [0, 1, 2]
+    assert merged.wall_s == 3.0
+    assert h.summarize(merged, {})["request_throughput_req_s"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same load shape"):
+        h.merge_runs([first, h.LoadRun(h.LoadShape("fixed", 4), [], 1.0)])
