@@ -46,7 +46,16 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lib import machine_info, percentile, progress_bar, user_messages, write_json
+from bench_harness import (
+    LoadRun,
+    LoadShape,
+    RequestRecord,
+    Sample,
+    goodput,
+    parse_slos,
+    run_load,
+)
+from bench_lib import machine_info, percentile, user_messages, write_json
 
 COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
 
@@ -61,14 +70,18 @@ class Turn:
     server_overhead_s: float | None = None
     e2e_s: float | None = None
     tokens: int = 0
+    tpot_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    held_s: float = 0.0  # --rate: waited for the user's previous turn past its due time
     error: str | None = None
     steps: dict[str, float] = field(default_factory=dict)  # the done event's timings
 
     @property
     def overhead_s(self) -> float | None:
+        """What the service adds before the first token (from the send, not the due time)."""
         if self.ttft_s is None or self.engine_ttft_s is None:
             return None
-        return self.ttft_s - self.engine_ttft_s
+        return self.ttft_s - self.held_s - self.engine_ttft_s
 
 
 @dataclass
@@ -76,6 +89,7 @@ class Run:
     concurrency: int
     turns: list[Turn] = field(default_factory=list)
     wall_s: float = 0.0
+    load: LoadRun | None = None
 
 
 async def sign_up(client: httpx.AsyncClient) -> dict[str, str]:
@@ -87,73 +101,99 @@ async def sign_up(client: httpx.AsyncClient) -> dict[str, str]:
 
 
 async def one_turn(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], text: str, user: int, turn: int
-) -> Turn:
-    record = Turn(user, turn, ok=False)
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], text: str
+) -> Sample:
+    """One turn over SSE, timed from the POST: every ``token`` event and the ``done``."""
+    sample = Sample(output_tokens=0)
     started = time.perf_counter()
     event = ""
+    done = False
     try:
         async with client.stream("POST", url, json={"content": text}, headers=headers) as response:
             if response.status_code != 200:
-                record.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
-                return record
+                sample.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return sample
             async for line in response.aiter_lines():
                 if line.startswith("event: "):
                     event = line[7:]
                 elif line.startswith("data: "):
                     if event == "token":
-                        record.tokens += 1
-                        if record.ttft_s is None:
-                            record.ttft_s = time.perf_counter() - started
+                        sample.chunk_times.append(time.perf_counter() - started)
                     elif event == "done":
-                        timings = json.loads(line[6:])["timings"]
-                        record.steps = timings
-                        record.engine_ttft_s = timings.get("engine_ttft_s")
-                        record.server_overhead_s = timings.get("overhead_s")
-                        record.ok = True
+                        sample.extra["steps"] = json.loads(line[6:])["timings"]
+                        done = True
                     elif event == "error":
-                        record.error = line[6:]
-        record.e2e_s = time.perf_counter() - started
+                        sample.error = line[6:]
+        if not done and sample.error is None:
+            sample.error = "stream ended without a done event"
     except httpx.HTTPError as exc:
-        record.error = f"{type(exc).__name__}: {exc}"
-    return record
+        sample.error = f"{type(exc).__name__}: {exc}"
+    sample.end_s = time.perf_counter() - started
+    sample.output_tokens = len(sample.chunk_times)  # one token event per token
+    return sample
 
 
-async def simulate_user(
-    client: httpx.AsyncClient, user: int, turns: int, results: list[Turn], bar: Any
-) -> None:
-    try:
-        headers = await sign_up(client)
-        created = await client.post("/conversations", json={}, headers=headers)
-        created.raise_for_status()
-    except httpx.HTTPError as exc:
-        results.extend(Turn(user, t, ok=False, error=f"setup: {exc}") for t in range(turns))
-        bar.update(turns)
-        return
-    url = f"/conversations/{created.json()['id']}/messages"
-    stream = {**headers, "Accept": "text/event-stream"}
-    for turn, text in enumerate(user_messages(user, turns)):
-        results.append(await one_turn(client, url, stream, text, user, turn))
-        bar.update()
+class User:
+    """One simulated user: signs up and opens a conversation (untimed), then sends turns."""
+
+    def __init__(self, client: httpx.AsyncClient, index: int, turns: int) -> None:
+        self.client, self.index, self.turns = client, index, turns
+        self.messages = user_messages(index, turns)
+        self.url = ""
+        self.headers: dict[str, str] = {}
+        self.setup_error: str | None = None
+
+    async def prepare(self) -> None:
+        try:
+            headers = await sign_up(self.client)
+            created = await self.client.post("/conversations", json={}, headers=headers)
+            created.raise_for_status()
+        except httpx.HTTPError as exc:
+            self.setup_error = f"setup: {exc}"
+            return
+        self.url = f"/conversations/{created.json()['id']}/messages"
+        self.headers = {**headers, "Accept": "text/event-stream"}
+
+    async def request(self, turn: int) -> Sample:
+        if self.setup_error is not None:
+            return Sample(error=self.setup_error)
+        return await one_turn(self.client, self.url, self.headers, self.messages[turn])
 
 
-async def run_level(base_url: str, concurrency: int, turns: int) -> Run:
-    run = Run(concurrency)
+def to_turn(r: RequestRecord) -> Turn:
+    steps = r.extra.get("steps") or {}
+    return Turn(
+        user=r.session,
+        turn=r.turn - 1,
+        ok=r.ok,
+        ttft_s=r.ttft_s,
+        engine_ttft_s=steps.get("engine_ttft_s"),
+        server_overhead_s=steps.get("overhead_s"),
+        e2e_s=r.e2e_s,
+        tokens=r.output_tokens,
+        tpot_s=r.tpot_s,
+        itl_s=r.itl_s,
+        held_s=r.held_s,
+        error=r.error,
+        steps=steps,
+    )
+
+
+async def run_level(
+    base_url: str, concurrency: int, turns: int, rate: float | None = None, seed: int = 0
+) -> Run:
+    """``concurrency`` users at once (fixed shape), or their turns sent at ``rate``/s (Poisson)."""
+    shape = LoadShape("poisson", rate, seed) if rate else LoadShape("fixed", concurrency)
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
-    bar = progress_bar(concurrency * turns, f"{concurrency} users")
     async with httpx.AsyncClient(
         base_url=f"{base_url}/api/v1", timeout=600, limits=limits
     ) as client:
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(simulate_user(client, u, turns, run.turns, bar) for u in range(concurrency))
-        )
-        run.wall_s = time.perf_counter() - started
-    bar.close()
-    return run
+        users = [User(client, u, turns) for u in range(concurrency)]
+        load = await run_load(shape, users, f"{concurrency} users")
+    return Run(concurrency, [to_turn(r) for r in load.records], load.wall_s, load)
 
 
-def summarize(run: Run) -> dict[str, Any]:
+def summarize(run: Run, slos: dict[str, float] | None = None) -> dict[str, Any]:
     ok = [t for t in run.turns if t.ok]
 
     def pct(values: list[float | None], q: float) -> float | None:
@@ -165,6 +205,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "engine_ttft": [t.engine_ttft_s for t in ok],
         "overhead": [t.overhead_s for t in ok],
         "server_overhead": [t.server_overhead_s for t in ok],
+        "tpot": [t.tpot_s for t in ok],
+        "itl": [gap for t in ok for gap in t.itl_s],
         "e2e": [t.e2e_s for t in ok],
     }
     summary: dict[str, Any] = {
@@ -174,8 +216,11 @@ def summarize(run: Run) -> dict[str, Any]:
         "tokens_per_s": round(sum(t.tokens for t in ok) / run.wall_s, 1) if run.wall_s else None,
     }
     for name, values in columns.items():
-        summary[f"{name}_p50_ms"] = pct(values, 50)
-        summary[f"{name}_p95_ms"] = pct(values, 95)
+        for q in (50, 95, 99):
+            summary[f"{name}_p{q}_ms"] = pct(values, q)
+    if run.load is not None:
+        summary["load"] = run.load.shape.label
+        summary["goodput"] = goodput(run.load.records, slos or {}, run.wall_s)
     steps = sorted({name for t in ok for name in t.steps})
     summary["server_steps_ms"] = {
         name.removesuffix("_s"): [pct([t.steps.get(name) for t in ok], q) for q in (50, 95)]
@@ -279,21 +324,45 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the started server"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="Poisson arrivals at this many turns/s instead of every user at once",
+    )
+    parser.add_argument(
+        "--slo", action="append", default=[], help="METRIC=SECONDS goodput target (ttft/tpot/...)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="--rate schedule seed")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
+    try:
+        slos = parse_slos(args.slo)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     def measure(base_url: str) -> list[Run]:
         if args.warmup:
             asyncio.run(run_level(base_url, args.warmup, 1))
-        return [asyncio.run(run_level(base_url, c, args.turns)) for c in args.concurrency]
+        return [
+            asyncio.run(run_level(base_url, c, args.turns, args.rate, args.seed))
+            for c in args.concurrency
+        ]
 
     if args.base_url:
         runs = measure(args.base_url.rstrip("/"))
     else:
         with local_server(extra) as base_url:
             runs = measure(base_url)
-    summaries = [summarize(run) for run in runs]
+    summaries = [summarize(run, slos) for run in runs]
     print(format_table(summaries))
+    for s in summaries:
+        good = s["goodput"]
+        print(
+            f"  {s['concurrency']} users ({s['load']}), tpot p50/p95 ms "
+            f"{s['tpot_p50_ms']}/{s['tpot_p95_ms']}, itl p50/p99 ms "
+            f"{s['itl_p50_ms']}/{s['itl_p99_ms']}, goodput {good['goodput_req_s']:.2f} turns/s "
+            f"({good['good_requests']}/{s['turns']} within {slos or 'no targets'})"
+        )
     for s in summaries:
         steps = ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in s["server_steps_ms"].items())
         print(f"  {s['concurrency']} users, server steps p50/p95 ms: {steps}")
@@ -303,7 +372,8 @@ def main() -> None:
     if args.json:
         document = {
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "machine": machine_info(),
+            "machine": machine_info() | {"loadavg": os.getloadavg()},
+            "slos_s": slos,
             "summaries": summaries,
             "turns": {str(run.concurrency): [asdict(t) for t in run.turns] for run in runs},
         }
