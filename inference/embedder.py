@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from inference.metrics import default_understanding_metrics
 from models.packaged import packaged_path
 
 Vectors = npt.NDArray[np.float32]
+RECENT_TEXTS = 256  # vectors kept for texts asked for again soon
 
 
 class SentenceEmbedder:
@@ -44,6 +46,9 @@ class SentenceEmbedder:
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._pending: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        # The last few texts' vectors: a chat turn embeds its message for the emotion and
+        # content classifiers and for retrieval, not all at the same moment.
+        self._recent: OrderedDict[str, Vectors] = OrderedDict()
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None  # kept so it is not collected mid-run
 
@@ -73,6 +78,10 @@ class SentenceEmbedder:
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts``, sharing a model call with whoever else is waiting."""
         started = time.perf_counter()
+        if texts and all(t in self._recent for t in texts):
+            for t in texts:
+                self._recent.move_to_end(t)
+            return np.stack([self._recent[t] for t in texts])
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vectors] = loop.create_future()
         self._pending.append((list(texts), future))
@@ -108,6 +117,7 @@ class SentenceEmbedder:
                     encoded = await loop.run_in_executor(self._executor, self.encode, unique)
                     row = {text: i for i, text in enumerate(unique)}
                     vectors = encoded[[row[t] for t in texts]]
+                    self._remember(unique, encoded)
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
@@ -116,6 +126,13 @@ class SentenceEmbedder:
                 self._deliver(batch, vectors)
         finally:
             self._draining = False
+
+    def _remember(self, texts: list[str], vectors: Vectors) -> None:
+        for text, vector in zip(texts, vectors, strict=True):
+            self._recent[text] = vector
+            self._recent.move_to_end(text)
+        while len(self._recent) > RECENT_TEXTS:
+            self._recent.popitem(last=False)
 
     def _take_batch(self) -> list[tuple[list[str], asyncio.Future[Vectors]]]:
         batch: list[tuple[list[str], asyncio.Future[Vectors]]] = []

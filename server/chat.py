@@ -21,8 +21,9 @@
    turn must not be remembered (``minor_sexual``).
 
 Timings of each step (seconds) go into the ``done`` event and into the
-``companion:turn_step_seconds`` histogram: ``load`` (history, session, minor
-flag), ``classify`` and ``retrieve`` (concurrent), ``route``, ``store_user``,
+``companion:turn_step_seconds`` histogram: ``emotion`` and ``retrieve``
+(started at once, concurrently with) ``load`` (history, session, minor flag,
+profile), then ``classify`` (content, with the session as context), ``route``, ``store_user``,
 ``prepare`` (all of the above), ``ttft`` (turn start to first token),
 ``engine_ttft`` (the engine's own, from submission), ``overhead`` (ttft minus
 engine_ttft: everything the service adds before the first token),
@@ -37,6 +38,7 @@ Idempotency keys and SSE keep-alives are the HTTP layer's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -233,8 +235,10 @@ class ChatTurnService:
                 else:
                     usage = dataclasses.asdict(event.usage)
                     clock.record("engine_ttft", event.timings.time_to_first_token_s or 0.0)
-        if reply:
-            clock.record("overhead", max(0.0, clock.seconds["ttft"] - clock.seconds["engine_ttft"]))
+        if not reply:  # nothing generated (an immediate end): the first "token" is the end
+            clock.mark("ttft")
+        overhead = clock.seconds["ttft"] - clock.seconds.get("engine_ttft", 0.0)
+        clock.record("overhead", max(0.0, overhead))
         answer = await clock.timed(
             "store_reply",
             self._log.append(
@@ -374,34 +378,39 @@ class ChatTurnService:
     async def _gather(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
     ) -> TurnParts:
-        history, session, minor, profile = await clock.timed(
-            "load",
-            asyncio.gather(
-                self._log.history(conversation_id, user_id),
-                self._sessions.get_or_create(conversation_id, user_id),
-                self._accounts.is_minor(user_id),
-                self._profile_hint(user_id),
-            ),
-        )
-        context = ContentContext(
-            recent_labels=(session.last_content_label,) if session.last_content_label else (),
-            route=session.route,
-            route_lock_remaining=session.route_lock_remaining,
-            minor=minor,
-        )
-        classified, memories = await asyncio.gather(
-            clock.timed(
-                "classify",
-                asyncio.gather(
-                    self._emotions.classify(text), self._content.classify(text, context)
-                ),
-            ),
+        # Emotion and retrieval need only the message: they start at once, while the
+        # session and history load; content classification needs the session as context
+        # and then finds the message's embedding already made.
+        early = asyncio.gather(
+            clock.timed("emotion", self._emotions.classify(text)),
             clock.timed(
                 "retrieve",
                 self._memories.retrieve(user_id, text, k=5, token_budget=MEMORY_TOKEN_BUDGET),
             ),
         )
-        emotion, content = classified
+        try:
+            history, session, minor, profile = await clock.timed(
+                "load",
+                asyncio.gather(
+                    self._log.history(conversation_id, user_id),
+                    self._sessions.get_or_create(conversation_id, user_id),
+                    self._accounts.is_minor(user_id),
+                    self._profile_hint(user_id),
+                ),
+            )
+            context = ContentContext(
+                recent_labels=(session.last_content_label,) if session.last_content_label else (),
+                route=session.route,
+                route_lock_remaining=session.route_lock_remaining,
+                minor=minor,
+            )
+            content = await clock.timed("classify", self._content.classify(text, context))
+            emotion, memories = await early
+        except BaseException:
+            early.cancel()
+            with contextlib.suppress(BaseException):
+                await early
+            raise
         if content.declares_minor and not minor:  # "I'm 15": the same as a date of birth
             await self._accounts.mark_minor(user_id)
             minor = True

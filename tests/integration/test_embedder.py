@@ -53,9 +53,13 @@ async def test_the_same_text_asked_at_once_is_encoded_once(embedder: SentenceEmb
         results = await asyncio.gather(
             embedder.embed([message]), embedder.embed([message, "other"]), embedder.embed([message])
         )
+        again = await embedder.embed(["other", message])  # asked again soon: no model call
+        fresh = await embedder.embed([message, "a new text"])
     finally:
         del embedder.encode
-    assert calls == [[message, "other"]]  # one call, each distinct text once
+    assert calls == [[message, "other"], [message, "a new text"]]  # each distinct text once
+    assert np.allclose(again[0], results[1][1]) and np.allclose(again[1], results[0][0])
+    assert np.allclose(fresh[0], results[0][0])
     assert [r.shape for r in results] == [(1, 384), (2, 384), (1, 384)]
     assert np.allclose(results[0], results[2]) and np.allclose(results[0][0], results[1][0])
     assert not np.allclose(results[1][0], results[1][1])
