@@ -49,6 +49,7 @@ class SentenceEmbedder:
         # The last few texts' vectors: a chat turn embeds its message for the emotion and
         # content classifiers and for retrieval, not all at the same moment.
         self._recent: OrderedDict[str, Vectors] = OrderedDict()
+        self._in_flight: dict[str, asyncio.Future[Vectors]] = {}  # single texts being embedded
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None  # kept so it is not collected mid-run
 
@@ -82,13 +83,19 @@ class SentenceEmbedder:
             for t in texts:
                 self._recent.move_to_end(t)
             return np.stack([self._recent[t] for t in texts])
+        single = texts[0] if len(texts) == 1 else None
+        if single is not None and single in self._in_flight:  # being embedded right now
+            return await asyncio.shield(self._in_flight[single])
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vectors] = loop.create_future()
         self._pending.append((list(texts), future))
+        if single is not None:
+            self._in_flight[single] = future
+            future.add_done_callback(lambda _: self._in_flight.pop(single, None))
         if not self._draining:
             self._draining = True
             self._drainer = loop.create_task(self._drain())
-        vectors = await future
+        vectors = await asyncio.shield(future)
         default_understanding_metrics().embedding.observe(time.perf_counter() - started)
         return vectors
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
@@ -67,3 +68,26 @@ async def test_the_same_text_asked_at_once_is_encoded_once(embedder: SentenceEmb
 
 async def test_empty_input_gives_an_empty_matrix(embedder: SentenceEmbedder) -> None:
     assert (await embedder.embed([])).shape == (0, 384)
+
+
+async def test_a_text_asked_for_while_it_is_being_embedded_waits_for_it(
+    embedder: SentenceEmbedder,
+) -> None:
+    calls: list[list[str]] = []
+    original = embedder.encode
+
+    def slow(batch: list[str], batch_size: int = 64) -> np.ndarray:
+        calls.append(list(batch))
+        time.sleep(0.3)  # the model is busy with this batch
+        return original(batch, batch_size)
+
+    embedder.encode = slow  # type: ignore[method-assign]
+    try:
+        text = "a message asked for twice, a moment apart"
+        first = asyncio.ensure_future(embedder.embed([text]))
+        await asyncio.sleep(0.1)
+        second = await embedder.embed([text])
+        assert np.allclose(await first, second)
+    finally:
+        del embedder.encode
+    assert calls == [[text]]
