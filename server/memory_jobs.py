@@ -111,6 +111,7 @@ async def start_memory_jobs(
     if run_worker:
         generator = EngineJSONGenerator(engine)
         store = LongTermMemory(pool, embedder)
+        stack.push_async_callback(store.close)  # its batched access statistics, after the worker
         deps = MemoryJobDeps(
             pool,
             Extractor(pool, store, embedder, generator),
