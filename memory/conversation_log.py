@@ -81,6 +81,10 @@ class ConversationLog:
             )
         return appended.message
 
+    async def user_turns(self, conversation_id: uuid.UUID) -> int:
+        """The conversation's turn count, from PostgreSQL (the buffer holds only the newest)."""
+        return await self._messages.user_turns(conversation_id)
+
     async def history(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> ConversationHistory:
         """The summary and newest messages (oldest first) of ``user_id``'s conversation.
 

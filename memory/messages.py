@@ -106,6 +106,8 @@ SELECT {MESSAGE_COLUMNS} FROM (
 ORDER BY id
 """
 
+_USER_TURNS = "SELECT count(*) FROM messages WHERE conversation_id = $1 AND role = 'user'"
+
 _HEAD = """
 SELECT c.user_id,
     (SELECT max(m.id) FROM messages m WHERE m.conversation_id = c.id) AS last_message_id,
@@ -221,6 +223,11 @@ class MessageStore:
         """
         rows = await self._pool.fetch(_PAGE, conversation_id, before_id, limit)
         return [message_from_row(row) for row in rows]
+
+    async def user_turns(self, conversation_id: uuid.UUID) -> int:
+        """How many messages the user has sent in the conversation (its turn count)."""
+        count: int = await self._pool.fetchval(_USER_TURNS, conversation_id)
+        return count
 
     async def head(self, conversation_id: uuid.UUID) -> ConversationHead:
         """Owner and newest message id, in one indexed lookup (checks buffer freshness)."""

@@ -357,7 +357,8 @@ class ChatTurnService:
         raise); nothing from a blocked turn is remembered."""
         if self._jobs is None or not parts.decision.store_in_memory:
             return
-        turn = 1 + sum(1 for m in parts.history if m.role == "user")
+        # counted durably: the history holds only what follows the rolling summary
+        turn = await self._log.user_turns(conversation_id)
         for enqueue in (enqueue_extraction, enqueue_profile_update):
             await enqueue(
                 self._jobs.queue,

@@ -122,3 +122,18 @@ async def test_head_reports_owner_and_newest_message(pool: asyncpg.Pool) -> None
     assert (head.user_id, head.last_message_id) == (user, message.id)
     with pytest.raises(ConversationNotFoundError):
         await store.head(uuid.uuid4())
+
+
+async def test_user_turns_count_only_this_conversations_user_messages(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversations = ConversationStore(pool)
+    one = await conversations.create(user, "friend", None)
+    other = await conversations.create(user, "friend", None)
+    store = MessageStore(pool)
+    assert await store.user_turns(one.id) == 0
+    for i in range(3):
+        await store.append(one.id, user, "user", f"message {i}")
+        await store.append(one.id, user, "assistant", f"reply {i}")
+    await store.append(other.id, user, "user", "elsewhere")
+    assert await store.user_turns(one.id) == 3
+    assert await store.user_turns(other.id) == 1
