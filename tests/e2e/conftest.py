@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import COMPANION, RunningServer, companion_env, free_port, wait_ready
+from support import COMPANION, RunningServer, companion_env, serving
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +29,5 @@ def server(tiny_gguf: Path) -> Iterator[RunningServer]:
             timeout=120,
             check=True,
         )
-        port = free_port()
-        process = subprocess.Popen(
-            [*COMPANION, "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base, process)
+        with serving(env, Path(directory) / "serve.log") as (base, process):
             yield RunningServer(base, created.stdout.strip(), tiny_gguf.stem, process)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.communicate(timeout=60)

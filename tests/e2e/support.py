@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +42,18 @@ def companion_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {**env, "COMPANION_DATA_DIR": str(data_dir), "COMPANION_LOG_LEVEL": "warning", **extra}
 
 
-def wait_ready(base_url: str, process: subprocess.Popen[str]) -> httpx.Response:
-    """Poll /health/ready until it answers 200; fail if the server exits or takes too long."""
+def wait_ready(
+    base_url: str, process: subprocess.Popen[str], log: Path | None = None
+) -> httpx.Response:
+    """Poll /health/ready until it answers 200; fail if the server exits or takes too long.
+
+    The server's stderr is ``log`` when it writes to a file, else its pipe.
+    """
     deadline = time.monotonic() + READY_DEADLINE_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"serve exited early: {process.communicate()[1][-3000:]}")
+            output = log.read_text() if log is not None else process.communicate()[1]
+            pytest.fail(f"serve exited early: {(output or '')[-3000:]}")
         try:
             response = httpx.get(f"{base_url}/health/ready", timeout=2)
             if response.status_code == 200:
@@ -53,3 +62,30 @@ def wait_ready(base_url: str, process: subprocess.Popen[str]) -> httpx.Response:
             pass
         time.sleep(0.25)
     pytest.fail(f"/health/ready did not answer 200 within {READY_DEADLINE_S}s")
+
+
+@contextmanager
+def serving(
+    env: dict[str, str], log: Path, *args: str
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`companion serve` on a free port: its base URL and process once ready; SIGTERM after.
+
+    Its stderr goes to the file ``log``: a pipe nobody reads fills up when the
+    server logs a lot (tracebacks while Redis is down) and then blocks it.
+    """
+    port = free_port()
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [*COMPANION, "serve", "--port", str(port), *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process, log)
+        yield base, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)

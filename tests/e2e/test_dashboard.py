@@ -3,7 +3,6 @@ the numbers are the whole instance's (read from the multiprocess registry)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import tempfile
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import COMPANION, companion_env, free_port, wait_ready
+from support import COMPANION, companion_env, serving
 
 DEADLINE_S = 60.0  # for the engine's counters to be published; a guard, not a timing test
 
@@ -42,18 +41,8 @@ def test_stats_add_up_every_worker(tiny_gguf: Path, data_dir: Path) -> None:
         timeout=120,
         check=True,
     ).stdout.strip()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [*COMPANION, "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     headers = {"Authorization": f"Bearer {admin}"}
-    try:
-        wait_ready(base, process)
+    with serving(env, data_dir / "serve.log", "--workers", "2") as (base, _):
         assert httpx.get(f"{base}/api/v1/admin/stats", timeout=10).status_code == 401
         page = httpx.get(f"{base}/dashboard", timeout=10)
         assert page.status_code == 200 and "dashboard.js" in page.text
@@ -80,6 +69,3 @@ def test_stats_add_up_every_worker(tiny_gguf: Path, data_dir: Path) -> None:
             time.sleep(0.5)
         assert report["totals"]["finished_requests"] >= 4
         assert any(p["ttft_s"][0] is not None for p in report["points"])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)

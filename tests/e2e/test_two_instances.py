@@ -7,17 +7,16 @@ alternate instances (as behind a load balancer).
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from support import COMPANION, companion_env, free_port, wait_ready
+from support import companion_env, serving
 
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -28,41 +27,34 @@ def instances(tiny_gguf: Path) -> Iterator[list[str]]:
         root = Path(directory)
         postgres, redis = EmbeddedPostgres(root / "pg"), EmbeddedRedis(root / "redis")
         database_url, redis_url = postgres.start(), redis.start()
-        processes: list[subprocess.Popen[str]] = []
         try:
-            urls = []
-            for name in ("a", "b"):
-                env = companion_env(
-                    root / name,
-                    DATABASE_URL=database_url,
-                    REDIS_URL=redis_url,
-                    COMPANION_JWT_SECRET="one secret shared by every instance, 32+ bytes",
-                    COMPANION_CHAT_MODEL=str(tiny_gguf),
-                    COMPANION_CHAT_CTX="2048",
-                    COMPANION_CHAT_SLOTS="4",
-                    COMPANION_RATE_LIMIT_ROUTES="turn=100/minute,auth=100/minute,v1=3/minute",
-                )
-                port = free_port()
-                processes.append(
-                    subprocess.Popen(
-                        [*COMPANION, "serve", "--port", str(port)],
-                        env=env,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                        text=True,
-                    )
-                )
-                urls.append(f"http://127.0.0.1:{port}")
-            for url, process in zip(urls, processes, strict=True):
-                wait_ready(url, process)
-            yield urls
+            with ExitStack() as servers:
+                yield [
+                    servers.enter_context(instance(root, name, tiny_gguf, database_url, redis_url))
+                    for name in ("a", "b")
+                ]
         finally:
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            for process in processes:
-                process.communicate(timeout=60)
             redis.stop()
             postgres.stop()
+
+
+@contextmanager
+def instance(
+    root: Path, name: str, tiny_gguf: Path, database_url: str, redis_url: str
+) -> Iterator[str]:
+    """One instance on the shared servers; its base URL."""
+    env = companion_env(
+        root / name,
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        COMPANION_JWT_SECRET="one secret shared by every instance, 32+ bytes",
+        COMPANION_CHAT_MODEL=str(tiny_gguf),
+        COMPANION_CHAT_CTX="2048",
+        COMPANION_CHAT_SLOTS="4",
+        COMPANION_RATE_LIMIT_ROUTES="turn=100/minute,auth=100/minute,v1=3/minute",
+    )
+    with serving(env, root / f"{name}.log") as (base, _):
+        yield base
 
 
 def clients(urls: list[str]) -> list[httpx.Client]:

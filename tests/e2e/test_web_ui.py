@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -28,7 +26,7 @@ import asyncpg
 import httpx
 import numpy as np
 import pytest
-from support import COMPANION, companion_env, free_port, wait_ready
+from support import companion_env, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -84,21 +82,8 @@ def web_server(tiny_gguf: Path) -> Iterator[WebServer]:
             # every test user signs up from 127.0.0.1: per-address limits are not under test
             COMPANION_RATE_LIMITS="false",
         )
-        port = free_port()
-        process = subprocess.Popen(
-            [*COMPANION, "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base, process)
+        with serving(env, data_dir / "serve.log") as (base, _):
             yield WebServer(base, data_dir, tiny_gguf.stem)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.communicate(timeout=60)
 
 
 @pytest.fixture(scope="module")

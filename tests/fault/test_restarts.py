@@ -10,7 +10,6 @@ back the same process serves again, and every acknowledged message is kept.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import COMPANION, companion_env, free_port, wait_ready
+from support import companion_env, serving
 
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -54,22 +53,11 @@ def stack(tiny_gguf: Path) -> Iterator[Stack]:
             COMPANION_RATE_LIMITS="false",
             COMPANION_RESPONSE_CACHE_TTL="0",
         )
-        port, log = free_port(), root / "serve.log"
-        with log.open("w") as stderr:
-            process = subprocess.Popen(
-                [*COMPANION, "serve", "--port", str(port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                text=True,
-            )
-        base = f"http://127.0.0.1:{port}"
+        log = root / "serve.log"
         try:
-            wait_ready(base, process)
-            yield Stack(base, process, log, postgres, redis)
+            with serving(env, log) as (base, process):
+                yield Stack(base, process, log, postgres, redis)
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
             redis.stop()
             postgres.stop()
 

@@ -9,8 +9,6 @@ it would sign the user out for every operation after it.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
-from support import COMPANION, companion_env, free_port, wait_ready
+from support import companion_env, serving
 
 pytestmark = pytest.mark.slow
 
@@ -41,25 +39,11 @@ def served(tiny_gguf: Path) -> Iterator[tuple[str, dict[str, str]]]:
             COMPANION_CHAT_SLOTS="4",
             COMPANION_RATE_LIMITS="false",
         )
-        port = free_port()
-        with (root / "serve.log").open("w") as log:
-            process = subprocess.Popen(
-                [*COMPANION, "serve", "--port", str(port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                text=True,
-            )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base, process)
+        with serving(env, root / "serve.log") as (base, _):
             credentials = {"username": f"s{uuid.uuid4().hex[:8]}", "password": "long secret 123"}
             assert httpx.post(f"{base}/api/v1/auth/register", json=credentials).is_success
             login = httpx.post(f"{base}/api/v1/auth/login", json=credentials).json()
             yield base, {"Authorization": f"Bearer {login['access_token']}"}
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
 
 
 def test_no_server_errors(served: tuple[str, dict[str, str]]) -> None:

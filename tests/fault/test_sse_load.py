@@ -10,8 +10,6 @@ nothing running or waiting and no KV cells held by running sequences.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import COMPANION, companion_env, free_port, wait_ready
+from support import companion_env, serving
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +41,8 @@ def base_url(tiny_gguf: Path) -> Iterator[str]:
             COMPANION_RESPONSE_CACHE_TTL="0",
             COMPANION_SSE_KEEPALIVE="5",
         )
-        port = free_port()
-        with (root / "serve.log").open("w") as log:
-            process = subprocess.Popen(
-                [*COMPANION, "serve", "--port", str(port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                text=True,
-            )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base, process)
+        with serving(env, root / "serve.log") as (base, _):
             yield base
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
 
 
 async def gauges(client: httpx.AsyncClient) -> dict[str, float]:
