@@ -23,6 +23,7 @@ class ChatEngineConfig:
     n_ctx: int = 8192
     n_slots: int = 16
     n_threads: int = 0
+    nice: int = 10  # the decode threads' niceness (llamacpp, Linux): requests are served first
     prefill_chunk: int = 128
     max_waiting: int = 256
     host_cache_bytes: int = 512 << 20

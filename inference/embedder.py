@@ -6,27 +6,36 @@ dedicated thread, never on the event loop. `encode` is the plain synchronous
 call, for scripts (training, benchmarks).
 
 Vectors are L2-normalised float32, so cosine similarity is a dot product.
+
+The transformer runs on ONNX Runtime by default (``runtime="onnx"``, about
+twice as fast on a CPU, same vectors: see `inference.embedder_onnx`) and on
+torch with ``runtime="torch"`` or when onnxruntime is not installed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from inference.embedder_onnx import OnnxSentenceEncoder
 from inference.errors import EngineUnavailable
 from inference.metrics import default_understanding_metrics
 from models.packaged import packaged_path
 
+log = logging.getLogger(__name__)
+
 Vectors = npt.NDArray[np.float32]
+Runtime = Literal["onnx", "torch"]
 RECENT_TEXTS = 256  # vectors kept for texts asked for again soon
 
 
@@ -34,15 +43,21 @@ class SentenceEmbedder:
     """A sentence-transformers model behind an async, batching front."""
 
     def __init__(
-        self, model_path: Path | None = None, max_batch: int = 64, threads: int = 0
+        self,
+        model_path: Path | None = None,
+        max_batch: int = 64,
+        threads: int = 0,
+        runtime: Runtime = "onnx",
     ) -> None:
         self.model_path = model_path
         self.max_batch = max_batch
-        # torch's intra-op threads (0: torch's default, one per core). The service uses 1:
-        # short sentences gain little from more, and on a small CPU the extra threads
-        # fight the chat engine's and make the tail latency of retrieval many times worse.
+        # The model's intra-op threads (0: one per core). The service uses 1: short
+        # sentences gain little from more, and on a small CPU the extra threads fight the
+        # chat engine's and make the tail latency of retrieval many times worse.
         self.threads = threads
+        self.runtime = runtime
         self._model: Any = None
+        self._onnx: OnnxSentenceEncoder | None = None
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._pending: list[tuple[list[str], asyncio.Future[Vectors]]] = []
@@ -66,7 +81,10 @@ class SentenceEmbedder:
         """Embed ``texts`` now, on this thread."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        vectors = self._loaded().encode(
+        model = self._loaded()
+        if self._onnx is not None:
+            return self._onnx.encode(texts, batch_size)
+        vectors = model.encode(
             list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
         return np.asarray(vectors, dtype=np.float32)
@@ -162,7 +180,25 @@ class SentenceEmbedder:
         with self._load_lock:
             if self._model is None:
                 self._model = _load(self.model_path)
+                if self.runtime == "onnx":
+                    self._onnx = _onnx_encoder(self._model, self.threads)
             return self._model
+
+    @property
+    def active_runtime(self) -> Runtime:
+        """The runtime the transformer actually runs on (after loading)."""
+        self._loaded()
+        return "onnx" if self._onnx is not None else "torch"
+
+
+def _onnx_encoder(model: Any, threads: int) -> OnnxSentenceEncoder | None:
+    try:
+        return OnnxSentenceEncoder(model, threads)
+    except ImportError:
+        log.warning("onnxruntime or onnx is not installed: the embedding model runs on torch")
+    except Exception:  # an architecture the exporter cannot handle: torch still can
+        log.exception("exporting the embedding model to ONNX failed: it runs on torch")
+    return None
 
 
 def _load(path: Path | None) -> Any:

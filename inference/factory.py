@@ -34,6 +34,7 @@ def create_engine(
         n_ctx=config.n_ctx,
         n_slots=config.n_slots,
         n_threads=config.n_threads,
+        nice=config.nice,
         prefill_chunk=config.prefill_chunk,
         max_waiting=config.max_waiting,
         host_cache_bytes=config.host_cache_bytes,

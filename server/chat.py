@@ -54,6 +54,7 @@ from inference.classifiers.content import ContentClassifier, ContentContext, Con
 from inference.classifiers.emotion import EmotionClassifier, EmotionResult
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
+from inference.foreground import Foreground, default_foreground
 from inference.types import (
     ChatMessage,
     GenerationRequest,
@@ -66,6 +67,7 @@ from memory.accounts import AccountStore
 from memory.conversation_log import ConversationLog
 from memory.jobs import enqueue_extraction, enqueue_profile_update, enqueue_summary
 from memory.longterm import LongTermMemory, RetrievedMemory
+from memory.messages import StoredMessage
 from memory.profile import ProfileStore
 from memory.session import SessionState, SessionStore
 from server.complexity import message_tier
@@ -183,8 +185,10 @@ class ChatTurnService:
         jobs: MemoryJobs | None = None,
         profiles: ProfileStore | None = None,
         small_engine: Engine | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
         self._engine = engine
+        self._foreground = foreground or default_foreground()
         self._log = log
         self._sessions = sessions
         self._memories = memories
@@ -210,11 +214,7 @@ class ChatTurnService:
         """
         engine = self._require_engine()
         clock = _Clock()
-        parts = await self._gather(user_id, conversation_id, text, clock)
-        user_message = await clock.timed(
-            "store_user", self._log.append(conversation_id, user_id, "user", text)
-        )
-        clock.mark("prepare")
+        parts, user_message = await self._prepare(user_id, conversation_id, text, clock)
         persona = self._answering(parts.decision, persona_id)
         tier = message_tier(text, parts.decision.route, parts.content.label)
         if tier == "small" and self._small_engine is not None:
@@ -277,11 +277,7 @@ class ChatTurnService:
         engine = self._require_engine()
         personas = self.panel_personas(persona_ids)
         clock = _Clock()
-        parts = await self._gather(user_id, conversation_id, text, clock)
-        user_message = await clock.timed(
-            "store_user", self._log.append(conversation_id, user_id, "user", text)
-        )
-        clock.mark("prepare")
+        parts, user_message = await self._prepare(user_id, conversation_id, text, clock)
         if parts.decision.route != "normal":
             personas = [self._persona(parts.decision.persona)]
         yield self._panel_meta(parts, personas)
@@ -375,6 +371,18 @@ class ChatTurnService:
             conversation_id=conversation_id,
             last_message_id=reply_id,
         )
+
+    async def _prepare(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
+    ) -> tuple[TurnParts, StoredMessage]:
+        """Everything before generation, in the foreground: a CPU engine pauses for it."""
+        with self._foreground.hold():
+            parts = await self._gather(user_id, conversation_id, text, clock)
+            user_message = await clock.timed(
+                "store_user", self._log.append(conversation_id, user_id, "user", text)
+            )
+        clock.mark("prepare")
+        return parts, user_message
 
     async def _gather(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock

@@ -29,9 +29,10 @@ from redis.asyncio import Redis
 from inference.classifiers.content import ContentClassifier
 from inference.classifiers.emotion import EmotionClassifier
 from inference.config import ChatEngineConfig
-from inference.embedder import SentenceEmbedder
+from inference.embedder import Runtime, SentenceEmbedder
 from inference.engine import Engine
 from inference.factory import create_engine
+from inference.foreground import default_foreground
 from inference.gpu import GpuMetrics, read_gpus
 from inference.manager import ModelManager
 from inference.metrics import EngineMetrics, default_engine_metrics
@@ -95,6 +96,8 @@ def buffer_config(settings: Settings) -> BufferConfig:
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Open every resource for ``settings``; close them all on exit."""
     async with AsyncExitStack() as stack:
+        # Process-wide, like the engines and turns that share it.
+        default_foreground().max_pause_s = settings.foreground_pause_ms / 1000
         database_url = settings.database.url or await _start(
             stack, EmbeddedPostgres(settings.data_dir)
         )
@@ -200,7 +203,8 @@ def _gpu_metrics() -> GpuMetrics:
 async def _start_embedder(stack: AsyncExitStack, settings: Settings) -> SentenceEmbedder | None:
     if settings.embedder == "none":
         return None
-    embedder = SentenceEmbedder(threads=settings.embedder_threads)
+    runtime: Runtime = "torch" if settings.embedder_runtime == "torch" else "onnx"
+    embedder = SentenceEmbedder(threads=settings.embedder_threads, runtime=runtime)
     await embedder.warm_up()  # load now, not on the first request
     stack.callback(embedder.close)
     return embedder

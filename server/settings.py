@@ -89,6 +89,8 @@ class Settings:
     api_keys_required: bool
     embedder: str
     embedder_threads: int
+    embedder_runtime: str
+    foreground_pause_ms: int
     memory_worker: str
     memory_extract_every: int
     memory_job_concurrency: int
@@ -155,6 +157,8 @@ class Settings:
             "max_body_bytes": str(self.max_body_bytes),
             "api_keys_required": str(self.api_keys_required).lower(),
             "embedder": self.embedder,
+            "embedder_runtime": f"{self.embedder_runtime}, {self.embedder_threads} threads",
+            "foreground_pause_ms": str(self.foreground_pause_ms),
             "memory_worker": self.memory_worker,
             "session_ttl_s": str(self.session_ttl_s),
             "buffer_size": str(self.buffer_size),
@@ -385,6 +389,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("chat_ctx", "COMPANION_CHAT_CTX", _integer(256, 1 << 20), 8192),
     _Field("chat_slots", "COMPANION_CHAT_SLOTS", _integer(1, 256), 16),
     _Field("chat_threads", "COMPANION_CHAT_THREADS", _integer(0, 512), 0),
+    _Field("chat_nice", "COMPANION_CHAT_NICE", _integer(0, 19), 10),
     _Field("chat_prefill_chunk", "COMPANION_CHAT_PREFILL_CHUNK", _integer(8, 8192), 128),
     _Field("chat_max_waiting", "COMPANION_CHAT_MAX_WAITING", _integer(1, 100_000), 256),
     _Field("host_kv_cache_mb", "COMPANION_HOST_KV_CACHE_MB", _integer(0, 1 << 20), 512),
@@ -404,8 +409,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("session_ttl_s", "COMPANION_SESSION_TTL", _integer(60, 30 * 86400), 86400),
     _Field("buffer_size", "COMPANION_BUFFER_SIZE", _integer(2, 1000), 40),
     _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
-    # Unset: required, except in development on a loopback address (LM Studio-style).
     _Field("embedder_threads", "COMPANION_EMBEDDER_THREADS", _integer(0, 256), 1),
+    _Field("embedder_runtime", "COMPANION_EMBEDDER_RUNTIME", _choice("onnx", "torch"), "onnx"),
+    _Field("foreground_pause_ms", "COMPANION_FOREGROUND_PAUSE_MS", _integer(0, 1000), 50),
+    # Unset: required, except in development on a loopback address (LM Studio-style).
     _Field("api_keys_required", "COMPANION_API_KEYS_REQUIRED", _optional_boolean, ""),
 )
 _BY_KEY = {field.key: field for field in _FIELDS}
@@ -537,6 +544,8 @@ def _build(values: Mapping[str, Any]) -> Settings:
         api_keys_required=values["api_keys_required"],
         embedder=values["embedder"],
         embedder_threads=values["embedder_threads"],
+        embedder_runtime=values["embedder_runtime"],
+        foreground_pause_ms=values["foreground_pause_ms"],
         memory_worker=values["memory_worker"],
         memory_extract_every=values["memory_extract_every"],
         memory_job_concurrency=values["memory_job_concurrency"],
@@ -553,6 +562,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
             n_ctx=values["chat_ctx"],
             n_slots=values["chat_slots"],
             n_threads=values["chat_threads"],
+            nice=values["chat_nice"],
             prefill_chunk=values["chat_prefill_chunk"],
             max_waiting=values["chat_max_waiting"],
             host_cache_bytes=values["host_kv_cache_mb"] << 20,

@@ -91,3 +91,28 @@ async def test_a_text_asked_for_while_it_is_being_embedded_waits_for_it(
     finally:
         del embedder.encode
     assert calls == [[text]]
+
+
+def test_onnx_runtime_gives_torchs_vectors(embedder: SentenceEmbedder) -> None:
+    # The service default runs the transformer on ONNX Runtime; the vectors must be the
+    # ones torch makes, or stored memories and the classifier heads would drift.
+    assert embedder.active_runtime == "onnx"
+    on_torch = SentenceEmbedder(runtime="torch")
+    texts = [
+        "I adopted a kitten",
+        "",
+        "émotions 😊 日本語",
+        "long " * 400,  # past the model's 256-token limit: truncated the same way
+        *(f"batch member {i} with a different length {'x' * i}" for i in range(70)),
+    ]
+    try:
+        assert on_torch.active_runtime == "torch"
+        expected = on_torch.encode(texts, batch_size=16)
+        alone = on_torch.encode(texts[:1])
+    finally:
+        on_torch.close()
+    assert np.allclose(embedder.encode(texts[:1]), alone, atol=1e-4)  # no padding at all
+    got = embedder.encode(texts, batch_size=16)  # several batches, sorted by length
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert np.min(np.sum(got * expected, axis=1)) > 0.99999
+    assert np.allclose(got, expected, atol=1e-4)

@@ -23,6 +23,7 @@ from inference.types import (
     ChatMessage,
     Finished,
     GenerationRequest,
+    Priority,
     SamplingParams,
     StreamEvent,
     TextDelta,
@@ -122,6 +123,29 @@ async def test_unrelated_prompts_prefill_together(make_engine: EngineFactory) ->
     )
     assert [r.text for r in together] == [r.text for r in alone]
     assert all(r.finished.usage.cached_prompt_tokens == 0 for r in together)
+
+
+async def test_a_users_prompt_is_computed_before_a_background_jobs(
+    make_engine: EngineFactory,
+) -> None:
+    # A background job's long prompt is already being computed, a few tokens per step,
+    # when a user's turn arrives: the user's prompt takes the step budget from then on.
+    engine = make_engine(n_batch=16, n_ctx=4096, n_slots=2)
+    await engine.start()
+    firsts: list[str] = []
+
+    async def first_token(name: str, req: GenerationRequest) -> None:
+        async for event in engine.generate(req):
+            if isinstance(event, TextDelta) and name not in firsts:
+                firsts.append(name)
+
+    background = request("worker", [], 2, prompt_tokens=[42] * 1900, priority=Priority.BACKGROUND)
+    job = asyncio.create_task(first_token("background", background))
+    while engine.stats().running == 0:  # admitted: its prompt is being computed
+        await asyncio.sleep(0.001)
+    await first_token("user", request("alice", turn("Hello there!"), 2))
+    await job
+    assert firsts == ["user", "background"]
 
 
 async def test_second_turn_reuses_the_first_turns_prompt(engine: LlamaCppEngine) -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -41,6 +43,7 @@ from inference.errors import (
     InferenceError,
     InvalidRequest,
 )
+from inference.foreground import Foreground, LocalPause, default_foreground
 from inference.kv import HostCache, KVCells, Plan, SavedSequence, Slot, SlotTable, common_prefix
 from inference.scheduler import Scheduler, Ticket
 from inference.stats import EngineObserver, EngineStats
@@ -74,6 +77,10 @@ class LlamaCppConfig:
     n_batch: int = 512  # tokens decoded per step, all sequences together
     prefill_chunk: int = 128  # prompt tokens per step while others generate (CPU: small)
     n_threads: int = 0  # 0: every core this process may use
+    # Niceness of the decode threads (Linux; 0: unchanged). Decoding is batch work: the
+    # event loop, the classifiers, PostgreSQL and Redis should get a core the moment a
+    # request needs one, and decoding takes whatever is left (`_lower_priority`).
+    nice: int = 10
     max_waiting: int = 256
     host_cache_bytes: int = 512 << 20
 
@@ -115,9 +122,17 @@ class _Active:
 class LlamaCppEngine:
     """Serves one GGUF model with continuous batching and per-conversation KV reuse."""
 
-    def __init__(self, config: LlamaCppConfig, observer: EngineObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: LlamaCppConfig,
+        observer: EngineObserver | None = None,
+        foreground: Foreground | None = None,
+    ) -> None:
+        """``foreground``: what to step aside for between steps (`inference.foreground`);
+        the process's by default."""
         self.config = config
         self._observer = observer
+        self._pause = LocalPause(foreground or default_foreground())
         self._model: LlamaModel | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -278,11 +293,14 @@ class LlamaCppEngine:
     # --- the decode thread
 
     def _loop(self) -> None:
+        _lower_priority(self.config.nice)  # before the first decode starts llama.cpp's threads
         try:
             while True:
                 with self._lock:
                     while not self._stopping and not (self._running or self._scheduler.waiting):
                         self._wake.wait()
+                self._pause.between_steps()  # a turn is being prepared: give it the cores
+                with self._lock:
                     if self._stopping:
                         break
                     self._reap()
@@ -465,11 +483,13 @@ class LlamaCppEngine:
         # compute-bound device a token costs about the same alone or batched, so finishing
         # one prompt before starting the next gives earlier first tokens, and a small
         # budget keeps the generating streams flowing. With none generating, use it all.
+        # A user's prompt goes before any background job's admitted earlier (the sort is
+        # stable: admission order within a priority).
         budget = min(
             self.config.prefill_chunk if items else self.config.n_batch,
             self.config.n_batch - len(items),
         )
-        for active in work:
+        for active in sorted(work, key=lambda a: int(a.request.priority)):
             if not active.prefilling or budget <= 0 or active.slot is None:
                 continue
             n = min(len(active.prompt) - active.n_past, budget)
@@ -598,6 +618,23 @@ class _Span:
     start: int
     tokens: list[int]
     logits: bool
+
+
+def _lower_priority(nice: int) -> None:
+    """Give this thread, and the compute threads llama.cpp starts from it, niceness ``nice``.
+
+    Linux keeps a niceness per thread and new threads inherit their creator's, so the
+    OpenMP team the first decode creates runs at it too. Elsewhere a "process" priority
+    would renice the whole service: left alone. Never raises priority (no privilege).
+    """
+    if nice <= 0 or sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, thread) < nice:
+            os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except OSError as exc:
+        log.warning("decode thread priority unchanged", extra={"error": str(exc)})
 
 
 def _threadsafe_sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Sink:
