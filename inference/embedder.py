@@ -7,6 +7,10 @@ call, for scripts (training, benchmarks).
 
 Vectors are L2-normalised float32, so cosine similarity is a dot product.
 
+Background jobs (memory extraction, profile updates) call `mark_background`
+first: their texts wait while any request's are pending, so a chat turn's
+embedding never queues behind a batch of new memories.
+
 The transformer runs on ONNX Runtime by default (``runtime="onnx"``, about
 twice as fast on a CPU, same vectors: see `inference.embedder_onnx`) and on
 torch with ``runtime="torch"`` or when onnxruntime is not installed.
@@ -21,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +42,15 @@ log = logging.getLogger(__name__)
 Vectors = npt.NDArray[np.float32]
 Runtime = Literal["onnx", "torch"]
 RECENT_TEXTS = 256  # vectors kept for texts asked for again soon
+
+_Pending = list[tuple[list[str], "asyncio.Future[Vectors]"]]
+_background: ContextVar[bool] = ContextVar("companion_background_embedding", default=False)
+
+
+def mark_background() -> None:
+    """Embeddings asked for from here on, in this task and the tasks it starts, are
+    background work: they wait while any request's embeddings are pending."""
+    _background.set(True)
 
 
 class SentenceEmbedder:
@@ -60,7 +74,8 @@ class SentenceEmbedder:
         self._onnx: OnnxSentenceEncoder | None = None
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
-        self._pending: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+        self._pending: _Pending = []  # requests' texts: each batch takes these first
+        self._pending_background: _Pending = []
         # The last few texts' vectors: a chat turn embeds its message for the emotion and
         # content classifiers and for retrieval, not all at the same moment.
         self._recent: OrderedDict[str, Vectors] = OrderedDict()
@@ -106,7 +121,8 @@ class SentenceEmbedder:
             return await asyncio.shield(self._in_flight[single])
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vectors] = loop.create_future()
-        self._pending.append((list(texts), future))
+        pending = self._pending_background if _background.get() else self._pending
+        pending.append((list(texts), future))
         if single is not None:
             self._in_flight[single] = future
             future.add_done_callback(lambda _: self._in_flight.pop(single, None))
@@ -131,7 +147,7 @@ class SentenceEmbedder:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._pending:
+            while self._pending or self._pending_background:
                 await asyncio.sleep(0)  # one loop turn: let concurrent callers join the batch
                 batch = self._take_batch()
                 texts = [t for chunk, _ in batch for t in chunk]
@@ -159,11 +175,12 @@ class SentenceEmbedder:
         while len(self._recent) > RECENT_TEXTS:
             self._recent.popitem(last=False)
 
-    def _take_batch(self) -> list[tuple[list[str], asyncio.Future[Vectors]]]:
-        batch: list[tuple[list[str], asyncio.Future[Vectors]]] = []
+    def _take_batch(self) -> _Pending:
+        pending = self._pending or self._pending_background
+        batch: _Pending = []
         size = 0
-        while self._pending and (not batch or size + len(self._pending[0][0]) <= self.max_batch):
-            item = self._pending.pop(0)
+        while pending and (not batch or size + len(pending[0][0]) <= self.max_batch):
+            item = pending.pop(0)
             batch.append(item)
             size += len(item[0])
         return batch

@@ -54,7 +54,6 @@ from inference.classifiers.content import ContentClassifier, ContentContext, Con
 from inference.classifiers.emotion import EmotionClassifier, EmotionResult
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
-from inference.foreground import Foreground, default_foreground
 from inference.types import (
     ChatMessage,
     GenerationRequest,
@@ -185,10 +184,8 @@ class ChatTurnService:
         jobs: MemoryJobs | None = None,
         profiles: ProfileStore | None = None,
         small_engine: Engine | None = None,
-        foreground: Foreground | None = None,
     ) -> None:
         self._engine = engine
-        self._foreground = foreground or default_foreground()
         self._log = log
         self._sessions = sessions
         self._memories = memories
@@ -375,12 +372,11 @@ class ChatTurnService:
     async def _prepare(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
     ) -> tuple[TurnParts, StoredMessage]:
-        """Everything before generation, in the foreground: a CPU engine pauses for it."""
-        with self._foreground.hold():
-            parts = await self._gather(user_id, conversation_id, text, clock)
-            user_message = await clock.timed(
-                "store_user", self._log.append(conversation_id, user_id, "user", text)
-            )
+        """Everything before generation: understand the message, then store it."""
+        parts = await self._gather(user_id, conversation_id, text, clock)
+        user_message = await clock.timed(
+            "store_user", self._log.append(conversation_id, user_id, "user", text)
+        )
         clock.mark("prepare")
         return parts, user_message
 

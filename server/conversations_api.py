@@ -67,7 +67,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
     content: str  # length limits: COMPANION_MAX_MESSAGE_CHARS, checked in the handler
 
 
-_TURN = {"rate_limit": "turn"}
+_TURN = {"rate_limit": "turn", "uncompressed": True}  # streamed: see server.app.UNCOMPRESSED
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

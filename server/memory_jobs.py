@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import asyncpg
 from saq import Queue
 
+from inference.embedder import mark_background
 from inference.engine import Engine
 from inference.types import (
     ChatMessage,
@@ -124,7 +126,11 @@ async def start_memory_jobs(
         # The process that embeds the worker owns its signals (uvicorn, or `companion
         # worker`); saq would install its own, which only works on the main thread.
         worker.SIGNALS = []
-        task = asyncio.create_task(worker.start(), name="memory-worker")
+        # Every task the worker starts inherits this context: its embeddings wait for
+        # the requests' (a turn's classification never queues behind new memories).
+        background = contextvars.copy_context()
+        background.run(mark_background)
+        task = asyncio.create_task(worker.start(), name="memory-worker", context=background)
 
         async def stop() -> None:
             await worker.stop()

@@ -32,7 +32,6 @@ from inference.config import ChatEngineConfig
 from inference.embedder import Runtime, SentenceEmbedder
 from inference.engine import Engine
 from inference.factory import create_engine
-from inference.foreground import default_foreground
 from inference.gpu import GpuMetrics, read_gpus
 from inference.manager import ModelManager
 from inference.metrics import EngineMetrics, default_engine_metrics
@@ -96,8 +95,6 @@ def buffer_config(settings: Settings) -> BufferConfig:
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Open every resource for ``settings``; close them all on exit."""
     async with AsyncExitStack() as stack:
-        # Process-wide, like the engines and turns that share it.
-        default_foreground().max_pause_s = settings.foreground_pause_ms / 1000
         database_url = settings.database.url or await _start(
             stack, EmbeddedPostgres(settings.data_dir)
         )

@@ -90,7 +90,6 @@ class Settings:
     embedder: str
     embedder_threads: int
     embedder_runtime: str
-    foreground_pause_ms: int
     memory_worker: str
     memory_extract_every: int
     memory_job_concurrency: int
@@ -158,7 +157,6 @@ class Settings:
             "api_keys_required": str(self.api_keys_required).lower(),
             "embedder": self.embedder,
             "embedder_runtime": f"{self.embedder_runtime}, {self.embedder_threads} threads",
-            "foreground_pause_ms": str(self.foreground_pause_ms),
             "memory_worker": self.memory_worker,
             "session_ttl_s": str(self.session_ttl_s),
             "buffer_size": str(self.buffer_size),
@@ -411,7 +409,6 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
     _Field("embedder_threads", "COMPANION_EMBEDDER_THREADS", _integer(0, 256), 1),
     _Field("embedder_runtime", "COMPANION_EMBEDDER_RUNTIME", _choice("onnx", "torch"), "onnx"),
-    _Field("foreground_pause_ms", "COMPANION_FOREGROUND_PAUSE_MS", _integer(0, 1000), 50),
     # Unset: required, except in development on a loopback address (LM Studio-style).
     _Field("api_keys_required", "COMPANION_API_KEYS_REQUIRED", _optional_boolean, ""),
 )
@@ -545,7 +542,6 @@ def _build(values: Mapping[str, Any]) -> Settings:
         embedder=values["embedder"],
         embedder_threads=values["embedder_threads"],
         embedder_runtime=values["embedder_runtime"],
-        foreground_pause_ms=values["foreground_pause_ms"],
         memory_worker=values["memory_worker"],
         memory_extract_every=values["memory_extract_every"],
         memory_job_concurrency=values["memory_job_concurrency"],

@@ -56,7 +56,7 @@ class OpenAIController(Controller):
     ) -> s.ModelCard:
         return service.model(model_id.lstrip("/"))
 
-    @post("/chat/completions", status_code=200)
+    @post("/chat/completions", status_code=200, opt={"uncompressed": True})
     async def chat_completions(
         self,
         data: JSONBody[s.ChatCompletionRequest],
@@ -65,7 +65,7 @@ class OpenAIController(Controller):
     ) -> Response[Any]:
         return _respond(await service.chat(data, caller))
 
-    @post("/completions", status_code=200)
+    @post("/completions", status_code=200, opt={"uncompressed": True})
     async def completions(
         self,
         data: JSONBody[s.CompletionRequest],

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
+import uuid
 
 import numpy as np
 
-from inference.embedder import SentenceEmbedder
+from inference.embedder import SentenceEmbedder, mark_background
 
 
 def test_vectors_are_normalised_and_meaningful(embedder: SentenceEmbedder) -> None:
@@ -116,3 +118,25 @@ def test_onnx_runtime_gives_torchs_vectors(embedder: SentenceEmbedder) -> None:
     assert got.shape == expected.shape and got.dtype == np.float32
     assert np.min(np.sum(got * expected, axis=1)) > 0.99999
     assert np.allclose(got, expected, atol=1e-4)
+
+
+async def test_a_requests_texts_go_before_background_work(embedder: SentenceEmbedder) -> None:
+    calls: list[list[str]] = []
+    original = embedder.encode
+
+    def counting(batch: list[str], batch_size: int = 64) -> np.ndarray:
+        calls.append(list(batch))
+        return original(batch, batch_size)
+
+    background = contextvars.copy_context()  # as the in-process memory worker runs
+    background.run(mark_background)
+    new_memories = [f"a new memory to store {uuid.uuid4()}" for _ in range(3)]
+    message = f"the user's message {uuid.uuid4()}"
+    embedder.encode = counting  # type: ignore[method-assign]
+    try:
+        job = asyncio.create_task(embedder.embed(new_memories), context=background)
+        stored, asked = await asyncio.gather(job, embedder.embed([message]))
+    finally:
+        del embedder.encode
+    assert calls == [[message], new_memories]  # both were waiting: the request's first
+    assert stored.shape == (3, 384) and asked.shape == (1, 384)

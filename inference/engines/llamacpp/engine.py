@@ -43,7 +43,6 @@ from inference.errors import (
     InferenceError,
     InvalidRequest,
 )
-from inference.foreground import Foreground, LocalPause, default_foreground
 from inference.kv import HostCache, KVCells, Plan, SavedSequence, Slot, SlotTable, common_prefix
 from inference.scheduler import Scheduler, Ticket
 from inference.stats import EngineObserver, EngineStats
@@ -126,13 +125,9 @@ class LlamaCppEngine:
         self,
         config: LlamaCppConfig,
         observer: EngineObserver | None = None,
-        foreground: Foreground | None = None,
     ) -> None:
-        """``foreground``: what to step aside for between steps (`inference.foreground`);
-        the process's by default."""
         self.config = config
         self._observer = observer
-        self._pause = LocalPause(foreground or default_foreground())
         self._model: LlamaModel | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -299,7 +294,6 @@ class LlamaCppEngine:
                 with self._lock:
                     while not self._stopping and not (self._running or self._scheduler.waiting):
                         self._wake.wait()
-                self._pause.between_steps()  # a turn is being prepared: give it the cores
                 with self._lock:
                     if self._stopping:
                         break
