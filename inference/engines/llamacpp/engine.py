@@ -181,7 +181,15 @@ class LlamaCppEngine:
     # --- requests (event loop side)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
-        active, events = self._submit(request)
+        model = self._require_model()
+        problems = request.problems()
+        if problems:
+            raise InvalidRequest("; ".join(problems))
+        # Templating and tokenising a long prompt takes a millisecond or more: off the
+        # event loop, which serves every other request meanwhile (llama.cpp's tokenizer
+        # releases the GIL; the vocabulary is read-only, so the decode thread is unaffected).
+        prompt, public_len = await asyncio.to_thread(self._prompt, model, request)
+        active, events = self._submit(model, request, prompt, public_len)
         try:
             while True:
                 event = await events.get()
@@ -216,12 +224,9 @@ class LlamaCppEngine:
                 host_cache_entries=len(self._host),
             )
 
-    def _submit(self, request: GenerationRequest) -> tuple[_Active, asyncio.Queue[Any]]:
-        model = self._require_model()
-        problems = request.problems()
-        if problems:
-            raise InvalidRequest("; ".join(problems))
-        prompt, public_len = self._prompt(model, request)
+    def _submit(
+        self, model: LlamaModel, request: GenerationRequest, prompt: list[int], public_len: int
+    ) -> tuple[_Active, asyncio.Queue[Any]]:
         needed = len(prompt) + request.sampling.max_tokens
         if needed > self._max_seq_len:
             raise ContextLengthExceeded(
@@ -244,6 +249,8 @@ class LlamaCppEngine:
         active.ticket = ticket
         with self._lock:
             try:
+                if self._stopping:  # closed while the prompt was being tokenised
+                    raise EngineUnavailable(f"engine {self.model_id} is stopping")
                 self._scheduler.submit(ticket, timeout_s=request.deadline_s)
             except Exception:
                 model.free_sampler(sampler)
