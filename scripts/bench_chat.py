@@ -180,10 +180,19 @@ def to_turn(r: RequestRecord) -> Turn:
 
 
 async def run_level(
-    base_url: str, concurrency: int, turns: int, rate: float | None = None, seed: int = 0
+    base_url: str,
+    concurrency: int,
+    turns: int,
+    rate: float | None = None,
+    seed: int = 0,
+    ramp_s: float = 0.0,
 ) -> Run:
-    """``concurrency`` users at once (fixed shape), or their turns sent at ``rate``/s (Poisson)."""
-    shape = LoadShape("poisson", rate, seed) if rate else LoadShape("fixed", concurrency)
+    """``concurrency`` users at once (fixed shape; starting over ``ramp_s`` seconds), or
+    their turns sent at ``rate``/s (Poisson)."""
+    if rate:
+        shape = LoadShape("poisson", rate, seed)
+    else:
+        shape = LoadShape("fixed", concurrency, ramp_s=ramp_s)
     limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
         base_url=f"{base_url}/api/v1", timeout=600, limits=limits
@@ -333,6 +342,12 @@ def main() -> None:
         "--slo", action="append", default=[], help="METRIC=SECONDS goodput target (ttft/tpot/...)"
     )
     parser.add_argument("--seed", type=int, default=0, help="--rate schedule seed")
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="start the users one after another over this many seconds (0: all at once)",
+    )
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
     try:
@@ -344,7 +359,7 @@ def main() -> None:
         if args.warmup:
             asyncio.run(run_level(base_url, args.warmup, 1))
         return [
-            asyncio.run(run_level(base_url, c, args.turns, args.rate, args.seed))
+            asyncio.run(run_level(base_url, c, args.turns, args.rate, args.seed, args.ramp))
             for c in args.concurrency
         ]
 

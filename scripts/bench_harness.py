@@ -56,11 +56,16 @@ class LoadShape:
     kind: Literal["fixed", "poisson"]
     value: float  # concurrency for fixed, requests/s for poisson
     seed: int = 0
+    # fixed: the users start one after another over this many seconds instead of all in
+    # the same instant (a load tester's ramp-up), so the run measures users arriving, not
+    # a synchronized burst of first requests
+    ramp_s: float = 0.0
 
     @property
     def label(self) -> str:
         if self.kind == "fixed":
-            return f"fixed C={int(self.value)}"
+            ramp = f", ramp {self.ramp_s:g}s" if self.ramp_s else ""
+            return f"fixed C={int(self.value)}{ramp}"
         return f"poisson {self.value:g}/s"
 
 
@@ -206,7 +211,7 @@ async def run_load(shape: LoadShape, sessions: Sequence[Session], description: s
     began = time.perf_counter()
     try:
         if shape.kind == "fixed":
-            await _run_fixed(int(shape.value), sessions, began, records, bar)
+            await _run_fixed(int(shape.value), sessions, began, records, bar, shape.ramp_s)
         else:
             await _run_poisson(shape, sessions, began, records, bar)
     finally:
@@ -222,11 +227,16 @@ async def _run_fixed(
     began: float,
     records: list[RequestRecord],
     bar: Progress,
+    ramp_s: float = 0.0,
 ) -> None:
     queue = list(enumerate(sessions))
     queue.reverse()
+    workers = min(concurrency, len(sessions))
 
-    async def worker() -> None:
+    async def worker(number: int) -> None:
+        first = queue.pop()  # taken now: a quick early worker must not start it sooner
+        await asyncio.sleep(ramp_s * number / workers)
+        queue.append(first)
         while queue:
             index, session = queue.pop()
             for turn in range(session.turns):
@@ -238,7 +248,7 @@ async def _run_fixed(
                     bar.update(session.turns - turn - 1)
                     break
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(sessions)))))
+    await asyncio.gather(*(worker(n) for n in range(workers)))
 
 
 async def _run_poisson(

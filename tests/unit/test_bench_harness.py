@@ -207,6 +207,16 @@ async def test_every_turn_runs_in_order_and_a_failure_ends_its_session(load: str
     assert summary["first_errors"] == ["boom"]
 
 
+async def test_a_ramp_starts_the_users_one_after_another() -> None:
+    sessions = [Instant(2) for _ in range(4)]
+    run = await h.run_load(h.LoadShape("fixed", 4, ramp_s=0.2), sessions)
+    first = sorted(r.due_s for r in run.records if r.turn == 1)
+    # all at once without a ramp; here 0.05 s apart (sleeps may run late, never early)
+    assert [b - a for a, b in itertools.pairwise(first)] == [pytest.approx(0.05, abs=0.04)] * 3
+    assert all(due >= 0.05 * i for i, due in enumerate(first))
+    assert h.LoadShape("fixed", 4, ramp_s=0.2).label == "fixed C=4, ramp 0.2s"
+
+
 def test_the_table_has_a_row_per_target_and_load() -> None:
     run = h.LoadRun(h.LoadShape("fixed", 1), [record(), record(ttft_s=0.7)], wall_s=1.0)
     summaries = [{"target": name, **h.summarize(run, {})} for name in ("a", "b")]
