@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,6 +57,15 @@ async def test_ready_reports_each_component(client: AsyncTestClient[Litestar]) -
     assert set(body["components"]) == {"database", "redis"}
     assert all(c["status"] == "up" and c["latency_ms"] >= 0 for c in body["components"].values())
     assert (await client.get("/health/live")).json() == {"status": "ok"}
+
+
+async def test_startup_objects_are_kept_out_of_garbage_collection(settings: Settings) -> None:
+    gc.unfreeze()  # process-wide: another app in this test run may have frozen already
+    assert gc.get_freeze_count() == 0
+    async with AsyncTestClient(create_app(settings)) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        # a full collection no longer walks the libraries and models loaded at startup
+        assert gc.get_freeze_count() > 10_000
 
 
 async def test_readiness_follows_redis_down_and_back(settings: Settings) -> None:
