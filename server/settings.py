@@ -352,7 +352,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("data_dir", "COMPANION_DATA_DIR", _path, platformdirs.user_data_dir("companion")),
     _Field("database_url", "DATABASE_URL", _url("postgresql", "postgres"), "", secret=True),
     _Field("database_pool_min", "COMPANION_DATABASE_POOL_MIN", _integer(0, 1000), 2),
-    _Field("database_pool_max", "COMPANION_DATABASE_POOL_MAX", _integer(1, 1000), 20),
+    # 0: twice this machine's cores, at least 4 (`default_pool_max`)
+    _Field("database_pool_max", "COMPANION_DATABASE_POOL_MAX", _integer(0, 1000), 0),
     _Field("database_timeout_s", "COMPANION_DATABASE_TIMEOUT", _seconds, 30.0),
     _Field("migrate_on_start", "COMPANION_MIGRATE_ON_START", _boolean, True),
     _Field("redis_url", "REDIS_URL", _url("redis", "rediss", "unix"), "", secret=True),
@@ -488,8 +489,24 @@ def _raw_value(
     return field.default, f"{field.env} (default)"
 
 
+def default_pool_max() -> int:
+    """Connections per worker when not configured: twice the cores, at least 4.
+
+    PostgreSQL does a query's work on a core: past about two busy backends per
+    core they only take turns, each query waits longer, and a burst of chat
+    turns gets slower, not faster. Measured with scripts/bench_chat.py on the
+    2-core VM (embedded PostgreSQL on the same cores): 8 turns arriving at
+    once had an overhead p95 of 67 ms with 4 connections, 94-118 ms with 20
+    (docs/chat-api.md). A query that finds every connection busy waits in the
+    pool for the next one instead, which costs it less.
+    """
+    return max(4, 2 * len(os.sched_getaffinity(0)))
+
+
 def _cross_field_problems(values: dict[str, Any]) -> list[str]:
     problems = []
+    if not values["database_pool_max"]:
+        values["database_pool_max"] = default_pool_max()
     if values["database_pool_min"] > values["database_pool_max"]:
         problems.append("COMPANION_DATABASE_POOL_MIN: must not exceed COMPANION_DATABASE_POOL_MAX")
     if values["chat_engine"] == "remote" and not values["chat_remote_urls"]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ def test_development_defaults_need_no_environment(tmp_path: Path) -> None:
     assert settings.environment is Environment.DEVELOPMENT
     assert settings.data_dir == tmp_path
     assert settings.embedded_database and settings.embedded_redis
-    assert settings.database.pool_max >= 20
+    cores = len(os.sched_getaffinity(0))  # pool: two connections a core, at least four
+    assert settings.database.pool_max == max(4, 2 * cores) >= settings.database.pool_min
     assert settings.rate_limit_user == RateLimit(60, 60)
 
 
