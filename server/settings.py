@@ -496,8 +496,8 @@ def default_pool_max() -> int:
     core they only take turns, each query waits longer, and a burst of chat
     turns gets slower, not faster. Measured with scripts/bench_chat.py on the
     2-core VM (embedded PostgreSQL on the same cores): 8 turns arriving at
-    once had an overhead p95 of 67 ms with 4 connections, 94-118 ms with 20
-    (docs/chat-api.md). A query that finds every connection busy waits in the
+    once took 46-67 ms before their first token with at most 4 connections,
+    78-104 ms with at most 20 (docs/chat-api.md). A query that finds every connection busy waits in the
     pool for the next one instead, which costs it less.
     """
     return max(4, 2 * len(os.sched_getaffinity(0)))
