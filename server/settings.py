@@ -497,8 +497,9 @@ def default_pool_max() -> int:
     turns gets slower, not faster. Measured with scripts/bench_chat.py on the
     2-core VM (embedded PostgreSQL on the same cores): 8 turns arriving at
     once took 46-67 ms before their first token with at most 4 connections,
-    78-104 ms with at most 20 (docs/chat-api.md). A query that finds every connection busy waits in the
-    pool for the next one instead, which costs it less.
+    78-104 ms with at most 20 (docs/chat-api.md). A query that finds every
+    connection busy waits in the pool for the next one instead, which costs
+    it less.
     """
     return max(4, 2 * len(os.sched_getaffinity(0)))
 
