@@ -4,6 +4,11 @@ A token's bytes can end in the middle of a multi-byte character (emoji, CJK);
 `TextStream` holds such bytes back until the character is complete. Text that
 might be the start of a stop string is held back too, until it is clear
 either way, so a client never sees part of a stop string.
+
+NUL characters are dropped: a model can emit one (a byte-fallback token for
+0x00; the tiny test model does now and then), it means nothing in a chat
+reply, and PostgreSQL refuses to store text that holds one, which failed the
+whole turn after the reply had streamed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class TextStream:
         """Add a token's bytes; return the new text that may be sent now."""
         if self.stopped:
             return ""
-        self._text += self._decoder.decode(piece)
+        self._text += _printable(self._decoder.decode(piece))
         cut = self._find_stop()
         if cut is not None:
             self.stopped = True
@@ -42,7 +47,7 @@ class TextStream:
         """The end of the stream: send what was held back (a partial stop string is just text)."""
         if self.stopped:
             return ""
-        self._text += self._decoder.decode(b"", final=True)
+        self._text += _printable(self._decoder.decode(b"", final=True))
         return self._send_until(len(self._text))
 
     def _find_stop(self) -> int | None:
@@ -67,3 +72,7 @@ class TextStream:
         if self.stopped:
             self._text = self._text[: self._sent]
         return chunk
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "") if "\x00" in text else text

@@ -19,4 +19,18 @@ async def create_pool(config: DatabaseConfig, url: str) -> asyncpg.Pool:
         timeout=config.connect_timeout_s,
         command_timeout=config.command_timeout_s,
         init=register_vector,
+        reset=_nothing_to_reset,
     )
+
+
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool without asyncpg's reset query.
+
+    By default every release runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL;``: one more round trip and statement per query made
+    through the pool (a chat turn makes about a dozen), and the connection is
+    not free for the next request until it is done. This code keeps no session
+    state: no advisory locks, no cursors outside a transaction, no LISTEN, no
+    SET (only SET LOCAL inside transactions). asyncpg itself still rolls back a
+    transaction left open, whatever this function does.
+    """

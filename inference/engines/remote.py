@@ -295,6 +295,7 @@ class RemoteEngine:
                 reason = "abort"
                 break
             text, finish, reported = _parse_chunk(data)
+            text = text.replace("\x00", "")  # as `inference.text.TextStream` does
             if text:
                 first = first or time.monotonic()
                 yield TextDelta(text)

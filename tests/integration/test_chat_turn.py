@@ -83,6 +83,10 @@ async def test_turn_input_and_ownership_errors(client: AsyncTestClient[Litestar]
     assert (await client.post(url, json={"content": "   "}, headers=alice)).status_code == 400
     assert (await client.post(url, json={"content": ""}, headers=alice)).status_code == 400
     assert (await client.post(url, json={"content": "x" * 9000}, headers=alice)).status_code == 400
+    json_headers = {**alice, "Content-Type": "application/json"}
+    nul = await client.post(url, content=b'{"content": "hi\\u0000there"}', headers=json_headers)
+    assert nul.status_code == 400, nul.text  # PostgreSQL text cannot hold NUL: not a 500
+    assert "NUL" in nul.json()["error"]["message"]
     assert (await client.post(url, json={"content": "hi"}, headers=mallory)).status_code == 404
     assert (await client.get(url, headers=alice)).json() == []  # nothing was stored
 

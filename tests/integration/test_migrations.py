@@ -122,3 +122,23 @@ async def test_pool_round_trips_vectors(database_url: str) -> None:
     assert np.allclose(row["embedding"].to_numpy(), embedding)
     assert row["distance"] == pytest.approx(0.0, abs=1e-6)
     assert row["hit"] is True
+
+
+async def test_a_released_connection_is_not_reset_but_its_transaction_is_ended(
+    database_url: str,
+) -> None:
+    # The pool skips asyncpg's reset query (the service keeps no session state), and
+    # relies on asyncpg still ending a transaction a caller left open.
+    await migrate_url(database_url)
+    pool = await create_pool(DatabaseConfig(pool_min=1, pool_max=1), database_url)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET application_name = 'left-behind'")
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TABLE never_committed (id int)")
+        async with pool.acquire() as conn:  # the same connection: the pool holds one
+            assert await conn.fetchval("SHOW application_name") == "left-behind"
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('never_committed')") is None
+    finally:
+        await pool.close()

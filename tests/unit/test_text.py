@@ -16,6 +16,14 @@ def test_multibyte_characters_are_never_split() -> None:
     assert "\ufffd" not in "".join(out)
 
 
+def test_nul_characters_are_dropped() -> None:
+    # a byte-fallback token for 0x00: PostgreSQL would refuse the stored reply
+    stream = TextStream(stop=["<END>"])
+    out = feed_all(stream, [b"Hi", b"\x00", b" there\x00!", b"<EN", b"\x00D>"])
+    assert "".join(out) + stream.flush() == "Hi there!"
+    assert stream.stopped and stream.text == "Hi there!"
+
+
 def test_stop_string_is_cut_exactly_even_across_pieces() -> None:
     stream = TextStream(stop=["<END>"])
     out = feed_all(stream, [b"Hello <E", b"N", b"D> never sent"])
