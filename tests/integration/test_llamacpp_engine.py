@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import os
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,3 +394,19 @@ async def test_prompt_tokens_are_accepted_and_checked(engine: LlamaCppEngine) ->
     bad = GenerationRequest(request_id="bad", user_id="alice", prompt_tokens=[10**9])
     with pytest.raises(InvalidRequest, match="token ids"):
         await ask(engine, bad)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+async def test_decode_threads_run_at_the_configured_niceness(make_engine: EngineFactory) -> None:
+    engine = make_engine(nice=7, n_threads=2)
+    await engine.start()
+    await ask(engine, request("alice", turn("Hello!"), 4))  # llama.cpp's team now exists
+    decode = engine._thread
+    assert decode is not None and decode.native_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, decode.native_id) == 7
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # this thread: not
+    niceness = [
+        int(stat.read_text().rsplit(")", 1)[1].split()[16])
+        for stat in Path("/proc/self/task").glob("*/stat")
+    ]
+    assert niceness.count(7) >= 2  # the decode thread and the compute thread it started
