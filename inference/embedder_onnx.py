@@ -14,9 +14,9 @@ stored: not used.
 
 How: only the transformer (the expensive part) is exported, once per
 process when the model loads (about half a second, with torch's TorchScript
-exporter, to a temporary file read back at once). Tokenisation, pooling and normalisation stay the
-sentence-transformers modules the model ships with, so any pooling the
-model's configuration asks for is honoured. sentence-transformers has an
+exporter, to a temporary file read back at once). Tokenisation, pooling and
+normalisation stay the sentence-transformers modules the model ships with,
+so any pooling the model's configuration asks for is honoured. sentence-transformers has an
 ONNX backend of its own, but it needs `optimum`, whose releases pin an older
 `transformers` than the one this project runs on.
 """
@@ -47,7 +47,6 @@ class OnnxSentenceEncoder:
     def __init__(self, model: Any, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        self._model = model
         self._preprocess = getattr(model, "preprocess", None) or model.tokenize
         self._after = list(model)[1:]  # pooling, normalisation, ...
         # Texts of two lengths: the traced graph then applies the attention mask (a batch

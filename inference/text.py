@@ -36,7 +36,7 @@ class TextStream:
         """Add a token's bytes; return the new text that may be sent now."""
         if self.stopped:
             return ""
-        self._text += _printable(self._decoder.decode(piece))
+        self._text += without_nul(self._decoder.decode(piece))
         cut = self._find_stop()
         if cut is not None:
             self.stopped = True
@@ -47,7 +47,7 @@ class TextStream:
         """The end of the stream: send what was held back (a partial stop string is just text)."""
         if self.stopped:
             return ""
-        self._text += _printable(self._decoder.decode(b"", final=True))
+        self._text += without_nul(self._decoder.decode(b"", final=True))
         return self._send_until(len(self._text))
 
     def _find_stop(self) -> int | None:
@@ -74,5 +74,7 @@ class TextStream:
         return chunk
 
 
-def _printable(text: str) -> str:
+def without_nul(text: str) -> str:
+    """``text`` without NUL characters (see the module docstring); every engine's output
+    goes through this."""
     return text.replace("\x00", "") if "\x00" in text else text

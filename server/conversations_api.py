@@ -47,7 +47,7 @@ from server.idempotency import TurnEvents, TurnReply
 from server.personas import PersonaCard, cards
 from server.routing import InvalidDateOfBirth, apply_verification
 from server.routing import verify_age as check_age
-from server.sse import KEEPALIVE, event, with_keepalive
+from server.sse import KEEPALIVE, UNCOMPRESSED, event, with_keepalive
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,7 +67,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
     content: str  # length limits: COMPANION_MAX_MESSAGE_CHARS, checked in the handler
 
 
-_TURN = {"rate_limit": "turn", "uncompressed": True}  # streamed: see server.app.UNCOMPRESSED
+_TURN = {"rate_limit": "turn", UNCOMPRESSED: True}
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

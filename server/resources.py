@@ -145,10 +145,10 @@ def _freeze_startup_objects() -> None:
     The models, their libraries and the app are about half a million objects
     that live as long as the process. Left tracked, each full collection walks
     them all: about 230 ms on the 2-core VM with nothing else running, during
-    which the event loop and the decode thread's Python stall (it showed as
-    600 ms first-token outliers and an inter-token p99 of 650+ ms in
-    scripts/bench_chat.py). Frozen, a full collection sees only objects made
-    since. The freeze is process-wide and happens once everything is loaded.
+    which the event loop and the decode thread's Python stall (it showed as a
+    600 ms first-token outlier in scripts/bench_chat.py). Frozen, a full
+    collection sees only objects made since. The freeze is process-wide and
+    happens once everything is loaded.
     """
     gc.freeze()
     log.info("startup objects frozen", extra={"objects": gc.get_freeze_count()})

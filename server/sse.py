@@ -18,6 +18,11 @@ import msgspec
 T = TypeVar("T")
 
 KEEPALIVE: Final = b": keep-alive\n\n"
+# Route opt key: a handler whose opt sets it is not gzipped (`server.app`). Streamed
+# events are a few bytes each, flushed one by one, so gzip only adds CPU on the event
+# loop (about 0.03 ms an event, measured with yappi on a turn burst) and a sync marker
+# to every event.
+UNCOMPRESSED: Final = "uncompressed"
 
 
 class _Quiet:

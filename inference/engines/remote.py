@@ -49,6 +49,7 @@ from inference.errors import (
     InvalidRequest,
 )
 from inference.stats import EngineObserver, EngineStats
+from inference.text import without_nul
 from inference.types import (
     Finished,
     FinishReason,
@@ -295,7 +296,7 @@ class RemoteEngine:
                 reason = "abort"
                 break
             text, finish, reported = _parse_chunk(data)
-            text = text.replace("\x00", "")  # as `inference.text.TextStream` does
+            text = without_nul(text)
             if text:
                 first = first or time.monotonic()
                 yield TextDelta(text)

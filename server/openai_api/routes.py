@@ -16,6 +16,7 @@ from server.auth import resolve_caller
 from server.openai_api import schemas as s
 from server.openai_api.errors import openai_exception_handlers
 from server.openai_api.service import OpenAIService
+from server.sse import UNCOMPRESSED
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -56,7 +57,7 @@ class OpenAIController(Controller):
     ) -> s.ModelCard:
         return service.model(model_id.lstrip("/"))
 
-    @post("/chat/completions", status_code=200, opt={"uncompressed": True})
+    @post("/chat/completions", status_code=200, opt={UNCOMPRESSED: True})
     async def chat_completions(
         self,
         data: JSONBody[s.ChatCompletionRequest],
@@ -65,7 +66,7 @@ class OpenAIController(Controller):
     ) -> Response[Any]:
         return _respond(await service.chat(data, caller))
 
-    @post("/completions", status_code=200, opt={"uncompressed": True})
+    @post("/completions", status_code=200, opt={UNCOMPRESSED: True})
     async def completions(
         self,
         data: JSONBody[s.CompletionRequest],

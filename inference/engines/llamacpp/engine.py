@@ -121,11 +121,7 @@ class _Active:
 class LlamaCppEngine:
     """Serves one GGUF model with continuous batching and per-conversation KV reuse."""
 
-    def __init__(
-        self,
-        config: LlamaCppConfig,
-        observer: EngineObserver | None = None,
-    ) -> None:
+    def __init__(self, config: LlamaCppConfig, observer: EngineObserver | None = None) -> None:
         self.config = config
         self._observer = observer
         self._model: LlamaModel | None = None
@@ -301,7 +297,6 @@ class LlamaCppEngine:
                 with self._lock:
                     while not self._stopping and not (self._running or self._scheduler.waiting):
                         self._wake.wait()
-                with self._lock:
                     if self._stopping:
                         break
                     self._reap()
