@@ -18,12 +18,12 @@ Sources: ``packaged:PACKAGE/PATH`` (inside an installed package), ``path:FILE``
 (on disk), ``url:URL`` (downloaded by ``companion models pull`` into
 ``<data dir>/models/``, with a progress bar and a checksum),
 ``hf:OWNER/REPO/FILE`` (a file of a Hugging Face model repository, pulled
-the same way from ``<hub>/OWNER/REPO/resolve/<revision>/FILE``; ``revision``
-defaults to ``main``, the hub to ``HF_ENDPOINT`` or https://huggingface.co) or, for
-``backend = "remote"``, ``remote:UPSTREAM_MODEL`` (no weights here; the
-replicas are listed in ``urls = [...]``). Nothing is
-downloaded at run time: a model whose weights are not on disk does not
-resolve, and the service says so.
+into the same place through ``huggingface_hub`` and its cache, see
+`models.hub`; ``revision`` defaults to ``main``, the hub to ``HF_ENDPOINT`` or
+https://huggingface.co) or, for ``backend = "remote"``,
+``remote:UPSTREAM_MODEL`` (no weights here; the replicas are listed in
+``urls = [...]``). Nothing is downloaded at run time: a model whose weights
+are not on disk does not resolve, and the service says so.
 """
 
 from __future__ import annotations
@@ -99,15 +99,6 @@ class Catalog:
         path = self.download_path(spec)
         return path if path.exists() else None
 
-    def download_url(self, spec: ModelSpec) -> str:
-        """Where ``pull`` fetches the weights of a ``url:`` or ``hf:`` model from."""
-        kind, _, rest = spec.source.partition(":")
-        if kind == "hf":
-            owner, repo, file = rest.split("/", 2)
-            revision = str(spec.extra.get("revision", "main"))
-            return f"{self.hub_url}/{owner}/{repo}/resolve/{revision}/{file}"
-        return rest
-
     def download_path(self, spec: ModelSpec) -> Path:
         name = Path(urlsplit(spec.source.partition(":")[2]).path).name or spec.id
         return self.models_dir / spec.id / name
@@ -130,9 +121,11 @@ def pull(
 ) -> Path:
     """Download a ``url:`` or ``hf:`` model into the models dir and verify its checksum.
 
-    ``fetch(url, destination, progress)`` does the transfer (see `server.cli`);
-    the file is written to a temporary name and moved into place only when its
-    SHA-256 matches the catalog's, so a broken download never resolves.
+    ``fetch(url, destination, progress)`` transfers ``url:`` sources (see
+    `server.cli`); ``hf:`` sources go through ``huggingface_hub`` and its cache
+    (`models.hub`). The file appears in the models dir under a temporary name
+    and is moved into place only when its SHA-256 matches the catalog's, so a
+    broken download never resolves.
     """
     spec = catalog.get(model_id)
     if spec.source_kind not in _PULLED:
@@ -142,15 +135,41 @@ def pull(
     target = catalog.download_path(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    fetch(catalog.download_url(spec), partial, progress)
-    digest = _sha256(partial)
-    if spec.sha256 and digest != spec.sha256.lower():
-        partial.unlink(missing_ok=True)
-        raise CatalogError(
-            f"checksum mismatch for {model_id}: got {digest}, expected {spec.sha256}"
-        )
+    if spec.source_kind == "hf":
+        _pull_from_hub(catalog, spec, partial, progress)
+    else:
+        fetch(spec.source.partition(":")[2], partial, progress)
+        try:
+            _verify(spec, partial)
+        except CatalogError:
+            partial.unlink(missing_ok=True)
+            raise
     partial.replace(target)
     return target
+
+
+def _pull_from_hub(
+    catalog: Catalog,
+    spec: ModelSpec,
+    destination: Path,
+    progress: Callable[[int, int | None], None],
+) -> None:
+    from models import hub  # which imports this module
+
+    file = hub.HubFile.parse(spec.source.partition(":")[2], str(spec.extra.get("revision", "main")))
+    cached = hub.download(file, catalog.hub_url, progress)
+    try:
+        _verify(spec, cached)
+    except CatalogError:
+        hub.forget(cached)  # else the next pull would find the same bytes in the cache
+        raise
+    hub.place(cached, destination)
+
+
+def _verify(spec: ModelSpec, path: Path) -> None:
+    digest = _sha256(path)
+    if spec.sha256 and digest != spec.sha256.lower():
+        raise CatalogError(f"checksum mismatch for {spec.id}: got {digest}, expected {spec.sha256}")
 
 
 def _builtin_specs() -> list[ModelSpec]:

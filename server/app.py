@@ -19,6 +19,7 @@ from litestar.types import ControllerRouterHandler
 
 from server.accounts_api import AccountsController
 from server.admin import AdminController, ModelsAdminController
+from server.body_errors import check_body
 from server.conversations_api import ConversationsController
 from server.dashboard import DashboardController, StatsController, StatsRecorder
 from server.errors import exception_handlers
@@ -78,6 +79,7 @@ def create_app(
         lifespan=[lifespan],
         middleware=[metrics.middleware],
         exception_handlers=exception_handlers,
+        before_request=check_body,
         compression_config=CompressionConfig(
             backend="gzip", minimum_size=GZIP_MINIMUM_BYTES, exclude_opt_key=UNCOMPRESSED
         ),

@@ -25,6 +25,7 @@ import click
 
 from memory.accounts import AccountStore
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
+from server.launch import announce_when_ready, port_problem
 from server.logs import configure_logging
 from server.settings import CONFIG_FILE_VAR, Settings, SettingsError, load_settings
 
@@ -54,6 +55,9 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
     overrides = {"host": host, "port": port, "workers": workers}
     settings = _load(config, overrides)
     configure_logging(settings.log_level, settings.log_format)
+    problem = port_problem(settings.host, settings.port)
+    if problem is not None:
+        raise click.ClickException(problem)
     _export_for_workers(config, overrides)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; turn
     # that second one into a normal exit so the embedded servers are stopped too.
@@ -64,6 +68,9 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
             _prepare_multiprocess_metrics(settings.data_dir)
         import uvicorn
 
+        announce_when_ready(
+            settings.host, settings.port, settings.data_dir, lambda line: click.echo(line, err=True)
+        )
         uvicorn.run(
             "server.app:create_app",
             factory=True,
@@ -249,7 +256,12 @@ def models_show(config: Path | None, model_id: str) -> None:
 @click.argument("model_id")
 @click.pass_obj
 def models_pull(config: Path | None, model_id: str) -> None:
-    """Download MODEL_ID's weights (url: and hf: sources), with a progress bar and checksum."""
+    """Download MODEL_ID's weights (url: and hf: sources), with a progress bar and checksum.
+
+    hf: sources go through huggingface_hub and its cache: HF_TOKEN (or `hf auth
+    login`) for gated repositories, HF_ENDPOINT for a mirror; with HF_HUB_OFFLINE=1
+    only files already in that cache are pulled.
+    """
     from models.catalog import CatalogError, pull
 
     catalog = _catalog(config)

@@ -28,6 +28,7 @@ from inference.errors import (
 )
 from memory.session import SessionUnavailableError
 from memory.users import ErasureFailed
+from server.body_errors import decode_failure
 from server.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,16 @@ def error_response(
     return Response({"error": error}, status_code=status, headers=headers)
 
 
+_UNDECODABLE = {
+    "utf8": "the request body is not valid UTF-8",
+    "json": "the request body is not valid JSON",
+}
+
+
 def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    failure = decode_failure(exc)
+    if failure is not None:  # our wording, whatever the decoder said (server.body_errors)
+        return error_response(400, _UNDECODABLE[failure], code="bad_request")
     status = exc.status_code
     if status >= 500:
         log.error("server error", extra={"status": status, "detail": exc.detail})
@@ -111,8 +121,8 @@ def _backing_service_down(_: Request[Any, Any, Any], exc: Exception) -> Response
 
 
 def _undecodable(_: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[dict[str, Any]]:
-    # Litestar's JSON body decoder lets a body that is not UTF-8 escape as this
-    return error_response(400, "the request body is not valid UTF-8", code="bad_request")
+    # older msgspec releases let a body that is not UTF-8 escape as this
+    return error_response(400, _UNDECODABLE["utf8"], code="bad_request")
 
 
 def _unhandled(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -9,6 +9,12 @@ the first token is marked down for ``down_for_s`` and the request is retried on
 another; once tokens have streamed, a failure ends the request with
 `EngineUnavailable` (a half-sent reply cannot be resumed elsewhere).
 
+The reply is read as Server-Sent Events (httpx-sse: multi-line data,
+comments) up to ``[DONE]``; each event is decoded into a typed chunk. A reply
+that is not an event stream, or a chunk that is not an OpenAI completion
+chunk (or that reports an upstream error), ends the request with
+`EngineUnavailable` naming the replica.
+
 With ``flavor="vllm"`` each request carries vLLM's ``cache_salt`` (the user
 id: prefix caches never cross users) and ``priority`` (interactive first).
 For other upstreams the user id is sent as OpenAI's ``user`` field.
@@ -30,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -39,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgspec
+from httpx_sse import EventSource, SSEError, aconnect_sse
 
 from inference.engines.upstream_metrics import UpstreamLoad, parse_load
 from inference.errors import (
@@ -116,6 +123,10 @@ class _Replica:
 
 class _ReplicaFailed(Exception):
     """The replica failed before sending anything: another may be tried."""
+
+
+class _BadStream(Exception):
+    """The replica's reply cannot be read as a completion stream."""
 
 
 @dataclass
@@ -267,17 +278,22 @@ class RemoteEngine:
         self, replica: _Replica, body: dict[str, Any], request: GenerationRequest, submitted: float
     ) -> AsyncIterator[StreamEvent]:
         client = self._require_client()
-        path = "/chat/completions" if "messages" in body else "/completions"
+        url = replica.base_url + ("/chat/completions" if "messages" in body else "/completions")
         replica.in_flight += 1
         self._counters.running += 1
         try:
             try:
-                async with client.stream("POST", replica.base_url + path, json=body) as response:
-                    await _check_status(response)
-                    async for event in self._events(response, request, submitted):
+                async with aconnect_sse(client, "POST", url, json=body) as source:
+                    await _check_status(source.response)
+                    async for event in self._events(source, request, submitted):
                         yield event
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise _ReplicaFailed(str(exc)) from exc
+            except SSEError as exc:  # an httpx.HTTPError: caught before those
+                message = f"upstream {replica.base_url} sent no event stream: {exc}"
+                raise EngineUnavailable(message) from exc
+            except _BadStream as exc:
+                raise EngineUnavailable(f"upstream {replica.base_url} {exc}") from exc
             except httpx.HTTPError as exc:
                 raise EngineUnavailable(f"upstream {replica.base_url} failed: {exc}") from exc
         finally:
@@ -285,17 +301,17 @@ class RemoteEngine:
             self._counters.running -= 1
 
     async def _events(
-        self, response: httpx.Response, request: GenerationRequest, submitted: float
+        self, source: EventSource, request: GenerationRequest, submitted: float
     ) -> AsyncIterator[StreamEvent]:
         first: float | None = None
         reason: FinishReason = "stop"
         usage = Usage(0, 0, 0)
-        async for data in _sse_data(response):
+        async for chunk in _chunks(source):
             if request.request_id in self._counters.aborted:
                 self._counters.aborted.discard(request.request_id)
                 reason = "abort"
                 break
-            text, finish, reported = _parse_chunk(data)
+            text, finish, reported = _read_chunk(chunk)
             text = without_nul(text)
             if text:
                 first = first or time.monotonic()
@@ -411,34 +427,79 @@ def _upstream_error(status: int, detail: str) -> InferenceError:
     return InvalidRequest(message)
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            yield data
+# What is read of a streamed chunk; other fields are ignored.
 
 
-def _parse_chunk(data: str) -> tuple[str, FinishReason | None, Usage | None]:
-    chunk = json.loads(data)
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None  # chat completions
+    text: str | None = None  # completions
+    finish_reason: str | None = None
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _ChunkUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _PromptDetails | None = None
+
+
+class _ChunkError(msgspec.Struct):
+    message: str = ""
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] | None = None  # required, unless the chunk reports an error
+    usage: _ChunkUsage | None = None
+    error: _ChunkError | str | None = None  # how vLLM (and OpenAI) report a failure mid-stream
+
+
+async def _chunks(source: EventSource) -> AsyncIterator[_Chunk]:
+    """The reply's chunks, up to its ``[DONE]``."""
+    async for sse in source.aiter_sse():
+        if sse.data.strip() == "[DONE]":
+            return
+        if sse.data:  # an event of only an id or a retry field carries nothing
+            yield _decode_chunk(sse.data)
+
+
+def _decode_chunk(data: str) -> _Chunk:
+    try:
+        chunk = msgspec.json.decode(data, type=_Chunk)
+    except msgspec.DecodeError as exc:  # not JSON, or JSON of another shape
+        raise _BadStream(f"sent a malformed chunk ({exc}): {data[:200]!r}") from exc
+    if chunk.error is not None:
+        detail = chunk.error if isinstance(chunk.error, str) else chunk.error.message
+        raise _BadStream(f"reported an error: {detail[:500]}")
+    if chunk.choices is None:
+        raise _BadStream(f"sent a chunk without `choices`: {data[:200]!r}")
+    return chunk
+
+
+def _read_chunk(chunk: _Chunk) -> tuple[str, FinishReason | None, Usage | None]:
     text, finish = "", None
     finish_reason: FinishReason | None = None
-    for choice in chunk.get("choices") or []:
-        delta = choice.get("delta") or {}
-        text += delta.get("content") or choice.get("text") or ""
-        finish = choice.get("finish_reason") or finish
+    for choice in chunk.choices or ():
+        content = choice.delta.content if choice.delta is not None else None
+        text += content or choice.text or ""
+        finish = choice.finish_reason or finish
     if finish:
         finish_reason = "length" if finish == "length" else "stop"
-    return text, finish_reason, _parse_usage(chunk.get("usage"))
+    return text, finish_reason, _read_usage(chunk.usage)
 
 
-def _parse_usage(usage: dict[str, Any] | None) -> Usage | None:
-    if not usage:
+def _read_usage(usage: _ChunkUsage | None) -> Usage | None:
+    if usage is None:
         return None
-    details = usage.get("prompt_tokens_details") or {}
+    details = usage.prompt_tokens_details
     return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        cached_prompt_tokens=int(details.get("cached_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
+        prompt_tokens=usage.prompt_tokens,
+        cached_prompt_tokens=(details.cached_tokens if details else None) or 0,
+        completion_tokens=usage.completion_tokens,
     )

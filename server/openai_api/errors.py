@@ -24,6 +24,7 @@ from inference.errors import (
     ModelBusy,
     UnknownModel,
 )
+from server.body_errors import decode_failure
 from server.errors import exception_handlers as app_exception_handlers
 from server.ratelimit import RateLimited
 
@@ -53,7 +54,11 @@ def bad_param(param: str, message: str) -> OpenAIError:
 
 
 def _respond(error: OpenAIError) -> Response[dict[str, Any]]:
-    body = {
+    return Response(_body(error), status_code=error.status, headers=error.headers)
+
+
+def _body(error: OpenAIError) -> dict[str, Any]:
+    return {
         "error": {
             "message": error.message,
             "type": error.error_type,
@@ -61,7 +66,12 @@ def _respond(error: OpenAIError) -> Response[dict[str, Any]]:
             "code": error.code,
         }
     }
-    return Response(body, status_code=error.status, headers=error.headers)
+
+
+def stream_error(exc: Exception) -> dict[str, Any]:
+    """The body of the ``data:`` event that ends a stream which failed after it started
+    (as vLLM's server sends it; OpenAI's SDK raises `APIError` on it)."""
+    return _body(_translate(exc))
 
 
 # Inference errors answered with their own message: (status, type, param, code), in MRO order.
@@ -73,6 +83,12 @@ _INFERENCE: tuple[tuple[type[Exception], int, str, str | None, str | None], ...]
     (DeadlineExceeded, 504, "server_error", None, "timeout"),
     (EngineUnavailable, 503, "server_error", None, "engine_unavailable"),
 )
+
+
+_UNDECODABLE = {
+    "utf8": "The request body is not valid UTF-8.",
+    "json": "The request body is not valid JSON.",
+}
 
 
 def _translate(exc: Exception) -> OpenAIError:
@@ -96,8 +112,9 @@ def _translate(exc: Exception) -> OpenAIError:
         )
     if isinstance(exc, NotAuthorizedException):
         return OpenAIError(401, exc.detail, code="invalid_api_key")
-    if isinstance(exc, UnicodeDecodeError):
-        return OpenAIError(400, "The request body is not valid UTF-8.")
+    failure = decode_failure(exc)
+    if failure is not None:  # our wording, whatever the decoder said (server.body_errors)
+        return OpenAIError(400, _UNDECODABLE[failure])
     if isinstance(exc, ValidationException):
         return OpenAIError(400, _validation_message(exc))
     if isinstance(exc, HTTPException) and exc.status_code < 500:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +32,30 @@ def serve(data_dir: Path, port: int, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def stop(process: subprocess.Popen[str]) -> int:
+def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """SIGTERM; the exit status and what the server wrote to stderr."""
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    return process.returncode
+    _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
+
+
+def stderr_line(process: subprocess.Popen[str], start: str, guard_s: float = 30) -> str:
+    """The first line of the server's stderr that begins with ``start`` (read as it comes)."""
+    assert process.stderr is not None
+    found: list[str] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith(start):
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(guard_s)
+    assert found, f"no line starting {start!r} on stderr"
+    return found[0]
 
 
 def test_zero_setup_serve_is_ready_then_stops_its_databases(data_dir: Path) -> None:
@@ -45,9 +67,26 @@ def test_zero_setup_serve_is_ready_then_stops_its_databases(data_dir: Path) -> N
         assert set(ready.json()["components"]) == {"database", "redis", "engine"}
         assert (data_dir / "postgres" / "PG_VERSION").exists()
         assert (data_dir / "redis" / "redis.sock").exists()
+        # then what to do next: the web chat, the /v1 base URL, where the data lives
+        line = stderr_line(process, "Companion is ready")
     finally:
-        code = stop(process)
+        code, _ = stop(process)
     assert code == 0  # a requested stop that completed cleanly
+    base = f"http://127.0.0.1:{port}"
+    assert f"{base}/ " in line and f"{base}/v1 " in line and str(data_dir) in line
+
+
+def test_a_taken_port_is_one_sentence_naming_the_flag(data_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = serve(data_dir, port)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert f"port {port}" in stderr and "--port" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not (data_dir / "postgres").exists()  # refused before starting anything
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
     assert not (data_dir / "redis" / "redis.sock").exists()
 

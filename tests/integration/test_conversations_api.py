@@ -96,3 +96,24 @@ async def test_undecodable_messages_are_400_and_store_nothing(
     openai = await client.post("/v1/chat/completions", content=b'{"model": "\xff"}', headers=sent)
     assert openai.status_code == 400
     assert openai.json()["error"]["message"] == "The request body is not valid UTF-8."
+
+
+async def test_undecodable_bodies_get_the_services_own_words(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    """The wording is ours, not the JSON decoder's (which changes between its releases)."""
+    headers, _ = await user(client)
+    sent = {**headers, "Content-Type": "application/json"}
+    created = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{created['id']}/messages"
+    cases = [
+        (url, b'{"content": "caf\xe9"}', "the request body is not valid UTF-8"),
+        (url, b'{"content": "unterminated', "the request body is not valid JSON"),
+        ("/v1/chat/completions", b"\xff\xfe", "The request body is not valid UTF-8."),
+        ("/v1/chat/completions", b'{"model": tru', "The request body is not valid JSON."),
+    ]
+    for path, body, message in cases:
+        refused = await client.post(path, content=body, headers=sent)
+        assert refused.status_code == 400, body
+        assert refused.json()["error"]["message"] == message, body
+    assert (await client.get(url, headers=headers)).json() == []

@@ -1,20 +1,32 @@
-"""The remote engine against real upstreams: two instances of this server on real ports."""
+"""The remote engine against real upstreams: two instances of this server on real ports,
+and scripted upstreams on real ports that answer with whatever bytes a test gives them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Upstream, free_port
+from helpers import Served, Upstream, free_port
+from litestar import Litestar, post
+from litestar.response import Stream
 
 from inference.config import ChatEngineConfig
 from inference.engines.remote import RemoteConfig, RemoteEngine
 from inference.errors import EngineUnavailable
-from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
+from inference.types import (
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    Usage,
+)
 from server.settings import Settings
 
 
@@ -140,3 +152,110 @@ async def test_upstream_metrics_are_polled_into_stats(upstreams: list[Upstream])
         assert engine.stats().reported_kv_usage == load.kv_usage
     finally:
         await engine.close()
+
+
+# --- scripted upstreams: the event-stream reading itself
+
+
+class Scripted:
+    """An upstream that answers every chat completion with the same raw bytes."""
+
+    def __init__(self, body: bytes, media_type: str) -> None:
+        @post("/v1/chat/completions", sync_to_thread=False)
+        def chat() -> Stream:
+            return Stream(_pieces(body), media_type=media_type)
+
+        self.served = Served(Litestar([chat]))
+
+
+async def _pieces(body: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), 7):  # lines and events arrive split across writes
+        yield body[start : start + 7]
+
+
+@contextlib.asynccontextmanager
+async def scripted(
+    body: bytes, media_type: str = "text/event-stream"
+) -> AsyncIterator[tuple[RemoteEngine, str]]:
+    """An engine whose only replica is a scripted upstream; the replica's URL."""
+    upstream = Scripted(body, media_type)
+    upstream.served.start()
+    engine = RemoteEngine(RemoteConfig("m", (upstream.served.base_url,)))
+    await engine.start()
+    try:
+        yield engine, upstream.served.base_url
+    finally:
+        await engine.close()
+        upstream.served.stop()
+
+
+async def test_multi_line_data_and_comments_are_read_up_to_done() -> None:
+    body = (
+        b": keep-alive\n\n"
+        b'data: {"choices": [{"index": 0,\n'
+        b'data:  "delta": {"content": "Hel"}}]}\n\n'
+        b": ping\r\n\r\n"
+        b'id: 2\ndata:{"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}\r\n\r\n'
+        b"\n"  # a lone blank line after an id: no event
+        b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2,\n'
+        b'data: "prompt_tokens_details": {"cached_tokens": 3}}}\n\n'
+        b"data: [DONE]\n\n"
+        b'data: {"choices": [{"delta": {"content": " and more"}}]}\n\n'
+    )
+    async with scripted(body) as (engine, _):
+        reply, finished = await ask(engine, turn("sse", "Hi"))
+    assert reply == "Hello"
+    assert finished.finish_reason == "stop"
+    assert finished.usage == Usage(prompt_tokens=5, cached_prompt_tokens=3, completion_tokens=2)
+
+
+_HELLO = b'data: {"choices": [{"delta": {"content": "Hello"}}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "media_type", "says"),
+    [
+        pytest.param(b"data: Hello there\n\n", "text/event-stream", "malformed", id="not-json"),
+        pytest.param(_HELLO + b"data: {oops}\n\n", "text/event-stream", "malformed", id="late"),
+        pytest.param(b"data: [1, 2]\n\n", "text/event-stream", "malformed", id="not-an-object"),
+        pytest.param(
+            b'data: {"id": "c1", "object": "chat.completion.chunk"}\n\n',
+            "text/event-stream",
+            "choices",
+            id="no-choices",
+        ),
+        pytest.param(
+            b'data: {"choices": [{"delta": {"content": 7}}]}\n\n',
+            "text/event-stream",
+            "malformed",
+            id="content-not-text",
+        ),
+        pytest.param(
+            b'data: {"choices": [], "usage": {"prompt_tokens": "five"}}\n\n',
+            "text/event-stream",
+            "malformed",
+            id="usage-not-numbers",
+        ),
+        pytest.param(
+            _HELLO + b'data: {"error": {"message": "the GPU fell over"}}\n\n',
+            "text/event-stream",
+            "the GPU fell over",
+            id="error-chunk",
+        ),
+        pytest.param(
+            b'{"choices": [{"message": {"content": "Hello"}}]}',
+            "application/json",
+            "text/event-stream",
+            id="not-an-event-stream",
+        ),
+    ],
+)
+async def test_a_malformed_reply_is_an_engine_error_naming_the_replica(
+    body: bytes, media_type: str, says: str
+) -> None:
+    async with scripted(body, media_type) as (engine, url):
+        with pytest.raises(EngineUnavailable) as failed:
+            await ask(engine, turn("bad", "Hi"))
+        assert url in str(failed.value)
+        assert says in str(failed.value)
+        assert engine.stats().running == 0

@@ -18,10 +18,27 @@ def fenced_block_after(heading: str) -> list[str]:
     return [line for line in block[1].splitlines() if line.strip()]
 
 
-def test_ci_runs_the_readme_test_commands_verbatim() -> None:
+def test_quick_start_is_two_commands_of_this_repository() -> None:
+    commands = fenced_block_after("Quick start")
+    assert commands == ["scripts/serve", "scripts/test"]
+    for command in commands:
+        script = ROOT / command
+        assert script.is_file() and script.stat().st_mode & 0o111, command
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     commands = [line for line in ci if line and not line.startswith(("#", "set ", "cd ", "rm "))]
-    assert commands == fenced_block_after("Run the tests")
+    assert commands == [fenced_block_after("Quick start")[1]]
+
+
+def test_installs_use_the_pinned_constraints() -> None:
+    install = (ROOT / "scripts" / "install").read_text(encoding="utf-8")
+    assert "-c constraints.txt" in install
+    pins = (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    pinned = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() for line in pins if "==" in line}
+    for package in ("litestar", "msgspec", "llama-cpp-python", "torch", "pytest"):
+        assert package in pinned, package
 
 
 def test_every_setting_is_documented() -> None:
