@@ -27,6 +27,14 @@ class ChatEngineConfig:
     prefill_chunk: int = 128
     max_waiting: int = 256
     host_cache_bytes: int = 512 << 20
+    repack: str = "auto"  # llamacpp: "auto", "on" or "off" (inference.engines.llamacpp.repack)
+    # llamacpp: "separate" runs the engine in a process of its own (inference.engines.process),
+    # "inline" in this one (tests of the engine itself; measuring what the boundary costs)
+    process: str = "separate"
+    state_dir: Path | None = None  # where engines keep what they learn about this machine
+    # seconds a request may take from submission, when it sets no deadline of its own
+    # (chat turns, /v1): past it the engine ends it; 0: none
+    deadline_s: float = 600.0
     remote_urls: tuple[str, ...] = ()  # backend "remote": replicas' OpenAI base URLs
     remote_model: str = ""  # the model name upstream (default: model_id)
     remote_api_key: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from inference.config import ChatEngineConfig
@@ -21,6 +22,13 @@ def create_engine(
         return _remote(config, observer)
     if config.backend != "llamacpp":
         raise EngineUnavailable(f"unknown chat engine backend {config.backend!r}")
+    if config.process == "separate":
+        from inference.engines.process import ProcessEngine
+
+        located = dataclasses.replace(
+            config, model_path=config.model_path or _packaged_chat_model()
+        )
+        return ProcessEngine(located, observer)
     try:
         from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
     except ImportError as exc:
@@ -38,6 +46,8 @@ def create_engine(
         prefill_chunk=config.prefill_chunk,
         max_waiting=config.max_waiting,
         host_cache_bytes=config.host_cache_bytes,
+        repack=config.repack,
+        state_dir=config.state_dir,
     )
     return LlamaCppEngine(llama_config, observer)
 

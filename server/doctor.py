@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -37,7 +38,35 @@ async def run_doctor(settings: Settings, echo: Echo) -> bool:
     ):
         echo(f"  {name:<24} {'ok  ' if ok else 'FAIL'} {text}")
         healthy = healthy and ok
+    _report_engine(settings, echo)
     return _report_models(settings, echo) and healthy
+
+
+def _report_engine(settings: Settings, echo: Echo) -> None:
+    """How the llama.cpp engine will run here: its process and the weight-repacking answer."""
+    config = settings.chat_engine
+    if config.backend != "llamacpp":
+        return
+    from inference.engines.llamacpp.repack import cached_probe
+    from models.packaged import packaged_path
+
+    echo("Chat engine:")
+    echo(f"  {'process':<24} {config.process}")
+    try:
+        model = config.model_path or packaged_path("chat")
+    except FileNotFoundError as exc:
+        echo(f"  {'repacking':<24} {config.repack} (no model: {exc})")
+        return
+    if config.repack != "auto":
+        echo(f"  {'repacking':<24} {config.repack} (set)")
+        return
+    probed = cached_probe(model, config.state_dir)
+    if probed is None:
+        echo(f"  {'repacking':<24} auto: not probed yet on this CPU (at the next start)")
+        return
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(probed.when))
+    answer = "on" if probed.repack else "off"
+    echo(f"  {'repacking':<24} auto: {answer} (probe {probed.outcome}, {probed.cpu}, {when})")
 
 
 def _report_models(settings: Settings, echo: Echo) -> bool:

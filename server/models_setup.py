@@ -1,7 +1,9 @@
 """The chat models this process can serve, and the manager that loads them.
 
 The default chat model (``COMPANION_CHAT_ENGINE`` / ``COMPANION_CHAT_MODEL``) is
-pinned: loaded at start, never unloaded, handed to the companion chat turn.
+pinned: loaded at start, never unloaded, handed to the companion chat turn; so
+is the small model for small talk (``COMPANION_CHAT_SMALL_MODEL``). Every
+engine this process runs is opened here (`open_engine`), the pinned ones too.
 Every chat model of the catalog (`models.catalog`) whose weights are on disk
 is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
 
@@ -56,8 +58,19 @@ async def open_models(
 
     manager = ModelManager(options, memory_budget(settings), opener)
     stack.push_async_callback(manager.close)
-    await manager.load(settings.chat_engine.model_id)
+    for option in options:
+        if option.pinned:
+            await manager.load(option.model_id)
     return manager
+
+
+def small_model(settings: Settings) -> ChatEngineConfig | None:
+    """The small model for short small talk (`server.complexity`), where one is configured:
+    pinned like the default model, so it counts in the memory budget and stays loaded."""
+    path = settings.chat_small_model
+    if path is None or settings.chat_engine.backend != "llamacpp":
+        return None
+    return dataclasses.replace(settings.chat_engine, model_path=path, model_id=path.stem)
 
 
 def memory_budget(settings: Settings) -> int:
@@ -69,10 +82,13 @@ def memory_budget(settings: Settings) -> int:
 
 def model_options(settings: Settings, catalog: Catalog | None) -> list[ModelOption]:
     """The pinned default model, then every catalog chat model that can be loaded."""
-    default = settings.chat_engine
-    options = [ModelOption(default.model_id, default, estimate_memory(default), pinned=True)]
+    pinned = [settings.chat_engine]
+    small = small_model(settings)
+    if small is not None and small.model_id != settings.chat_engine.model_id:
+        pinned.append(small)
+    options = [ModelOption(c.model_id, c, estimate_memory(c), pinned=True) for c in pinned]
     for spec in catalog.list() if catalog else []:
-        if spec.role != "chat" or spec.id == default.model_id:
+        if spec.role != "chat" or spec.id in (c.model_id for c in pinned):
             continue
         config = catalog_config(settings, catalog, spec) if catalog else None
         if config is not None:

@@ -2,7 +2,7 @@
 
 Order at start: the embedded servers (only where no URL is configured), the
 schema migrations, the PostgreSQL pool and the Redis client, then the chat
-model manager with the default chat engine loaded (its model loads off the
+model manager with the pinned chat engines loaded (its model loads off the
 event loop; each loaded engine has a task that publishes its stats as metrics
 every second; see `server.models_setup`), then the embedding model, then (where there
 are GPUs) a task sampling NVML every five seconds, then the memory job queue
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import gc
 import logging
@@ -29,13 +28,10 @@ from redis.asyncio import Redis
 
 from inference.classifiers.content import ContentClassifier
 from inference.classifiers.emotion import EmotionClassifier
-from inference.config import ChatEngineConfig
 from inference.embedder import Runtime, SentenceEmbedder
 from inference.engine import Engine
-from inference.factory import create_engine
 from inference.gpu import GpuMetrics, read_gpus
 from inference.manager import ModelManager
-from inference.metrics import EngineMetrics, default_engine_metrics
 from memory.accounts import AccountStore
 from memory.buffer import BufferConfig, ConversationBuffer
 from memory.conversation_log import ConversationLog
@@ -50,7 +46,7 @@ from memory.session import SessionConfig, SessionStore
 from server.chat import ChatTurnService
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
-from server.models_setup import open_models
+from server.models_setup import open_models, small_model
 from server.personas import Persona, load_personas
 from server.ratelimit import Limits, RateLimiter
 from server.settings import Settings
@@ -128,7 +124,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 buffer_size=settings.buffer_size,
             )
         personas = load_personas(settings.data_dir)  # once: edits apply at the next start
-        small = await _start_small_engine(stack, settings) if engine is not None else None
+        small = _small_engine(settings, models) if engine is not None else None
         chat = await _chat_service(
             stack, settings, pool, redis, engine, embedder, jobs, personas, small
         )
@@ -224,33 +220,10 @@ async def _start_embedder(stack: AsyncExitStack, settings: Settings) -> Sentence
     return embedder
 
 
-async def _start_small_engine(stack: AsyncExitStack, settings: Settings) -> Engine | None:
+def _small_engine(settings: Settings, models: ModelManager | None) -> Engine | None:
     """The small model for short small talk (`server.complexity`), where one is configured."""
-    path = settings.chat_small_model
-    if path is None or settings.chat_engine.backend != "llamacpp":
-        return None
-    small = dataclasses.replace(settings.chat_engine, model_path=path, model_id=path.stem)
-    return await _start_engine(stack, settings, small)
-
-
-async def _start_engine(
-    stack: AsyncExitStack, settings: Settings, config: ChatEngineConfig | None = None
-) -> Engine | None:
-    metrics = default_engine_metrics()
-    engine = create_engine(config or settings.chat_engine, observer=metrics)
-    if engine is None:
-        return None
-    await engine.start()
-    stack.push_async_callback(engine.close)
-    task = asyncio.create_task(_publish_stats(engine, metrics), name="engine-metrics")
-    stack.push_async_callback(_cancel, task)
-    return engine
-
-
-async def _publish_stats(engine: Engine, metrics: EngineMetrics, every_s: float = 1.0) -> None:
-    while True:
-        metrics.update(engine.stats())
-        await asyncio.sleep(every_s)
+    small = small_model(settings)
+    return models.loaded_engine(small.model_id) if small and models else None
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

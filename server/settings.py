@@ -70,6 +70,8 @@ class Settings:
     jwt_secret: str | None
     jwt_ttl_s: int
     cors_origins: tuple[str, ...]
+    # Host headers served (Litestar's allowed-hosts check; `host_patterns` adds the port)
+    allowed_hosts: tuple[str, ...]
     rate_limit_user: RateLimit
     rate_limit_ip: RateLimit
     rate_limits: bool
@@ -144,6 +146,7 @@ class Settings:
             "jwt_secret": "(set, masked)" if self.jwt_secret else "(not set)",
             "jwt_ttl_s": str(self.jwt_ttl_s),
             "cors_origins": ",".join(self.cors_origins) or "(none)",
+            "allowed_hosts": ",".join(self.allowed_hosts),
             "rate_limit_user": str(self.rate_limit_user),
             "rate_limit_ip": str(self.rate_limit_ip),
             "rate_limits": "on" if self.rate_limits else "off",
@@ -269,6 +272,15 @@ def _url(*schemes: str) -> Callable[[object], str | None]:
     return parse
 
 
+def _hosts(raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    hosts = tuple(str(item).strip().lower() for item in items if str(item).strip())
+    for host in hosts:
+        if not re.fullmatch(r"\*|(\*\.)?[a-z0-9.\-]+(:\d+)?|\[[0-9a-f:]+\](:\d+)?", host):
+            raise ValueError("expected '*' or comma-separated host names like chat.example.com")
+    return hosts
+
+
 def _origins(raw: object) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
@@ -361,6 +373,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("jwt_secret", "COMPANION_JWT_SECRET", _optional_text, "", secret=True),
     _Field("jwt_ttl_s", "COMPANION_JWT_TTL", _integer(60, 30 * 86400), 86400),
     _Field("cors_origins", "COMPANION_CORS_ORIGINS", _origins, ""),
+    # Unset: this machine's loopback names when bound to loopback, else any.
+    _Field("allowed_hosts", "COMPANION_ALLOWED_HOSTS", _hosts, ""),
     _Field("rate_limit_user", "COMPANION_RATE_LIMIT_USER", _rate, "60/minute"),
     _Field("rate_limit_ip", "COMPANION_RATE_LIMIT_IP", _rate, "120/minute"),
     _Field("rate_limits", "COMPANION_RATE_LIMITS", _boolean, True),
@@ -392,6 +406,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("chat_prefill_chunk", "COMPANION_CHAT_PREFILL_CHUNK", _integer(8, 8192), 128),
     _Field("chat_max_waiting", "COMPANION_CHAT_MAX_WAITING", _integer(1, 100_000), 256),
     _Field("host_kv_cache_mb", "COMPANION_HOST_KV_CACHE_MB", _integer(0, 1 << 20), 512),
+    _Field("chat_deadline_s", "COMPANION_CHAT_DEADLINE", _integer(0, 86400), 600),
+    _Field("chat_repack", "COMPANION_CHAT_REPACK", _choice("auto", "on", "off"), "auto"),
+    _Field("chat_process", "COMPANION_CHAT_PROCESS", _choice("separate", "inline"), "separate"),
     _Field("chat_remote_urls", "COMPANION_CHAT_REMOTE_URLS", _urls, ""),
     _Field("chat_remote_model", "COMPANION_CHAT_REMOTE_MODEL", _text, ""),
     _Field("chat_remote_key", "COMPANION_CHAT_REMOTE_KEY", _optional_text, "", secret=True),
@@ -504,6 +521,18 @@ def default_pool_max() -> int:
     return max(4, 2 * len(os.sched_getaffinity(0)))
 
 
+def host_patterns(settings: Settings) -> list[str]:
+    """The Host headers to accept: each allowed host alone (default ports) and with ours."""
+    if "*" in settings.allowed_hosts:
+        return ["*"]
+    return [form for host in settings.allowed_hosts for form in _with_port(host, settings.port)]
+
+
+def _with_port(host: str, port: int) -> tuple[str, ...]:
+    has_port = host.rsplit("]", 1)[-1].count(":") == 1
+    return (host,) if has_port else (host, f"{host}:{port}")
+
+
 def _cross_field_problems(values: dict[str, Any]) -> list[str]:
     problems = []
     if not values["database_pool_max"]:
@@ -514,6 +543,14 @@ def _cross_field_problems(values: dict[str, Any]) -> list[str]:
         problems.append("COMPANION_CHAT_REMOTE_URLS: required when COMPANION_CHAT_ENGINE=remote")
     loopback = values["host"] in _LOOPBACK_HOSTS
     development = values["environment"] is Environment.DEVELOPMENT
+    if not values["allowed_hosts"]:
+        # A page that DNS-rebinds its name to 127.0.0.1 must not reach a loopback server
+        values["allowed_hosts"] = ("127.0.0.1", "localhost", "[::1]") if loopback else ("*",)
+    if values["dev_header_auth"] and not loopback:
+        problems.append(
+            "COMPANION_DEV_HEADER_AUTH: only when bound to a loopback address (anyone who can"
+            " reach the port could claim to be any user)"
+        )
     if values["api_keys_required"] is None:
         values["api_keys_required"] = not (development and loopback)
     elif not values["api_keys_required"] and not loopback:
@@ -544,6 +581,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
         jwt_secret=values["jwt_secret"],
         jwt_ttl_s=values["jwt_ttl_s"],
         cors_origins=values["cors_origins"],
+        allowed_hosts=values["allowed_hosts"],
         rate_limit_user=values["rate_limit_user"],
         rate_limit_ip=values["rate_limit_ip"],
         rate_limits=values["rate_limits"],
@@ -580,6 +618,10 @@ def _build(values: Mapping[str, Any]) -> Settings:
             prefill_chunk=values["chat_prefill_chunk"],
             max_waiting=values["chat_max_waiting"],
             host_cache_bytes=values["host_kv_cache_mb"] << 20,
+            repack=values["chat_repack"],
+            deadline_s=float(values["chat_deadline_s"]),
+            process=values["chat_process"],
+            state_dir=values["data_dir"] / "engines",
             remote_urls=values["chat_remote_urls"],
             remote_model=values["chat_remote_model"],
             remote_api_key=values["chat_remote_key"],

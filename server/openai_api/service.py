@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from inference.embedder import SentenceEmbedder
+from inference.errors import InferenceError
 from inference.manager import ModelManager
 from inference.types import (
     ChatMessage,
@@ -28,7 +29,7 @@ from inference.types import (
 )
 from memory.accounts import Caller
 from server.openai_api import schemas as s
-from server.openai_api.errors import OpenAIError, bad_param
+from server.openai_api.errors import OpenAIError, bad_param, stream_error
 
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 DEFAULT_MAX_TOKENS = 512
@@ -290,13 +291,17 @@ async def _chat_chunks(
 
     yield chunk(s.Delta(role="assistant", content=""))
     async with aclosing(events):
-        async for event in events:
-            if isinstance(event, TextDelta):
-                yield chunk(s.Delta(content=event.text))
-                continue
-            yield chunk(s.Delta(), _FINISH[event.finish_reason])
-            if include_usage:
-                yield _sse(s.ChatCompletionChunk(request_id, created, model, [], _usage(event)))
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    yield chunk(s.Delta(content=event.text))
+                    continue
+                yield chunk(s.Delta(), _FINISH[event.finish_reason])
+                if include_usage:
+                    usage = _usage(event)
+                    yield _sse(s.ChatCompletionChunk(request_id, created, model, [], usage))
+        except InferenceError as exc:  # after the headers: the error goes in the stream
+            yield _sse(msgspec.json.encode(stream_error(exc)).decode())
     yield _sse("[DONE]")
 
 
@@ -305,15 +310,18 @@ async def _text_chunks(
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     async with aclosing(events):
-        async for event in events:
-            if isinstance(event, TextDelta):
-                choice = s.TextChoice(0, event.text, None)
-                yield _sse(s.Completion(request_id, created, model, [choice]))
-                continue
-            final = s.TextChoice(0, "", _FINISH[event.finish_reason])
-            yield _sse(s.Completion(request_id, created, model, [final]))
-            if include_usage:
-                yield _sse(s.Completion(request_id, created, model, [], _usage(event)))
+        try:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    choice = s.TextChoice(0, event.text, None)
+                    yield _sse(s.Completion(request_id, created, model, [choice]))
+                    continue
+                final = s.TextChoice(0, "", _FINISH[event.finish_reason])
+                yield _sse(s.Completion(request_id, created, model, [final]))
+                if include_usage:
+                    yield _sse(s.Completion(request_id, created, model, [], _usage(event)))
+        except InferenceError as exc:  # after the headers: the error goes in the stream
+            yield _sse(msgspec.json.encode(stream_error(exc)).decode())
     yield _sse("[DONE]")
 
 

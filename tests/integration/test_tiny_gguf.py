@@ -1,4 +1,7 @@
-"""The tiny test model loads in llama.cpp and tokenises and formats like the real SmolLM2."""
+"""The tiny test model loads in llama.cpp and tokenises and formats like the real SmolLM2.
+
+Its quantized variant is checked here for what the file holds; the engine tests run it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
+import gguf
 import llama_cpp
 import pytest
 
@@ -90,3 +94,27 @@ def test_greedy_generation_is_deterministic(llm: llama_cpp.Llama) -> None:
 
 def test_session_fixture_is_the_same_model(tiny_gguf: Path, built: Path) -> None:
     assert tiny_gguf.read_bytes() == built.read_bytes()
+
+
+def test_quantized_model_is_quantized_like_the_packaged_one(tiny_gguf_q4: Path) -> None:
+    reader = gguf.GGUFReader(tiny_gguf_q4)  # seconds: it parses every tokenizer string
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    types = {name: tensor.tensor_type for name, tensor in tensors.items()}
+    q = gguf.GGMLQuantizationType
+    assert types.pop("token_embd.weight") == q.Q8_0  # also the tied output head
+    norms = {name for name in types if name.endswith("norm.weight")}
+    assert len(norms) == 5 and {types[name] for name in norms} == {q.F32}
+    matrices = types.keys() - norms
+    assert len(matrices) == 14 and {types[name] for name in matrices} == {q.Q4_1}
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_1
+    # the F32 model's dimensions, in GGUF's order (n_in, n_out)
+    assert list(tensors["blk.0.attn_k.weight"].shape) == [64, 32]
+    assert list(tensors["blk.1.ffn_down.weight"].shape) == [128, 64]
+    assert tiny_gguf_q4.stat().st_size < 8_000_000
+
+
+def test_quantized_build_is_reproducible(
+    tiny_gguf_builder: Callable[..., Path], tiny_gguf_q4: Path
+) -> None:
+    again = tiny_gguf_builder(tiny_gguf_q4.with_name("again-q4_1.gguf"), weight_type="q4_1")
+    assert again.read_bytes() == tiny_gguf_q4.read_bytes()

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.engines.llamacpp.model import BatchItem, ContextShape, LlamaModel, default_threads
+from inference.engines.llamacpp.repack import resolve_repack
 from inference.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -82,6 +83,10 @@ class LlamaCppConfig:
     nice: int = 10
     max_waiting: int = 256
     host_cache_bytes: int = 512 << 20
+    # weight repacking: "auto" probes once per model, CPU and build (`repack.resolve_repack`),
+    # caching the answer in ``state_dir``
+    repack: str = "auto"
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -152,20 +157,27 @@ class LlamaCppEngine:
             n_batch=self.config.n_batch,
             n_threads=self.config.n_threads or default_threads(),
         )
-        self._model = await asyncio.to_thread(LlamaModel, self.config.model_path, shape)
+        self._model = await asyncio.to_thread(self._load, shape)
         self._max_seq_len = min(self.config.n_ctx, self._model.n_ctx_train or self.config.n_ctx)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="llamacpp-decode", daemon=True)
         self._thread.start()
 
+    def _load(self, shape: ContextShape) -> LlamaModel:
+        path = self.config.model_path
+        repack = resolve_repack(self.config.repack, path, self.config.state_dir)
+        return LlamaModel(path, shape, repack=repack)
+
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
+        thread = self._thread
         if thread is None:
             return
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
+        # the decode thread may be mid-step: it finishes it with the model still there
         await asyncio.to_thread(thread.join)
+        self._thread = None
         if self._model is not None:
             self._model.close()
             self._model = None

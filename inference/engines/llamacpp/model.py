@@ -45,7 +45,7 @@ class BatchItem:
 class LlamaModel:
     """One loaded GGUF model with its context, vocabulary and chat template."""
 
-    def __init__(self, path: Path, shape: ContextShape) -> None:
+    def __init__(self, path: Path, shape: ContextShape, *, repack: bool = True) -> None:
         global _backend_ready
         if not _backend_ready:
             llama_cpp.llama_backend_init()
@@ -53,7 +53,7 @@ class LlamaModel:
         llama_cpp.llama_log_set(_silent_log, ctypes.c_void_p(0))
         self.path = path
         self.shape = shape
-        self._model = self._load_model(path)
+        self._model = self._load_model(path, repack)
         self._ctx = self._new_context(shape)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
@@ -191,8 +191,11 @@ class LlamaModel:
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         return bool(llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(state), seq))
 
-    def _load_model(self, path: Path) -> Any:
+    def _load_model(self, path: Path, repack: bool) -> Any:
         params = llama_cpp.llama_model_default_params()
+        # repacking into the CPU's "extra buffer types" faults on some CPUs
+        # (inference.engines.llamacpp.repack decides)
+        params.use_extra_bufts = repack
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise EngineUnavailable(f"could not load model {path}")
@@ -204,7 +207,7 @@ class LlamaModel:
         params.n_batch = shape.n_batch
         params.n_ubatch = shape.n_batch
         params.n_seq_max = shape.n_seq_max
-        params.n_threads = params.n_threads_batch = shape.n_threads
+        params.n_threads = params.n_threads_batch = shape.n_threads or default_threads()
         params.kv_unified = True  # one pool of cells, shared prefixes stored once
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._model, params)
