@@ -8,6 +8,8 @@ was wrong.
 from __future__ import annotations
 
 import asyncio
+import functools
+import secrets
 import uuid
 from typing import Annotated
 
@@ -27,6 +29,12 @@ from server.tokens import hash_password, issue_token, jwt_secret, password_match
 
 Username = Annotated[str, msgspec.Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
+
+
+@functools.cache
+def _unknown_user_hash() -> str:
+    """An argon2 hash no password matches, to check unknown names against."""
+    return hash_password(secrets.token_urlsafe(32))
 
 
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,7 +80,10 @@ class AccountsController(Controller):
     async def login(self, data: JSONBody[Credentials], state: State) -> AccessToken:
         resources = state.resources
         found = await AccountStore(resources.pool).credentials(data.username)
-        if found is None or not await asyncio.to_thread(password_matches, found[1], data.password):
+        # an unknown name costs the same argon2 check, so timing does not tell which exist
+        stored = found[1] if found is not None else _unknown_user_hash()
+        matches = await asyncio.to_thread(password_matches, stored, data.password)
+        if found is None or not matches:
             raise NotAuthorizedException("wrong username or password")
         ttl = resources.settings.jwt_ttl_s
         token = issue_token(found[0], jwt_secret(resources.settings), ttl)

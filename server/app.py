@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar
+from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
@@ -29,7 +30,7 @@ from server.memories_api import MemoriesController
 from server.openai_api.routes import OpenAIController
 from server.profile_api import ProfileController
 from server.resources import open_resources
-from server.settings import Settings, load_settings
+from server.settings import Settings, host_patterns, load_settings
 from server.sse import UNCOMPRESSED
 from server.status_api import StatusController
 from server.web_ui import web_ui
@@ -84,6 +85,8 @@ def create_app(
             backend="gzip", minimum_size=GZIP_MINIMUM_BYTES, exclude_opt_key=UNCOMPRESSED
         ),
         cors_config=_cors(settings),
+        # refuses Host headers this server does not serve (DNS rebinding to loopback)
+        allowed_hosts=AllowedHostsConfig(allowed_hosts=host_patterns(settings)),
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings}),
         logging_config=None,

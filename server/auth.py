@@ -4,7 +4,8 @@ With keys required (always in production), a request without a valid key
 gets 401. In development bound to a loopback address keys may be off
 (``COMPANION_API_KEYS_REQUIRED=false``, the default there), as in LM Studio:
 a request without a key, or with a key that is not one of ours, is the local
-user; a valid key still identifies its own user.
+user; a valid key still identifies its own user. The local user is never an
+administrator: the admin endpoints always need an admin key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from memory.accounts import KEY_PREFIX, AccountStore, Caller
 from server.ratelimit import enforce_ip, enforce_user
 from server.tokens import jwt_secret, token_user
 
-LOCAL_CALLER = Caller(user_id="local", username="local", is_admin=True)
+# Never an administrator: with keys off, anything on this machine (and any web page a
+# browser here opens) is the local caller; administration always takes an admin key.
+LOCAL_CALLER = Caller(user_id="local", username="local", is_admin=False)
 
 
 async def resolve_caller(request: Request[Any, Any, Any], state: State) -> Caller:
@@ -48,7 +51,12 @@ async def _key_caller(request: Request[Any, Any, Any], state: State) -> Caller:
 
 
 async def resolve_admin(request: Request[Any, Any, Any], state: State) -> Caller:
+    """An administrator, known by an admin key, whether or not keys are required."""
     caller = await resolve_caller(request, state)
+    if caller is LOCAL_CALLER:
+        raise NotAuthorizedException(
+            "administration needs an administrator's API key (companion keys create NAME --admin)"
+        )
     if not caller.is_admin:
         raise PermissionDeniedException("this needs an administrator's key")
     return caller

@@ -102,6 +102,9 @@ def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
             "COMPANION_CHAT_ENGINE": "none",  # tests that need an engine opt in
             "COMPANION_EMBEDDER": "none",
             "COMPANION_RATE_LIMITS": "false",  # one shared Redis: tests that need limits opt in
+            # the test client's testserver.local and real servers on 127.0.0.1 alike; the
+            # tests of the Host check (test_local_access.py) set their own
+            "COMPANION_ALLOWED_HOSTS": "*",
         }
     )
 

@@ -114,3 +114,28 @@ async def test_dev_header_stands_in_only_when_enabled(settings: Settings) -> Non
         allowed = await client.get("/api/v1/me", headers={"X-User-Id": user_id})
         assert allowed.status_code == 200
         assert allowed.json()["id"] == user_id
+
+
+async def test_an_unknown_username_costs_the_same_password_check(
+    client: AsyncTestClient[Litestar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipping argon2 for names that do not exist would tell, by timing, which do."""
+    import server.accounts_api as accounts_api
+
+    checked: list[str] = []
+    real = accounts_api.password_matches
+
+    def spy(password_hash: str, password: str) -> bool:
+        checked.append(password_hash)
+        return real(password_hash, password)
+
+    monkeypatch.setattr(accounts_api, "password_matches", spy)
+    await sign_up(client, "known_user")
+    checked.clear()
+    for name in ("known_user", "no_such_user"):
+        refused = await client.post(
+            "/api/v1/auth/login", json={"username": name, "password": "wrong password!"}
+        )
+        assert refused.status_code == 401
+        assert refused.json()["error"]["message"] == "wrong username or password"
+    assert len(checked) == 2 and all(h.startswith("$argon2") for h in checked)

@@ -207,3 +207,10 @@ def test_session_ttl_and_buffer_size_reach_the_redis_stores() -> None:
     settings = load_settings({"COMPANION_SESSION_TTL": "600", "COMPANION_BUFFER_SIZE": "8"})
     assert session_config(settings).ttl_s == 600
     assert (buffer_config(settings).size, buffer_config(settings).ttl_s) == (8, 600)
+
+
+def test_development_header_auth_is_refused_off_loopback() -> None:
+    # anyone who can reach the port could claim to be any user with X-User-Id
+    with pytest.raises(SettingsError, match="COMPANION_DEV_HEADER_AUTH"):
+        load_settings({"COMPANION_HOST": "0.0.0.0", "COMPANION_DEV_HEADER_AUTH": "true"})
+    assert load_settings({"COMPANION_DEV_HEADER_AUTH": "true"}).dev_header_auth is True
