@@ -88,6 +88,7 @@ class Options:
     base_url: str
     server_binary: Path
     server_args: tuple[str, ...]
+    repack: str = "auto"  # the engine's weight repacking (COMPANION_CHAT_REPACK)
 
 
 _request_ids = itertools.count()
@@ -116,6 +117,7 @@ class EngineBackend:
             n_ctx=self._options.ctx,
             n_slots=self._options.slots,
             n_threads=self._options.threads,
+            repack=self._options.repack,
         )
         self._engine = LlamaCppEngine(config)
         await self._engine.start()
@@ -497,6 +499,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra llama-server argument (repeat; use --server-arg=--flag for flags)",
     )
+    p.add_argument(
+        "--repack", default="auto", choices=("auto", "on", "off"), help="engine weight repacking"
+    )
     p.add_argument("--json", type=Path, help="write results here")
     p.add_argument("--png", type=Path, help="draw the plot here")
     p.add_argument("--label", help="name of this run (JSON, plot title)")
@@ -591,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_url=args.base_url,
         server_binary=args.server_binary,
         server_args=tuple(args.server_arg),
+        repack=args.repack,
     )
     sizes = token_counts(options.model)
     print(f"model {options.model.name}: {sizes}", file=sys.stderr)
