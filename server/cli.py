@@ -80,6 +80,10 @@ def serve(config: Path | None, host: str | None, port: int | None, workers: int 
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=30,
+            # the client address from X-Forwarded-For only when the peer is a trusted proxy
+            # (per-address rate limits behind nginx); nobody by default, not even loopback
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=",".join(settings.trusted_proxies) or "",
         )
 
 

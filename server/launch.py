@@ -12,10 +12,9 @@ import errno
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-
-import httpx
 
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}  # noqa: S104
 
@@ -62,12 +61,13 @@ def announce_when_ready(
     def watch() -> None:
         url = f"{base_url(host, port)}/health/ready"
         while True:
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    echo(ready_line(host, port, data_dir))
-                    return
-            except httpx.HTTPError:
-                pass  # not listening yet
+            try:  # urllib, not httpx: its client logs every poll at info level
+                with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        echo(ready_line(host, port, data_dir))
+                        return
+            except OSError:
+                pass  # not listening yet, or 503 while starting
             time.sleep(interval_s)
 
     thread = threading.Thread(target=watch, name="announce-ready", daemon=True)

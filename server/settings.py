@@ -13,6 +13,7 @@ and production mode adds its own refusals (see `production_problems`).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import re
 import tomllib
@@ -72,6 +73,8 @@ class Settings:
     cors_origins: tuple[str, ...]
     # Host headers served (Litestar's allowed-hosts check; `host_patterns` adds the port)
     allowed_hosts: tuple[str, ...]
+    # peers whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips)
+    trusted_proxies: tuple[str, ...]
     rate_limit_user: RateLimit
     rate_limit_ip: RateLimit
     rate_limits: bool
@@ -147,6 +150,7 @@ class Settings:
             "jwt_ttl_s": str(self.jwt_ttl_s),
             "cors_origins": ",".join(self.cors_origins) or "(none)",
             "allowed_hosts": ",".join(self.allowed_hosts),
+            "trusted_proxies": ",".join(self.trusted_proxies) or "(none)",
             "rate_limit_user": str(self.rate_limit_user),
             "rate_limit_ip": str(self.rate_limit_ip),
             "rate_limits": "on" if self.rate_limits else "off",
@@ -281,6 +285,20 @@ def _hosts(raw: object) -> tuple[str, ...]:
     return hosts
 
 
+def _networks(raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    networks = tuple(str(item).strip() for item in items if str(item).strip())
+    for network in networks:
+        if network != "*":
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "expected '*' or comma-separated addresses or networks like 10.0.0.0/8"
+                ) from None
+    return networks
+
+
 def _origins(raw: object) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else str(raw).split(",")
     origins = tuple(str(item).strip().rstrip("/") for item in items if str(item).strip())
@@ -373,6 +391,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("jwt_secret", "COMPANION_JWT_SECRET", _optional_text, "", secret=True),
     _Field("jwt_ttl_s", "COMPANION_JWT_TTL", _integer(60, 30 * 86400), 86400),
     _Field("cors_origins", "COMPANION_CORS_ORIGINS", _origins, ""),
+    # Unset: nobody; the peer's address is the client's.
+    _Field("trusted_proxies", "COMPANION_TRUSTED_PROXIES", _networks, ""),
     # Unset: this machine's loopback names when bound to loopback, else any.
     _Field("allowed_hosts", "COMPANION_ALLOWED_HOSTS", _hosts, ""),
     _Field("rate_limit_user", "COMPANION_RATE_LIMIT_USER", _rate, "60/minute"),
@@ -582,6 +602,7 @@ def _build(values: Mapping[str, Any]) -> Settings:
         jwt_ttl_s=values["jwt_ttl_s"],
         cors_origins=values["cors_origins"],
         allowed_hosts=values["allowed_hosts"],
+        trusted_proxies=values["trusted_proxies"],
         rate_limit_user=values["rate_limit_user"],
         rate_limit_ip=values["rate_limit_ip"],
         rate_limits=values["rate_limits"],

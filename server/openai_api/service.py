@@ -7,6 +7,7 @@ narrowed further by the request's ``user`` field when given.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from inference.embedder import SentenceEmbedder
+from inference.embedder import SentenceEmbedder, mark_background
 from inference.errors import InferenceError
 from inference.manager import ModelManager
 from inference.types import (
@@ -36,6 +37,12 @@ DEFAULT_MAX_TOKENS = 512
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _FINISH = {"stop": "stop", "length": "length", "timeout": "length", "abort": "stop"}
 _STARTED = int(time.time())
+
+
+# /v1/embeddings per request. MiniLM reads at most 256 tokens of each input (about a
+# thousand characters), so longer inputs only cost tokenizing.
+MAX_EMBEDDING_INPUTS = 256
+MAX_EMBEDDING_CHARS = 256_000
 
 
 class OpenAIService:
@@ -124,14 +131,16 @@ class OpenAIService:
         if self._embedder is None or body.model != EMBEDDING_MODEL_ID:
             raise _unknown_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        if not texts or any(not t for t in texts):
-            raise bad_param("input", "input must be a non-empty string or array of strings")
+        _check_embedding_input(texts)
+        # behind the chat turns' own embeddings (emotion, content, retrieval), like the
+        # memory jobs: a big /v1 batch must not hold up a user's first token
+        mark_background()
         vectors = await self._embedder.embed(texts)
         items = [
             s.EmbeddingItem(index=i, embedding=_encode_vector(v, body.encoding_format))
             for i, v in enumerate(vectors)
         ]
-        tokens = sum(self._embedder.token_counts(texts))
+        tokens = sum(await asyncio.to_thread(self._embedder.token_counts, texts))
         return s.EmbeddingList(items, EMBEDDING_MODEL_ID, s.EmbeddingUsage(tokens, tokens))
 
     def _chat_models(self, model: str) -> ModelManager:
@@ -141,6 +150,17 @@ class OpenAIService:
 
 
 # --- request translation
+
+
+def _check_embedding_input(texts: list[str]) -> None:
+    if not texts or any(not t for t in texts):
+        raise bad_param("input", "input must be a non-empty string or array of strings")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise bad_param("input", f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+    if sum(map(len, texts)) > MAX_EMBEDDING_CHARS:
+        raise bad_param(
+            "input", f"at most {MAX_EMBEDDING_CHARS} characters of input per request, all together"
+        )
 
 
 def _unknown_model(model: str) -> OpenAIError:

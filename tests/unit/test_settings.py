@@ -214,3 +214,11 @@ def test_development_header_auth_is_refused_off_loopback() -> None:
     with pytest.raises(SettingsError, match="COMPANION_DEV_HEADER_AUTH"):
         load_settings({"COMPANION_HOST": "0.0.0.0", "COMPANION_DEV_HEADER_AUTH": "true"})
     assert load_settings({"COMPANION_DEV_HEADER_AUTH": "true"}).dev_header_auth is True
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    assert load_settings({}).trusted_proxies == ()  # nobody by default, loopback included
+    given = load_settings({"COMPANION_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1"})
+    assert given.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
+    with pytest.raises(SettingsError, match="COMPANION_TRUSTED_PROXIES"):
+        load_settings({"COMPANION_TRUSTED_PROXIES": "nginx"})
