@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 from pgvector.asyncpg import register_vector
 
 from memory.config import DatabaseConfig
+from memory.errors import DatabaseUnavailable
 
 BIGINT_MAX = 2**63 - 1  # row ids are bigint: larger ids in a request are a 400, not a 500
 
@@ -20,7 +23,21 @@ async def create_pool(config: DatabaseConfig, url: str) -> asyncpg.Pool:
         command_timeout=config.command_timeout_s,
         init=register_vector,
         reset=_nothing_to_reset,
+        connect=_connect,
     )
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """A new pool connection; PostgreSQL out of reach is `DatabaseUnavailable`.
+
+    Without this, a stopped server surfaces as the OS's own error from deep in
+    the pool (ConnectionRefusedError on TCP, FileNotFoundError for a missing
+    Unix socket), which no caller can tell from a bug.
+    """
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"PostgreSQL is unreachable: {exc.strerror or exc}") from exc
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:

@@ -13,3 +13,7 @@ class EmbeddedServiceError(MemoryTierError):
 
 class MigrationError(MemoryTierError):
     """The schema could not be brought up to date (bad file, edited migration, SQL error)."""
+
+
+class DatabaseUnavailable(MemoryTierError):
+    """PostgreSQL cannot be reached (nothing listens, or the socket is gone)."""

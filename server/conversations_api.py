@@ -6,6 +6,7 @@ the same 404: the API never reveals that another user's conversation exists.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, date, datetime
@@ -43,11 +44,14 @@ from server.chat import (
     TurnMeta,
     UnknownPersona,
 )
+from server.errors import BACKING_SERVICE_ERRORS
 from server.idempotency import TurnEvents, TurnReply
 from server.personas import PersonaCard, cards
 from server.routing import InvalidDateOfBirth, apply_verification
 from server.routing import verify_age as check_age
 from server.sse import KEEPALIVE, UNCOMPRESSED, event, with_keepalive
+
+log = logging.getLogger(__name__)
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
@@ -276,8 +280,18 @@ async def _sse(first: TurnMeta, events: TurnEvents, keepalive_s: float) -> Async
                 yield KEEPALIVE
     except InferenceError as exc:  # headers are sent: report in the stream
         yield event("error", {"code": type(exc).__name__, "message": str(exc)})
+    except BACKING_SERVICE_ERRORS as exc:
+        yield _unsaved(exc)
     finally:
         await events.aclose()
+
+
+def _unsaved(exc: Exception) -> bytes:
+    """The stream's end when the turn could not be stored (PostgreSQL or Redis went away):
+    the reply is not acknowledged, and the client is told so, instead of a cut stream."""
+    log.warning("turn not stored: backing service unavailable", extra={"error": repr(exc)})
+    message = "a backing service is unavailable; the reply was not saved; try again shortly"
+    return event("error", {"code": "unavailable", "message": message})
 
 
 def _replay(turn: TurnReply, streamed: bool) -> Response[Any]:
@@ -310,6 +324,8 @@ async def _panel_sse(
                 yield KEEPALIVE
     except InferenceError as exc:
         yield event("error", {"code": type(exc).__name__, "message": str(exc)})
+    except BACKING_SERVICE_ERRORS as exc:
+        yield _unsaved(exc)
     finally:
         await events.aclose()
 

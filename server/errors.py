@@ -11,6 +11,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
@@ -26,6 +27,7 @@ from inference.errors import (
     ModelBusy,
     UnknownModel,
 )
+from memory.errors import DatabaseUnavailable
 from memory.session import SessionUnavailableError
 from memory.users import ErasureFailed
 from server.body_errors import decode_failure
@@ -109,6 +111,22 @@ def _status_error(status: int, code: str) -> Any:
     return handle
 
 
+# Redis or PostgreSQL out of reach: a retryable 503, never a 500. asyncpg raises the
+# connection-class errors for a lost connection and the operator-intervention class while
+# PostgreSQL shuts down or starts; a new connection that finds nothing listening is
+# DatabaseUnavailable (memory.db).
+BACKING_SERVICE_ERRORS: tuple[type[Exception], ...] = (
+    SessionUnavailableError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    DatabaseUnavailable,
+    ConnectionError,
+)
+
+
 def _backing_service_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Redis (sessions) unreachable: a retryable 503, not a 500; the details go to the log."""
     log.warning("backing service unavailable", extra={"error": repr(exc)})
@@ -141,8 +159,6 @@ exception_handlers: ExceptionHandlersMap = {
     ModelBusy: _status_error(409, "model_busy"),
     ErasureFailed: _status_error(503, "unavailable"),
     UnicodeDecodeError: _undecodable,
-    SessionUnavailableError: _backing_service_down,
-    RedisConnectionError: _backing_service_down,
-    RedisTimeoutError: _backing_service_down,
+    **dict.fromkeys(BACKING_SERVICE_ERRORS, _backing_service_down),
     Exception: _unhandled,
 }

@@ -25,6 +25,7 @@ from inference.errors import (
     UnknownModel,
 )
 from server.body_errors import decode_failure
+from server.errors import BACKING_SERVICE_ERRORS
 from server.errors import exception_handlers as app_exception_handlers
 from server.ratelimit import RateLimited
 
@@ -106,6 +107,15 @@ def _translate(exc: Exception) -> OpenAIError:
     for kind, status, error_type, param, code in _INFERENCE:
         if isinstance(exc, kind):
             return OpenAIError(status, str(exc), error_type=error_type, param=param, code=code)
+    if isinstance(exc, BACKING_SERVICE_ERRORS):
+        log.warning("backing service unavailable", extra={"error": repr(exc)})
+        return OpenAIError(
+            503,
+            "A backing service is unavailable; try again shortly.",
+            error_type="server_error",
+            code="unavailable",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, RateLimited):
         return OpenAIError(
             429, exc.detail, error_type="requests", code="rate_limit_exceeded", headers=exc.headers

@@ -129,6 +129,14 @@ def test_redis_restarted_mid_conversation(stack: Stack) -> None:
 
 def test_postgres_restarted_readiness_goes_503_and_back(stack: Stack) -> None:
     assert wait_status(stack.base_url, 200).status_code == 200
+    api = httpx.Client(base_url=f"{stack.base_url}/api/v1", timeout=120)
+    auth = signed_up(api)
+    stream = {**auth, "Accept": "text/event-stream"}
+    conversation = api.post("/conversations", json={}, headers=auth).json()
+    url = f"/conversations/{conversation['id']}/messages"
+    first = api.post(url, json={"content": "Hi, I'm Sam."}, headers=stream)
+    assert sse(first.text)[-1][0] == "done", first.text
+    acknowledged = api.get(url, headers=auth).json()
     stack.postgres.stop()
     try:
         down = wait_status(stack.base_url, 503)
@@ -136,9 +144,20 @@ def test_postgres_restarted_readiness_goes_503_and_back(stack: Stack) -> None:
         components = down.json()["components"]
         assert components["database"]["status"] == "down"
         assert components["redis"]["status"] == "up"
+        # turns during the outage: a clean, retryable failure (never a 500)
+        for headers in (auth, stream):
+            failed = api.post(url, json={"content": "Still there?"}, headers=headers)
+            assert_clean_failure(failed)
+            if failed.status_code == 503:
+                assert failed.headers["Retry-After"]
+        assert_clean_failure(api.get(url, headers=auth))
     finally:
         stack.postgres.start()
     assert wait_status(stack.base_url, 200).status_code == 200
     api = httpx.Client(base_url=f"{stack.base_url}/api/v1", timeout=120)
-    auth = signed_up(api)  # the pool serves again: new connections after the restart
-    assert api.post("/conversations", json={}, headers=auth).status_code == 201
+    again = api.post(url, json={"content": "I like tea."}, headers=stream)
+    assert sse(again.text)[-1][0] == "done", again.text
+    kept = {m["id"]: m["content"] for m in api.get(url, headers=auth).json()}
+    assert all(kept.get(m["id"]) == m["content"] for m in acknowledged)
+    assert signed_up(api)  # the pool serves again: new connections after the restart
+    assert "unhandled error" not in stack.log.read_text()
