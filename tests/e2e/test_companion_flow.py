@@ -7,18 +7,10 @@ import time
 import uuid
 
 import httpx
+from sse_events import sse_events
 from support import RunningServer
 
 WAIT_S = 90  # guards for background work (memory extraction), not timing assertions
-
-
-def sse(body: str) -> list[tuple[str, dict[str, object]]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
 
 
 def metric(base_url: str, name: str, **labels: str) -> float:
@@ -44,7 +36,7 @@ def test_register_converse_remember_export_and_erase(server: RunningServer) -> N
     streamed = api.post(
         url, json={"content": said}, headers={**auth, "Accept": "text/event-stream"}
     )
-    events = sse(streamed.text)
+    events = sse_events(streamed.text)
     assert events[0][0] == "meta" and events[-1][0] == "done"
     reply = "".join(str(data["text"]) for name, data in events if name == "token")
     history = api.get(url, headers=auth).json()
@@ -92,4 +84,4 @@ def test_a_disconnect_aborts_generation_and_keeps_the_message(server: RunningSer
 
     retried = api.post(url, json={"content": "Tell me a story."}, headers=headers)
     assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
-    assert sse(retried.text)[-1][0] == "done"
+    assert sse_events(retried.text)[-1][0] == "done"

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from sse_events import sse_events
 from support import COMPANION, RunningServer, companion_env, serving
 
 from models.packaged import packaged_model, packaged_path
@@ -81,15 +82,6 @@ def engine_pids(server_pid: int) -> set[int]:
     return pids
 
 
-def sse(body: str) -> list[tuple[str, dict[str, object]]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
-
-
 def test_the_default_model_is_served_and_its_repack_decision_recorded(
     client: openai.OpenAI, data_dir: Path
 ) -> None:
@@ -135,7 +127,7 @@ def test_a_companion_turn_streams_and_finishes(packaged_server: RunningServer) -
         json={"content": "Hello! How are you today?"},
         headers={**auth, "Accept": "text/event-stream"},
     )
-    events = sse(streamed.text)
+    events = sse_events(streamed.text)
     assert events[0][0] == "meta" and events[0][1]["model"] == MODEL_ID
     assert events[-1][0] == "done", events[-3:]
     assert "".join(str(data["text"]) for name, data in events if name == "token").strip()

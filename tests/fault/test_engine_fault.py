@@ -8,7 +8,6 @@ few tokens went out, for the first request only.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sse_events import sse_events
 
 from inference.engine import Engine
 from inference.errors import InferenceError
@@ -55,15 +55,6 @@ class FailingEngine:
                 yield item
 
 
-def sse(body: str) -> list[tuple[str, dict[str, object]]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
-
-
 async def test_engine_error_mid_stream(chat_client: AsyncTestClient[Litestar]) -> None:
     chat = chat_client.app.state.resources.chat
     real = chat._engine
@@ -78,9 +69,9 @@ async def test_engine_error_mid_stream(chat_client: AsyncTestClient[Litestar]) -
 
     failed = await chat_client.post(url, json={"content": "Tell me a story."}, headers=stream)
     assert failed.status_code == 200
-    names = [name for name, _ in sse(failed.text)]
+    names = [name for name, _ in sse_events(failed.text)]
     assert names == ["meta"] + ["token"] * TOKENS_BEFORE_FAULT + ["error"], failed.text
-    assert sse(failed.text)[-1][1]["code"] == "InjectedFault"
+    assert sse_events(failed.text)[-1][1]["code"] == "InjectedFault"
 
     deadline = time.monotonic() + WAIT_S  # the abandoned generation is aborted, not leaked
     while real.stats().running and time.monotonic() < deadline:
@@ -89,6 +80,6 @@ async def test_engine_error_mid_stream(chat_client: AsyncTestClient[Litestar]) -
 
     assert (await chat_client.get("/health/ready")).status_code == 200
     again = await chat_client.post(url, json={"content": "Tell me a story."}, headers=stream)
-    assert sse(again.text)[-1][0] == "done", again.text
+    assert sse_events(again.text)[-1][0] == "done", again.text
     roles = [m["role"] for m in (await chat_client.get(url, headers=auth)).json()]
     assert roles == ["user", "user", "assistant"]  # the failed turn kept its message only

@@ -9,7 +9,6 @@ back the same process serves again, and every acknowledged message is kept.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sse_events import sse_events
 from support import companion_env, serving
 
 from memory.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -62,15 +62,6 @@ def stack(tiny_gguf: Path) -> Iterator[Stack]:
             postgres.stop()
 
 
-def sse(body: str) -> list[tuple[str, dict[str, object]]]:
-    events = []
-    for block in body.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
-
-
 def signed_up(api: httpx.Client) -> dict[str, str]:
     credentials = {"username": f"f{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
     assert api.post("/auth/register", json=credentials).status_code == 201
@@ -90,7 +81,7 @@ def wait_status(base_url: str, status: int) -> httpx.Response:
 def assert_clean_failure(response: httpx.Response) -> None:
     """An error the client can act on: a JSON error status, or an SSE stream ending in error."""
     if response.status_code == 200:
-        events = sse(response.text)
+        events = sse_events(response.text)
         assert events and events[-1][0] == "error", response.text
         return
     assert response.status_code in (502, 503, 504), response.text
@@ -106,7 +97,7 @@ def test_redis_restarted_mid_conversation(stack: Stack) -> None:
     url = f"/conversations/{conversation['id']}/messages"
 
     first = api.post(url, json={"content": "Hi, I'm Sam."}, headers=stream)
-    assert sse(first.text)[-1][0] == "done", first.text
+    assert sse_events(first.text)[-1][0] == "done", first.text
     acknowledged = api.get(url, headers=auth).json()
     assert [m["role"] for m in acknowledged] == ["user", "assistant"]
 
@@ -118,7 +109,7 @@ def test_redis_restarted_mid_conversation(stack: Stack) -> None:
     stack.redis.start()  # same data dir: the append-only file is replayed
     assert wait_status(stack.base_url, 200).status_code == 200
     again = api.post(url, json={"content": "I like tea."}, headers=stream)
-    assert sse(again.text)[-1][0] == "done", again.text
+    assert sse_events(again.text)[-1][0] == "done", again.text
 
     history = api.get(url, headers=auth).json()
     kept = {m["id"]: m["content"] for m in history}
@@ -135,7 +126,7 @@ def test_postgres_restarted_readiness_goes_503_and_back(stack: Stack) -> None:
     conversation = api.post("/conversations", json={}, headers=auth).json()
     url = f"/conversations/{conversation['id']}/messages"
     first = api.post(url, json={"content": "Hi, I'm Sam."}, headers=stream)
-    assert sse(first.text)[-1][0] == "done", first.text
+    assert sse_events(first.text)[-1][0] == "done", first.text
     acknowledged = api.get(url, headers=auth).json()
     stack.postgres.stop()
     try:
@@ -156,7 +147,7 @@ def test_postgres_restarted_readiness_goes_503_and_back(stack: Stack) -> None:
     assert wait_status(stack.base_url, 200).status_code == 200
     api = httpx.Client(base_url=f"{stack.base_url}/api/v1", timeout=120)
     again = api.post(url, json={"content": "I like tea."}, headers=stream)
-    assert sse(again.text)[-1][0] == "done", again.text
+    assert sse_events(again.text)[-1][0] == "done", again.text
     kept = {m["id"]: m["content"] for m in api.get(url, headers=auth).json()}
     assert all(kept.get(m["id"]) == m["content"] for m in acknowledged)
     assert signed_up(api)  # the pool serves again: new connections after the restart

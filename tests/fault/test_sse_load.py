@@ -83,7 +83,10 @@ async def test_disconnected_sse_clients_free_their_kv(base_url: str) -> None:
         held = await gauges(probe)
         while time.monotonic() < deadline and not any(t.done() for t in tasks):
             held = await gauges(probe)
-            if held["num_requests_running"] + held["num_requests_waiting"] >= CLIENTS:
+            # every request in the engine, and every slot busy (the engine process's
+            # snapshot may lag the requests sent to it by a step)
+            everyone = held["num_requests_running"] + held["num_requests_waiting"] >= CLIENTS
+            if everyone and held["num_requests_running"] == SLOTS:
                 break
             await asyncio.sleep(0.5)
         finished = [t for t in tasks if t.done()]

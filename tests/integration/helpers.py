@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -34,16 +33,6 @@ async def signed_in(client: AsyncTestClient[Litestar]) -> dict[str, str]:
     await client.post("/api/v1/auth/register", json=credentials)
     token = (await client.post("/api/v1/auth/login", json=credentials)).json()["access_token"]
     return {"Authorization": f"Bearer {token}"}
-
-
-def sse_events(body: str) -> list[tuple[str, dict[str, object]]]:
-    """The (event, data) pairs of an SSE body; comment-only blocks are skipped."""
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in lines:
-            events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 class ScriptedGenerator:

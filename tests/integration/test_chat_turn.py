@@ -8,10 +8,11 @@ import uuid
 
 import asyncpg
 import pytest
-from helpers import signed_in, sse_events
+from helpers import signed_in
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
+from sse_events import sse_events
 
 
 @pytest.fixture

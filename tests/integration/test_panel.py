@@ -8,9 +8,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from helpers import signed_in, sse_events
+from helpers import signed_in
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sse_events import sse_events
 
 from inference.config import ChatEngineConfig
 from server.app import create_app

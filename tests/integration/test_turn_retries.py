@@ -7,10 +7,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import signed_in, sse_events
+from helpers import signed_in
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
+from sse_events import sse_events
 
 from server.app import create_app
 from server.idempotency import IdempotencyStore
