@@ -135,7 +135,8 @@ class _Counters:
     cached: int = 0
     generated: int = 0
     running: int = 0
-    aborted: set[str] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)  # request ids being streamed now
+    aborted: set[str] = field(default_factory=set)  # of those, the ones to stop
 
 
 class RemoteEngine:
@@ -186,7 +187,8 @@ class RemoteEngine:
         raise EngineUnavailable(f"no replica of {self.model_id} answers")
 
     async def abort(self, request_id: str) -> None:
-        self._counters.aborted.add(request_id)
+        if request_id in self._counters.in_flight:  # unknown or finished ids: nothing to stop
+            self._counters.aborted.add(request_id)
 
     def loads(self) -> list[UpstreamLoad | None]:
         """The last metrics read from each replica (None: not polled or not answering)."""
@@ -281,6 +283,7 @@ class RemoteEngine:
         url = replica.base_url + ("/chat/completions" if "messages" in body else "/completions")
         replica.in_flight += 1
         self._counters.running += 1
+        self._counters.in_flight.add(request.request_id)
         try:
             try:
                 async with aconnect_sse(client, "POST", url, json=body) as source:
@@ -299,6 +302,8 @@ class RemoteEngine:
         finally:
             replica.in_flight -= 1
             self._counters.running -= 1
+            self._counters.in_flight.discard(request.request_id)
+            self._counters.aborted.discard(request.request_id)
 
     async def _events(
         self, source: EventSource, request: GenerationRequest, submitted: float

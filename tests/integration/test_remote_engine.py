@@ -132,6 +132,22 @@ async def test_abort_stops_the_stream(remote: RemoteEngine) -> None:
     assert remote.stats().running == 0
 
 
+async def test_aborts_leave_nothing_behind(remote: RemoteEngine) -> None:
+    """Aborting ids that are unknown or already finished used to grow a set forever
+    (the hardening review's finding 12); the set is internal, hence the peek."""
+    for i in range(50):
+        await remote.abort(f"never-sent-{i}")
+    done = turn("c6", "Hello!", max_tokens=4)
+    await ask(remote, done)
+    await remote.abort(done.request_id)
+    running = turn("c7", "Talk for a long time.", max_tokens=1500)
+    stream = remote.generate(running)
+    await anext(stream)
+    await remote.abort(running.request_id)
+    assert [e async for e in stream][-1].finish_reason == "abort"  # type: ignore[union-attr]
+    assert remote._counters.aborted == set() and remote._counters.in_flight == set()
+
+
 async def test_upstream_metrics_are_polled_into_stats(upstreams: list[Upstream]) -> None:
     config = RemoteConfig(
         "tiny", (upstreams[0].base_url,), metrics_prefix="companion", metrics_every_s=0.2
