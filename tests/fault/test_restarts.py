@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -89,17 +90,31 @@ def assert_clean_failure(response: httpx.Response) -> None:
     assert error["code"] and error["message"] and "Traceback" not in response.text
 
 
-def test_redis_restarted_mid_conversation(stack: Stack) -> None:
+class Conversation(NamedTuple):
+    """A signed-up user's conversation with one turn done: what the faults must not lose."""
+
+    api: httpx.Client
+    auth: dict[str, str]
+    stream: dict[str, str]
+    url: str
+    acknowledged: list[dict[str, Any]]
+
+
+def one_turn_in(stack: Stack) -> Conversation:
     api = httpx.Client(base_url=f"{stack.base_url}/api/v1", timeout=120)
     auth = signed_up(api)
     stream = {**auth, "Accept": "text/event-stream"}
     conversation = api.post("/conversations", json={}, headers=auth).json()
     url = f"/conversations/{conversation['id']}/messages"
-
     first = api.post(url, json={"content": "Hi, I'm Sam."}, headers=stream)
     assert sse_events(first.text)[-1][0] == "done", first.text
     acknowledged = api.get(url, headers=auth).json()
     assert [m["role"] for m in acknowledged] == ["user", "assistant"]
+    return Conversation(api, auth, stream, url, acknowledged)
+
+
+def test_redis_restarted_mid_conversation(stack: Stack) -> None:
+    api, auth, stream, url, acknowledged = one_turn_in(stack)
 
     stack.redis.stop()
     assert wait_status(stack.base_url, 503).json()["components"]["redis"]["status"] == "down"
@@ -120,14 +135,7 @@ def test_redis_restarted_mid_conversation(stack: Stack) -> None:
 
 def test_postgres_restarted_readiness_goes_503_and_back(stack: Stack) -> None:
     assert wait_status(stack.base_url, 200).status_code == 200
-    api = httpx.Client(base_url=f"{stack.base_url}/api/v1", timeout=120)
-    auth = signed_up(api)
-    stream = {**auth, "Accept": "text/event-stream"}
-    conversation = api.post("/conversations", json={}, headers=auth).json()
-    url = f"/conversations/{conversation['id']}/messages"
-    first = api.post(url, json={"content": "Hi, I'm Sam."}, headers=stream)
-    assert sse_events(first.text)[-1][0] == "done", first.text
-    acknowledged = api.get(url, headers=auth).json()
+    api, auth, stream, url, acknowledged = one_turn_in(stack)
     stack.postgres.stop()
     try:
         down = wait_status(stack.base_url, 503)
