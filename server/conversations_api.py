@@ -263,8 +263,6 @@ def _message_text(content: str, max_chars: int) -> str:
         raise ValidationException("content must not be blank")
     if len(text) > max_chars:
         raise ValidationException(f"content is longer than {max_chars} characters")
-    if "\x00" in text:  # valid JSON ("\u0000"), but PostgreSQL text cannot hold it
-        raise ValidationException("content must not contain NUL characters")
     return text
 
 

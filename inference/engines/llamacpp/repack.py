@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,9 +36,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from inference.engines.exits import exit_text
+
 log = logging.getLogger(__name__)
 
-REPACK_MODES = ("auto", "on", "off")
 PROBE_TIMEOUT_S = 300.0
 CACHE_FILE = "repack.json"
 _MODULE = "inference.engines.llamacpp.repack"
@@ -96,7 +96,7 @@ def probe(
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
         code = done.returncode
-        outcome = "ok" if code == 0 else _exit_text(code)
+        outcome = "ok" if code == 0 else exit_text(code)
     except subprocess.TimeoutExpired:
         code, outcome = -1, "timed out"
     if code not in (0, _LOAD_FAILED, -1):
@@ -183,15 +183,6 @@ def _store(cache_dir: Path, key: str, result: ProbeResult) -> None:
         scratch.replace(path)  # atomic: several workers may probe at once
     except OSError as exc:
         log.warning("repack probe result not cached: %s", exc)
-
-
-def _exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit {code}"
 
 
 def _word(result: ProbeResult) -> str:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from inference.config import ChatEngineConfig
+from inference.engines.exits import exit_text
 from inference.engines.process.protocol import (
     Abort,
     Channel,
@@ -209,8 +209,11 @@ class ProcessEngine:
         finished, streamed = False, False
         # The engine ends a late request itself ("timeout"); this is for an engine that
         # cannot: wedged in a kernel, it answers nothing until the watchdog kills it.
-        deadline = None if request.deadline_s is None else request.deadline_s + _DEADLINE_GRACE_S
-        expires = None if deadline is None else time.monotonic() + deadline
+        expires = (
+            None
+            if request.deadline_s is None
+            else time.monotonic() + request.deadline_s + _DEADLINE_GRACE_S
+        )
         try:
             while True:
                 event = await _next(queue, expires)
@@ -288,7 +291,7 @@ class ProcessEngine:
         if not isinstance(first, Ready):
             await _stop(child)
             code = process.returncode
-            why = first.message if isinstance(first, LoadFailed) else _exit_text(code)
+            why = first.message if isinstance(first, LoadFailed) else exit_text(code)
             raise EngineUnavailable(f"engine {self.model_id} did not start: {why}")
         child.reader = asyncio.create_task(self._read(child), name="engine-channel")
         self._heard = self._progressed = time.monotonic()
@@ -349,7 +352,7 @@ class ProcessEngine:
             await child.reader
             watchdog.cancel()
             code = await child.process.wait()
-            self._on_death(child, _exit_text(code))
+            self._on_death(child, exit_text(code))
             if time.monotonic() - child.started > 60:
                 backoff = self._backoff[0]
             while not self._closing:
@@ -416,16 +419,6 @@ async def _stop(child: _Child, grace_s: float = 10.0) -> None:
         child.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await child.reader
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-        return f"killed by signal {-code}"
-    return f"exit status {code}"
 
 
 def _empty_stats(model_id: str) -> EngineStats:
