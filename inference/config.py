@@ -7,17 +7,34 @@ from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
+class VllmOptions:
+    """The vLLM engine's own settings (`inference.engines.vllm`)."""
+
+    # KV cache memory on a CPU host (0: vLLM's default). On a GPU the cache takes what
+    # gpu_memory_utilization leaves after the weights.
+    kv_cache_mb: int = 1024
+    gpu_memory_utilization: float = 0.85
+    dtype: str = "auto"  # the model's own (bfloat16 for the converted packaged model)
+    # skip torch.compile: starts in ~40 s instead of ~90 s on 2 cores, and decoded as fast
+    # on the packaged model (docs/inference.md)
+    eager: bool = True
+    # "user": prefix caches never cross users (cache_salt); "shared": one cache for all
+    cache_scope: str = "user"
+
+
+@dataclass(frozen=True, slots=True)
 class ChatEngineConfig:
     """Which chat engine to run and how big.
 
     ``backend`` "llamacpp" runs the model at ``model_path`` (None: the packaged
-    default, SmolLM2-135M-Instruct) in process; "none" runs no engine (the API
+    default, SmolLM2-135M-Instruct) in an engine process; "vllm" runs it on vLLM
+    (``model_path`` a Hugging Face directory or a GGUF to convert); "none" runs no engine (the API
     then answers chat requests with 503); "remote" forwards to OpenAI-compatible
     upstream replicas (``remote_urls``). ``n_ctx`` KV cells are shared by
     ``n_slots`` sequences: running requests plus conversations kept for reuse.
     """
 
-    backend: str = "llamacpp"  # "llamacpp", "remote" or "none"
+    backend: str = "llamacpp"  # "llamacpp", "vllm", "remote" or "none"
     model_path: Path | None = None
     model_id: str = "smollm2-135m-instruct"
     n_ctx: int = 8192
@@ -43,3 +60,4 @@ class ChatEngineConfig:
     # than remote_max_waiting requests wait there (from the replicas' /metrics)
     remote_kv_full: float = 0.98
     remote_max_waiting: int = 8
+    vllm: VllmOptions = VllmOptions()

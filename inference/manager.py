@@ -19,6 +19,12 @@ the KV cache, ``n_ctx x layers x kv_heads x (key_length + value_length) x 2``
 bytes (f16 cells, from the GGUF header), plus the host-RAM KV cache bound
 (``host_cache_bytes``). llama.cpp's compute buffers (some tens of MB) are not
 counted. Remote models cost nothing here: their memory is the upstream's.
+
+A vLLM model: its weights in bfloat16 (the safetensors files of a model
+directory; for a GGUF, which is converted, four times its size: 4-bit
+weights widened to 16) plus the KV cache it is given (``COMPANION_VLLM_KV_CACHE_MB``). On a
+GPU, where the cache is a share of GPU memory instead, only the host-side
+weights count.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ _MB = 1 << 20
 
 def estimate_memory(config: ChatEngineConfig) -> int:
     """Bytes a model served by ``config`` takes in this process (see the module doc)."""
+    if config.backend == "vllm":
+        return _vllm_memory(config)
     if config.backend != "llamacpp":
         return 0
     path = config.model_path or _packaged_chat_model()
@@ -58,6 +66,16 @@ def estimate_memory(config: ChatEngineConfig) -> int:
         return size + config.host_cache_bytes
     n_ctx = min(config.n_ctx, shape.context_length or config.n_ctx)
     return size + n_ctx * shape.kv_bytes_per_token() + config.host_cache_bytes
+
+
+def _vllm_memory(config: ChatEngineConfig) -> int:
+    path = config.model_path or _packaged_chat_model()
+    kv = config.vllm.kv_cache_mb * _MB
+    if path is None:
+        return kv
+    if path.is_dir():
+        return kv + sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    return kv + path.stat().st_size * 4  # at most ~4-bit weights, widened to 16 bits
 
 
 def _packaged_chat_model() -> Path | None:

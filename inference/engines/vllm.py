@@ -1,0 +1,489 @@
+"""The vLLM engine: vLLM's `AsyncLLM` behind the `Engine` protocol.
+
+`AsyncLLM` runs in this process and keeps the model in processes of its own
+(vLLM's engine core and its worker), so like the llama.cpp engine process, a
+crash in the kernels does not take the API down. What this module adds:
+
+- **Prompts.** Chat messages are rendered with the model's chat template and
+  tokenized here, then handed over as token ids, so the prompt vLLM caches is
+  exactly the one counted and checked against the context here.
+- **Cache isolation.** Every request carries vLLM's ``cache_salt``: a hash of
+  the user id, mixed into the hash of the prompt's first KV block and so of
+  every block after it. One user's turns reuse their own cached prefix; no user
+  ever hits blocks computed for another, which would let them time a guess at
+  someone else's conversation. The price: the persona prompt is computed once
+  per user instead of once for everybody (docs/inference.md measures it).
+  ``cache_scope = "shared"`` drops the salt where an operator accepts that.
+- **Priorities.** vLLM's priority scheduling: chat turns before background
+  jobs (a lower value runs first, as in `inference.types.Priority`).
+- **Structured output.** ``json_schema`` and GBNF ``grammar`` go to vLLM's
+  structured outputs (xgrammar).
+- **Deadlines and admission.** A request past its deadline is aborted (before
+  its first token: `DeadlineExceeded`; after: finish reason "timeout"). More
+  than ``max_waiting`` requests not yet started: `EngineOverloaded`.
+- **Stats.** A vLLM stat logger receives the scheduler's own figures each step
+  (running and waiting requests, KV usage, prefix-cache queries and hits,
+  preemptions, prompt and generated tokens); `stats` reports them, so the
+  service's metrics are vLLM's, not estimates. vLLM's own ``vllm:*`` metrics
+  land in the same Prometheus registry. Per request, queueing and time to first
+  token come from vLLM's request timestamps, inter-token gaps from the arrival
+  of each step's output here.
+- **Restarts.** When the engine core dies, requests in flight fail with
+  `EngineUnavailable`; the next request starts a fresh `AsyncLLM` (with the
+  same settings, after ``restart_backoff_s``).
+
+The model: a Hugging Face directory (``config.json`` and safetensors), or a
+GGUF file, converted once into one (`models.convert`), such as the packaged
+SmolLM2 when no model is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inference.config import ChatEngineConfig
+from inference.errors import (
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    EngineOverloaded,
+    EngineUnavailable,
+    InferenceError,
+    InvalidRequest,
+)
+from inference.stats import EngineObserver, EngineStats
+from inference.text import without_nul
+from inference.types import (
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    StreamEvent,
+    TextDelta,
+    Timings,
+    Usage,
+)
+from models.convert import ConversionError, hf_directory, is_hf_directory
+from models.packaged import packaged_path
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+_FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+class VllmEngine:
+    """The `Engine` protocol on vLLM's `AsyncLLM` (see the module doc)."""
+
+    def __init__(
+        self,
+        config: ChatEngineConfig,
+        observer: EngineObserver | None = None,
+        *,
+        restart_backoff_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self._observer = observer
+        self._restart_backoff_s = restart_backoff_s
+        self._llm: AsyncLLM | None = None
+        self._tokenizer: Any = None
+        self._max_len = 0
+        self._starting = asyncio.Lock()
+        self._open: dict[str, bool] = {}  # request id -> started (has produced output)
+        self._steps = _StepStats()
+        self._base = _StepStats()  # totals of earlier AsyncLLM instances (after restarts)
+        self._kv_cells = 0
+        self.model_dir: Path | None = None
+        self.restarts = 0
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id
+
+    # --- lifecycle
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self._llm is None:
+                await self._launch()
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+
+    async def health(self) -> None:
+        llm = self._llm
+        if llm is None:
+            raise EngineUnavailable(f"engine {self.model_id} is not running")
+        if llm.errored:
+            raise EngineUnavailable(f"engine {self.model_id} stopped: {llm.dead_error}")
+
+    def stats(self) -> EngineStats:
+        steps = self._steps
+        base = self._base
+        return EngineStats(
+            model_id=self.model_id,
+            running=steps.running,
+            waiting=max(steps.waiting, self._not_started()),
+            kv_cells_total=self._kv_cells,
+            kv_cells_used=round(steps.kv_usage * self._kv_cells),
+            kv_cells_cached=0,  # vLLM's freed blocks stay in its prefix cache; not reported
+            prefix_queried_tokens=base.queried + steps.queried,
+            prefix_hit_tokens=base.hits + steps.hits,
+            prompt_tokens=base.prompt + steps.prompt,
+            generated_tokens=base.generated + steps.generated,
+            host_cache_bytes=0,
+            host_cache_entries=0,
+            preemptions=base.preemptions + steps.preemptions,
+            reported_kv_usage=steps.kv_usage,
+        )
+
+    async def _launch(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if self.model_dir is None:
+            self.model_dir = await asyncio.to_thread(self._locate_model)
+        options = self.config.vllm
+        args = AsyncEngineArgs(
+            model=str(self.model_dir),
+            served_model_name=[self.model_id],
+            dtype=options.dtype,  # type: ignore[arg-type]  # checked by the settings
+            max_model_len=self.config.n_ctx,
+            max_num_seqs=self.config.n_slots,
+            enable_prefix_caching=True,
+            scheduling_policy="priority",
+            enforce_eager=options.eager,
+            kv_cache_memory_bytes=(options.kv_cache_mb << 20) or None,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            seed=0,
+            disable_log_stats=False,
+        )
+        steps = _StepStats()
+
+        def stat_logger(vllm_config: Any, engine_index: int = 0) -> Any:
+            return _StatLogger(steps)
+
+        try:
+            # building the engine loads the model in vLLM's processes: a blocking wait of
+            # seconds to minutes, kept off the event loop that serves everything else
+            llm = await asyncio.to_thread(
+                AsyncLLM.from_engine_args, args, stat_loggers=[stat_logger]
+            )
+        except Exception as exc:  # vLLM raises many kinds at load; all mean "cannot serve"
+            raise EngineUnavailable(f"vLLM could not load {self.model_dir}: {exc}") from exc
+        cache = llm.vllm_config.cache_config
+        self._kv_cells = (cache.num_gpu_blocks or 0) * cache.block_size
+        self._max_len = llm.model_config.max_model_len
+        self._tokenizer = llm.get_tokenizer()
+        self._base = self._base.plus(self._steps)
+        self._steps = steps
+        self._llm = llm
+        log.info(
+            "vLLM engine ready",
+            extra={"model": self.model_id, "dir": str(self.model_dir), "kv_cells": self._kv_cells},
+        )
+
+    def _locate_model(self) -> Path:
+        path = self.config.model_path
+        if path is None:
+            try:
+                path = packaged_path("chat")
+            except FileNotFoundError as exc:
+                raise EngineUnavailable(
+                    f"{exc}; set COMPANION_CHAT_MODEL to a model directory"
+                ) from exc
+        if is_hf_directory(path):
+            return path
+        if path.is_dir():
+            raise EngineUnavailable(
+                f"{path} is not a Hugging Face model directory (no config.json)"
+            )
+        cache = (self.config.state_dir or path.parent) / "vllm"
+        try:
+            return hf_directory(path, cache)
+        except ConversionError as exc:
+            raise EngineUnavailable(str(exc)) from exc
+
+    async def _ready(self) -> AsyncLLM:
+        """The running `AsyncLLM`, started afresh when the last one died."""
+        llm = self._llm
+        if llm is not None and not llm.errored:
+            return llm
+        async with self._starting:
+            llm = self._llm
+            if llm is not None and llm.errored:
+                log.error("vLLM engine core died; restarting", extra={"error": str(llm.dead_error)})
+                self._llm = None
+                await asyncio.to_thread(llm.shutdown)
+                await asyncio.sleep(self._restart_backoff_s)
+                self.restarts += 1
+                await self._launch()
+            if self._llm is None:
+                raise EngineUnavailable(f"engine {self.model_id} is not running")
+            return self._llm
+
+    # --- requests
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        problems = request.problems()
+        if problems:
+            raise InvalidRequest("; ".join(problems))
+        llm = await self._ready()
+        if self._not_started() >= self.config.max_waiting:
+            raise EngineOverloaded(f"{self.config.max_waiting} requests are already waiting")
+        tokens = await asyncio.to_thread(self._prompt, request)
+        needed = len(tokens) + request.sampling.max_tokens
+        if needed > self._max_len:
+            raise ContextLengthExceeded(
+                f"prompt ({len(tokens)} tokens) plus max_tokens ({request.sampling.max_tokens})"
+                f" exceeds the context of {self._max_len} tokens"
+            )
+        deadline = request.deadline_s
+        if deadline is None and self.config.deadline_s > 0:
+            deadline = self.config.deadline_s
+        rid = request.request_id
+        if rid in self._open:
+            raise InvalidRequest(f"request id {rid!r} is already running")
+        self._open[rid] = False
+        try:
+            async for event in self._stream(llm, request, tokens, deadline):
+                yield event
+        finally:
+            del self._open[rid]
+
+    async def abort(self, request_id: str) -> None:
+        llm = self._llm
+        if llm is not None and request_id in self._open:
+            await llm.abort(request_id)
+
+    async def _stream(
+        self, llm: AsyncLLM, request: GenerationRequest, tokens: list[int], deadline: float | None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        from vllm.inputs.engine import tokens_input
+
+        rid = request.request_id
+        progress = _Progress(len(tokens), deadline)
+        salt = None if self.config.vllm.cache_scope == "shared" else _salt(request.user_id)
+        outputs = llm.generate(
+            tokens_input(tokens, cache_salt=salt),
+            _sampling(request),
+            rid,
+            priority=int(request.priority),
+        )
+        try:
+            while True:
+                try:
+                    output = await _next(outputs, progress.expires)
+                except TimeoutError:
+                    if progress.first is None:
+                        raise DeadlineExceeded("the request waited past its deadline") from None
+                    yield progress.finished("timeout", None)
+                    return
+                self._open[rid] = True
+                text = progress.step(output)
+                if text:
+                    yield TextDelta(text)
+                if output.finished:
+                    reason = _FINISH.get(output.outputs[0].finish_reason, "stop")
+                    finished = progress.finished(reason, output)
+                    if self._observer is not None:
+                        self._observer.request_finished(self.model_id, finished, progress.gaps)
+                    yield finished
+                    return
+        except (InferenceError, asyncio.CancelledError):
+            raise
+        except StopAsyncIteration:
+            raise EngineUnavailable("vLLM ended the request without finishing it") from None
+        except Exception as exc:
+            raise _mapped(exc) from exc
+        finally:
+            await outputs.aclose()  # unfinished: vLLM aborts it, freeing its KV blocks
+
+    def _prompt(self, request: GenerationRequest) -> list[int]:
+        tokenizer = self._tokenizer
+        if request.prompt_tokens:
+            tokens = list(request.prompt_tokens)
+            vocab = len(tokenizer)
+            if any(not 0 <= t < vocab for t in tokens):
+                raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
+            return tokens
+        if request.prompt:
+            return list(tokenizer.encode(request.prompt))
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja errors: the template refused these messages
+            raise InvalidRequest(f"the chat template refused the messages: {exc}") from exc
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    def _not_started(self) -> int:
+        return sum(1 for started in self._open.values() if not started)
+
+
+class _Progress:
+    """One request's timeline: when its tokens arrived, and its `Finished` event."""
+
+    def __init__(self, prompt_tokens: int, deadline: float | None) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.submitted = time.monotonic()
+        self.expires = self.submitted + deadline if deadline else None
+        self.first: float | None = None
+        self.last: float | None = None
+        self.gaps: list[float] = []
+        self.generated = 0
+
+    def step(self, output: Any) -> str:
+        """Take one step's output; return its new text."""
+        completion = output.outputs[0]
+        self.generated += len(completion.token_ids)
+        text = without_nul(completion.text)
+        if text:
+            now = time.monotonic()
+            if self.first is None:
+                self.first = now
+            elif self.last is not None:
+                self.gaps.append(now - self.last)
+            self.last = now
+        return text
+
+    def finished(self, reason: FinishReason, output: Any) -> Finished:
+        """Queueing and time to first token from vLLM's request timestamps where it has
+        them; otherwise as seen here."""
+        metrics = output.metrics if output is not None else None
+        queue_s = 0.0
+        ttft = self.first - self.submitted if self.first is not None else None
+        if metrics is not None and metrics.scheduled_ts and metrics.queued_ts:
+            queue_s = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
+        if metrics is not None and metrics.first_token_latency:
+            ttft = metrics.first_token_latency
+        cached = (output.num_cached_tokens or 0) if output is not None else 0
+        decode_s = time.monotonic() - self.first if self.first is not None else 0.0
+        return Finished(
+            finish_reason=reason,
+            usage=Usage(self.prompt_tokens, cached, self.generated),
+            timings=Timings(queue_s=queue_s, time_to_first_token_s=ttft, decode_s=decode_s),
+        )
+
+
+def _sampling(request: GenerationRequest) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    s = request.sampling
+    structured = None
+    if request.json_schema is not None:
+        structured = StructuredOutputsParams(json=request.json_schema)
+    elif request.grammar is not None:
+        structured = StructuredOutputsParams(grammar=request.grammar)
+    try:
+        return SamplingParams(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or 0,
+            min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            seed=s.seed,
+            max_tokens=s.max_tokens,
+            stop=list(s.stop) or None,
+            ignore_eos=s.ignore_eos,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA,
+        )
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(str(exc)) from exc
+
+
+def _salt(user_id: str) -> str:
+    return hashlib.sha256(f"companion-kv:{user_id}".encode()).hexdigest()
+
+
+async def _next(outputs: Any, expires: float | None) -> Any:
+    if expires is None:
+        return await anext(outputs)
+    remaining = expires - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError
+    async with asyncio.timeout(remaining):
+        return await anext(outputs)
+
+
+def _mapped(exc: Exception) -> InferenceError:
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    if isinstance(exc, EngineDeadError | EngineGenerateError):
+        return EngineUnavailable(f"the vLLM engine failed: {exc}; it is being restarted")
+    if isinstance(exc, ValueError | TypeError):  # vLLM's validation errors
+        return InvalidRequest(str(exc))
+    return EngineUnavailable(f"vLLM error: {exc}")
+
+
+@dataclasses.dataclass(slots=True)
+class _StepStats:
+    """What vLLM's scheduler reported: gauges from its last step, counters summed."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    queried: int = 0
+    hits: int = 0
+    prompt: int = 0
+    generated: int = 0
+    preemptions: int = 0
+
+    def plus(self, other: _StepStats) -> _StepStats:
+        return _StepStats(
+            queried=self.queried + other.queried,
+            hits=self.hits + other.hits,
+            prompt=self.prompt + other.prompt,
+            generated=self.generated + other.generated,
+            preemptions=self.preemptions + other.preemptions,
+        )
+
+
+class _StatLogger:
+    """vLLM's stat logger interface (called on the event loop, once per engine step)."""
+
+    def __init__(self, steps: _StepStats) -> None:
+        self._steps = steps
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        steps = self._steps
+        if scheduler_stats is not None:
+            steps.running = scheduler_stats.num_running_reqs
+            steps.waiting = scheduler_stats.num_waiting_reqs
+            steps.kv_usage = scheduler_stats.kv_cache_usage
+            prefix = scheduler_stats.prefix_cache_stats
+            steps.queried += prefix.queries
+            steps.hits += prefix.hits
+        if iteration_stats is not None:
+            steps.prompt += iteration_stats.prompt_token_stats.total
+            steps.generated += iteration_stats.num_generation_tokens
+            steps.preemptions += iteration_stats.num_preempted_reqs
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass
+
+    def record_sleep_state(self, is_awake: int, level: int) -> None:
+        pass
