@@ -9,6 +9,7 @@ before or during generation are raised from the stream (see `inference.errors`).
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -102,6 +103,22 @@ class GenerationRequest:
         if not 0 <= self.public_prefix_messages <= len(self.messages):
             found.append("public_prefix_messages must be within the messages")
         return found
+
+    def cache_salt(self) -> str:
+        """The user's prefix-cache key, as vLLM's ``cache_salt`` (or OpenAI's ``user``):
+        the same for all of a user's requests, and not the user id itself, so upstream
+        servers and their logs never learn who the user is."""
+        return _digest("kv", self.user_id)
+
+    def session_key(self) -> str:
+        """The conversation's routing key (``X-Session-ID``, which vLLM's router hashes to
+        a replica): the same for every turn of one user's conversation."""
+        return _digest("session", self.user_id, self.conversation_id or "")
+
+
+def _digest(kind: str, *parts: str) -> str:
+    joined = "\x00".join(("companion", kind, *parts))
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)

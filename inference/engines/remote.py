@@ -15,9 +15,15 @@ that is not an event stream, or a chunk that is not an OpenAI completion
 chunk (or that reports an upstream error), ends the request with
 `EngineUnavailable` naming the replica.
 
-With ``flavor="vllm"`` each request carries vLLM's ``cache_salt`` (the user
-id: prefix caches never cross users) and ``priority`` (interactive first).
-For other upstreams the user id is sent as OpenAI's ``user`` field.
+With ``flavor="vllm"`` each request carries vLLM's ``cache_salt`` (a hash of
+the user id: prefix caches never cross users, and upstreams never see the id)
+and ``priority`` (interactive first). For other upstreams the same hash is sent
+as OpenAI's ``user`` field. Every request carries ``X-Session-ID``, a hash of
+user and conversation: behind vLLM's router (``vllm-router --policy
+consistent_hash``) a conversation's turns go to one replica, the one holding
+its prefix, and move when it dies. Pointed at a router, this engine sees one
+replica, so its own conversation affinity (below) has nothing to choose from;
+it matters only for deployments that list the replicas themselves.
 
 Where the upstream exports Prometheus metrics (``metrics_prefix``: "vllm" for
 vLLM, which is the default for that flavor; "companion" for this service),
@@ -29,7 +35,9 @@ Admission: when every healthy replica reports its KV cache full (usage at
 least ``kv_full``) and more than ``max_waiting`` requests already waiting,
 a new request fails at once with `EngineOverloaded` (HTTP 503 with
 Retry-After) instead of joining queues that cannot move until running
-requests finish. A replica whose metrics are unknown counts as having room.
+requests finish. A replica whose metrics are unknown counts as having room. A
+replica that answers its metrics too slowly (``metrics_timeout_s``) keeps the
+load it last reported for ``_STALE_LOAD_S`` (or five polls): busy is not empty.
 """
 
 from __future__ import annotations
@@ -72,6 +80,9 @@ log = logging.getLogger(__name__)
 _AFFINITY_SIZE = 10_000  # conversations remembered for routing
 
 
+_STALE_LOAD_S = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteConfig:
     model_id: str  # the id we serve the model under
@@ -83,6 +94,7 @@ class RemoteConfig:
     down_for_s: float = 10.0
     metrics_prefix: str | None = None  # None: "vllm" for the vllm flavor, else no polling
     metrics_every_s: float = 2.0
+    metrics_timeout_s: float = 5.0
     kv_full: float = 0.98  # admission: a replica at this KV usage...
     max_waiting: int = 8  # ...with more than this many waiting is full
     retry_after_s: float = 2.0
@@ -100,6 +112,7 @@ class _Replica:
     in_flight: int = 0
     down_until: float = 0.0
     load: UpstreamLoad | None = None  # from its /metrics, when polled
+    load_read: float = 0.0  # when ``load`` was read (monotonic)
 
     @property
     def metrics_url(self) -> str:
@@ -214,16 +227,25 @@ class RemoteEngine:
         )
 
     async def _poll(self, prefix: str) -> None:
-        client = self._require_client()
         while True:
-            for replica in self._replicas:
-                try:
-                    response = await client.get(replica.metrics_url, timeout=2.0)
-                    response.raise_for_status()
-                    replica.load = parse_load(response.text, prefix)
-                except (httpx.HTTPError, ValueError):
-                    replica.load = None
+            await asyncio.gather(*(self._read_load(r, prefix) for r in self._replicas))
             await asyncio.sleep(self.config.metrics_every_s)
+
+    async def _read_load(self, replica: _Replica, prefix: str) -> None:
+        client = self._require_client()
+        keep_s = max(_STALE_LOAD_S, 5 * self.config.metrics_every_s)
+        try:
+            response = await client.get(replica.metrics_url, timeout=self.config.metrics_timeout_s)
+            response.raise_for_status()
+            replica.load = parse_load(response.text, prefix)
+            replica.load_read = time.monotonic()
+        except (httpx.TimeoutException, httpx.HTTPStatusError):
+            # a replica too busy to answer in time is still as loaded as it was when it
+            # last did: forgetting that would count it as having room
+            if time.monotonic() - replica.load_read > keep_s:
+                replica.load = None
+        except (httpx.HTTPError, ValueError):
+            replica.load = None  # unreachable, or not vLLM: unknown
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self._body(request)
@@ -286,7 +308,8 @@ class RemoteEngine:
         self._counters.in_flight.add(request.request_id)
         try:
             try:
-                async with aconnect_sse(client, "POST", url, json=body) as source:
+                headers = {"X-Session-ID": request.session_key()}
+                async with aconnect_sse(client, "POST", url, json=body, headers=headers) as source:
                     await _check_status(source.response)
                     async for event in self._events(source, request, submitted):
                         yield event
@@ -370,8 +393,8 @@ class RemoteEngine:
 
     def _routing_fields(self, request: GenerationRequest) -> dict[str, Any]:
         if self.config.flavor == "vllm":
-            return {"cache_salt": request.user_id, "priority": int(request.priority)}
-        return {"user": request.user_id}
+            return {"cache_salt": request.cache_salt(), "priority": int(request.priority)}
+        return {"user": request.cache_salt()}
 
     def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:

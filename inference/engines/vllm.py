@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -272,7 +271,7 @@ class VllmEngine:
 
         rid = request.request_id
         progress = _Progress(len(tokens), deadline)
-        salt = None if self.config.vllm.cache_scope == "shared" else _salt(request.user_id)
+        salt = None if self.config.vllm.cache_scope == "shared" else request.cache_salt()
         outputs = llm.generate(
             tokens_input(tokens, cache_salt=salt),
             _sampling(request),
@@ -404,10 +403,6 @@ def _sampling(request: GenerationRequest) -> Any:
         )
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(str(exc)) from exc
-
-
-def _salt(user_id: str) -> str:
-    return hashlib.sha256(f"companion-kv:{user_id}".encode()).hexdigest()
 
 
 async def _next(outputs: Any, expires: float | None) -> Any:

