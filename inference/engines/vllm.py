@@ -40,6 +40,7 @@ SmolLM2 when no model is configured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -116,7 +117,7 @@ class VllmEngine:
     async def close(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+            await _shut_down(llm)
 
     async def health(self) -> None:
         llm = self._llm
@@ -222,7 +223,7 @@ class VllmEngine:
             if llm is not None and llm.errored:
                 log.error("vLLM engine core died; restarting", extra={"error": str(llm.dead_error)})
                 self._llm = None
-                await asyncio.to_thread(llm.shutdown)
+                await _shut_down(llm)
                 await asyncio.sleep(self._restart_backoff_s)
                 self.restarts += 1
                 await self._launch()
@@ -373,6 +374,17 @@ class _Progress:
             usage=Usage(self.prompt_tokens, cached, self.generated),
             timings=Timings(queue_s=queue_s, time_to_first_token_s=ttft, decode_s=decode_s),
         )
+
+
+async def _shut_down(llm: AsyncLLM) -> None:
+    """Stop ``llm``: its output handler first, which would otherwise log the engine core's
+    exit as a failure (EngineDeadError) at every orderly stop."""
+    handler = getattr(llm, "output_handler", None)
+    if handler is not None:
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await handler
+    await asyncio.to_thread(llm.shutdown)
 
 
 def _sampling(request: GenerationRequest) -> Any:

@@ -11,12 +11,18 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import psutil
 import pytest
 import pytest_asyncio
 
 from inference.config import ChatEngineConfig, VllmOptions
 from inference.engines.vllm import VllmEngine
-from inference.errors import ContextLengthExceeded, DeadlineExceeded, InvalidRequest
+from inference.errors import (
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    EngineUnavailable,
+    InvalidRequest,
+)
 from inference.types import (
     ChatMessage,
     Finished,
@@ -199,3 +205,28 @@ async def test_bad_requests_are_refused_before_vllm_sees_them(engine: VllmEngine
     with pytest.raises(InvalidRequest, match="temperature"):
         await run(engine, request("ida", "x", sampling=SamplingParams(temperature=-1)))
     assert engine.stats().running == 0
+
+
+async def test_a_dead_engine_core_fails_its_requests_then_a_fresh_one_serves(
+    engine: VllmEngine,
+) -> None:
+    """Last in this module: it replaces the engine's vLLM processes."""
+    cores = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()
+    ]
+    assert cores, "no vLLM engine core process found"
+    long = SamplingParams(max_tokens=1000, temperature=0.7, ignore_eos=True)
+    stream = engine.generate(request("jo", "Tell me a long story.", sampling=long))
+    first = await anext(stream)
+    assert isinstance(first, TextDelta)
+    for core in cores:
+        core.kill()  # what a native crash in a kernel looks like from outside
+    with pytest.raises(EngineUnavailable):
+        async for _ in stream:
+            pass
+    text, finished = await run(engine, request("jo", "Are you back?"))
+    assert text and finished.finish_reason in ("stop", "length")
+    assert engine.restarts == 1
+    await engine.health()
