@@ -29,8 +29,8 @@ crash in the kernels does not take the API down. What this module adds:
   token come from vLLM's request timestamps, inter-token gaps from the arrival
   of each step's output here.
 - **Restarts.** When the engine core dies, requests in flight fail with
-  `EngineUnavailable`; the next request starts a fresh `AsyncLLM` (with the
-  same settings, after ``restart_backoff_s``).
+  `EngineUnavailable`; the next request, or the next readiness check, starts
+  a fresh `AsyncLLM` (with the same settings, after ``restart_backoff_s``).
 
 The model: a Hugging Face directory (``config.json`` and safetensors), or a
 GGUF file, converted once into one (`models.convert`), such as the packaged
@@ -100,6 +100,7 @@ class VllmEngine:
         self._steps = _StepStats()
         self._base = _StepStats()  # totals of earlier AsyncLLM instances (after restarts)
         self._kv_cells = 0
+        self._restart: asyncio.Task[AsyncLLM] | None = None
         self.model_dir: Path | None = None
         self.restarts = 0
 
@@ -115,6 +116,8 @@ class VllmEngine:
                 await self._launch()
 
     async def close(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
         llm, self._llm = self._llm, None
         if llm is not None:
             await _shut_down(llm)
@@ -124,6 +127,9 @@ class VllmEngine:
         if llm is None:
             raise EngineUnavailable(f"engine {self.model_id} is not running")
         if llm.errored:
+            # readiness checks come even when no request does: restart from here too
+            if self._restart is None or self._restart.done():
+                self._restart = asyncio.create_task(self._ready(), name="vllm-restart")
             raise EngineUnavailable(f"engine {self.model_id} stopped: {llm.dead_error}")
 
     def stats(self) -> EngineStats:
