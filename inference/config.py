@@ -34,7 +34,8 @@ class ChatEngineConfig:
     ``n_slots`` sequences: running requests plus conversations kept for reuse.
     """
 
-    backend: str = "llamacpp"  # "llamacpp", "vllm", "remote" or "none"
+    # "llamacpp", "vllm", "auto" (the faster of the two: inference.engine_choice), "remote", "none"
+    backend: str = "llamacpp"
     model_path: Path | None = None
     model_id: str = "smollm2-135m-instruct"
     n_ctx: int = 8192

@@ -25,7 +25,9 @@ threads:
 - ``--start companion-vllm``: ``companion serve`` on its in-process vLLM engine,
   same converted model;
 - ``--start companion-remote``: ``companion serve`` with the remote engine
-  (flavor vllm) in front of the ``--start vllm`` server.
+  (flavor vllm) in front of the ``--start vllm`` server;
+- ``--start companion-auto``: ``companion serve`` with ``COMPANION_CHAT_ENGINE=auto``
+  (it measures both engines at its first start, in its fresh data directory).
 
 The first target is the baseline of the overhead lines, unless ``--baseline``.
 
@@ -77,7 +79,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_BINARY = ROOT / "build" / "llama.cpp" / "bin" / "llama-server"
 COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
 # in start order: companion-remote needs vllm's URL
-STARTABLE = ("vllm", "companion-vllm", "companion-remote", "companion", "llama-server")
+STARTABLE = (
+    "vllm",
+    "companion-vllm",
+    "companion-remote",
+    "companion-auto",
+    "companion",
+    "llama-server",
+)
 
 
 @dataclass
@@ -296,6 +305,8 @@ def _command(
         env["COMPANION_CHAT_MODEL"] = str(model)
     elif kind == "companion-vllm":
         env |= {"COMPANION_CHAT_ENGINE": "vllm", "COMPANION_CHAT_MODEL": str(vllm_dir(model))}
+    elif kind == "companion-auto":  # probes both engines at its first start (minutes)
+        env |= {"COMPANION_CHAT_ENGINE": "auto", "COMPANION_CHAT_MODEL": str(model)}
     else:  # companion-remote -> the vllm target
         if "vllm" not in upstreams:
             raise SystemExit("--start companion-remote needs --start vllm (its upstream)")

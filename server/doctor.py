@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import asyncpg
 from redis.asyncio import Redis
 
+from inference.config import ChatEngineConfig
 from memory.embedded import EmbeddedRedis
 from models.catalog import CatalogError, load_catalog
 from server.settings import Settings
@@ -46,6 +48,8 @@ async def run_doctor(settings: Settings, echo: Echo) -> bool:
 def _report_engine(settings: Settings, echo: Echo) -> None:
     """How the llama.cpp engine will run here: its process and the weight-repacking answer."""
     config = settings.chat_engine
+    if config.backend == "auto":
+        config = _report_choice(settings, echo)
     if config.backend == "vllm":
         _report_vllm(settings, echo)
         return
@@ -71,6 +75,28 @@ def _report_engine(settings: Settings, echo: Echo) -> None:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(probed.when))
     answer = "on" if probed.repack else "off"
     echo(f"  {'repacking':<24} auto: {answer} (probe {probed.outcome}, {probed.cpu}, {when})")
+
+
+def _report_choice(settings: Settings, echo: Echo) -> ChatEngineConfig:
+    """The engine ``auto`` chose here and the figures it chose by (inference.engine_choice)."""
+    from inference.engine_choice import cached_choice
+
+    config = settings.chat_engine
+    choice = cached_choice(config)
+    echo("Chat engine choice (auto):")
+    if choice is None:
+        echo(f"  {'choice':<24} not measured yet for this model, CPU and engines (next start)")
+        return config
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(choice.when))
+    echo(f"  {'choice':<24} {choice.backend}: {choice.reason} ({when})")
+    for backend, figures in choice.figures.items():
+        echo(
+            f"  {backend:<24} {figures.batched_tok_s:.1f} tok/s batched,"
+            f" {figures.single_tpot_s * 1000:.1f} ms/token alone, ready in {figures.ready_s:.0f} s"
+        )
+    for backend, reason in choice.failed.items():
+        echo(f"  {backend:<24} FAILED: {reason}")
+    return dataclasses.replace(config, backend=choice.backend)
 
 
 def _report_vllm(settings: Settings, echo: Echo) -> None:

@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from inference.config import ChatEngineConfig
 from inference.engine import Engine
+from inference.engine_choice import choose
 from inference.errors import EngineUnavailable
 from inference.factory import create_engine
 from inference.manager import ModelManager, ModelOption, OpenedEngine, estimate_memory
@@ -54,6 +55,9 @@ async def open_models(
     """The manager with the default model loaded; None when no chat engine is configured."""
     if settings.chat_engine.backend == "none":
         return None
+    if settings.chat_engine.backend == "auto":  # measured once per model, CPU and engines
+        chosen = await choose(settings.chat_engine)
+        settings = dataclasses.replace(settings, chat_engine=chosen)
     options = model_options(settings, _catalog(settings))
 
     async def opener(config: ChatEngineConfig) -> OpenedEngine:

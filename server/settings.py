@@ -434,7 +434,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field(
         "chat_engine",
         "COMPANION_CHAT_ENGINE",
-        _choice("llamacpp", "vllm", "remote", "none"),
+        _choice("llamacpp", "vllm", "auto", "remote", "none"),
         "llamacpp",
     ),
     _Field("chat_model", "COMPANION_CHAT_MODEL", _optional_model, ""),

@@ -22,7 +22,12 @@ from pathlib import Path
 import httpx
 import yaml
 
+from inference.engine import Engine
+from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
+
 ROOT = Path(__file__).resolve().parent.parent
+# long enough to fill whole KV blocks (vLLM caches blocks of 128 tokens on CPU)
+PERSONA = "You are Sage, a warm and attentive companion who remembers what people say. " * 24
 SERVED_NAME = "smollm2"
 START_S = 300.0  # a guard against a replica that never comes up; never a timing assertion
 # compose.gpu.yml flags that place the model on GPUs or name it: set here for the CPU
@@ -155,3 +160,30 @@ def counter(replica: Subprocess, name: str) -> float:
         if line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def turn(user: str, conversation: str, *said: str, max_tokens: int = 8) -> GenerationRequest:
+    """A chat turn after the persona: ``said`` alternates user and assistant messages."""
+    roles = ("user", "assistant")
+    messages = [ChatMessage("system", PERSONA)] + [
+        ChatMessage(roles[i % 2], text)  # type: ignore[arg-type]
+        for i, text in enumerate(said)
+    ]
+    return GenerationRequest(
+        request_id=f"{conversation}-{len(said)}-{time.monotonic_ns()}",
+        user_id=user,
+        conversation_id=conversation,
+        messages=messages,
+        sampling=SamplingParams(temperature=0.7, max_tokens=max_tokens),
+    )
+
+
+async def ask(engine: Engine, request: GenerationRequest) -> tuple[str, Finished]:
+    """The whole reply and its `Finished` event."""
+    text = ""
+    async for event in engine.generate(request):
+        if isinstance(event, TextDelta):
+            text += event.text
+        else:
+            return text, event
+    raise AssertionError("no Finished event")

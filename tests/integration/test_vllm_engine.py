@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import pytest_asyncio
+from vllm_servers import PERSONA
 
 from inference.config import ChatEngineConfig, VllmOptions
 from inference.engines.vllm import VllmEngine
@@ -36,8 +37,6 @@ from inference.types import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-# a persona long enough to fill several KV blocks (vLLM caches whole blocks of 128 on CPU)
-PERSONA = "You are Sage, a warm and attentive companion who remembers what people say. " * 24
 _ids = itertools.count()
 
 

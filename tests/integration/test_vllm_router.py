@@ -8,19 +8,15 @@ that holds its prefix, and when that replica dies the router moves it to the oth
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from vllm_servers import SERVED_NAME, Subprocess, counter, start_replica, start_router
+from vllm_servers import SERVED_NAME, Subprocess, ask, counter, start_replica, start_router, turn
 
 from inference.engines.remote import RemoteConfig, RemoteEngine
-from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
 
 pytestmark = pytest.mark.slow
-
-PERSONA = "You are Sage, a warm and attentive companion who remembers what people say. " * 24
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +49,6 @@ async def remote(deployment: tuple[Subprocess, list[Subprocess]]) -> AsyncIterat
     await engine.close()
 
 
-def turn(conversation: str, said: list[str]) -> GenerationRequest:
-    roles = ("user", "assistant")
-    messages = [ChatMessage("system", PERSONA)] + [
-        ChatMessage(roles[i % 2], text)  # type: ignore[arg-type]
-        for i, text in enumerate(said)
-    ]
-    return GenerationRequest(
-        request_id=f"{conversation}-{len(said)}-{time.monotonic_ns()}",
-        user_id="erin",
-        conversation_id=conversation,
-        messages=messages,
-        sampling=SamplingParams(temperature=0.7, max_tokens=8),
-    )
-
-
-async def ask(engine: RemoteEngine, request: GenerationRequest) -> Finished:
-    async for event in engine.generate(request):
-        if not isinstance(event, TextDelta):
-            return event
-    raise AssertionError("no Finished event")
-
-
 def served(replicas: list[Subprocess]) -> list[float]:
     return [
         counter(r, "vllm:request_success_total") if r.process.poll() is None else -1
@@ -91,7 +65,7 @@ async def test_turns_stick_to_a_replica_and_fail_over_when_it_dies(
     homes: list[int] = []
     for more in (["Wonderful!", "It is hard."], ["Keep going.", "I practise daily."]):
         before = served(replicas)
-        finished = await ask(remote, turn("cello", said))
+        _, finished = await ask(remote, turn("erin", "cello", *said))
         after = served(replicas)
         homes += [i for i in range(2) if after[i] > before[i]]
         cached.append(finished.usage.cached_prompt_tokens)
@@ -101,6 +75,6 @@ async def test_turns_stick_to_a_replica_and_fail_over_when_it_dies(
 
     home = homes[0]
     replicas[home].kill()
-    finished = await ask(remote, turn("cello", said))  # the router moves it to the survivor
+    _, finished = await ask(remote, turn("erin", "cello", *said))  # moved to the survivor
     assert finished.finish_reason in ("stop", "length")
     assert served(replicas)[1 - home] >= 1

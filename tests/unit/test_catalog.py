@@ -98,3 +98,37 @@ source = "remote:x"
     assert big.config.remote_flavor == "vllm"
     assert "nowhere" not in options  # no urls: cannot be served
     assert options["smollm2-135m-instruct"].pinned  # the default model
+
+
+def test_vllm_models_load_on_vllm_within_the_memory_budget(tmp_path: Path) -> None:
+    from server.models_setup import model_options
+    from server.settings import load_settings
+
+    model_dir = tmp_path / "qwen"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"\0" * 4096)
+    write(
+        tmp_path,
+        f"""
+[models.qwen]
+role = "chat"
+backend = "vllm"
+source = "path:{model_dir}"
+context_length = 2048
+
+[models.absent]
+role = "chat"
+backend = "vllm"
+source = "path:{tmp_path / "nowhere"}"
+""",
+    )
+    settings = load_settings(
+        {"COMPANION_DATA_DIR": str(tmp_path), "COMPANION_VLLM_KV_CACHE_MB": "64"}
+    )
+    options = {o.model_id: o for o in model_options(settings, load_catalog(tmp_path))}
+    qwen = options["qwen"]
+    assert qwen.config.backend == "vllm" and qwen.config.model_path == model_dir
+    assert qwen.config.n_ctx == 2048  # capped by the spec's context_length
+    assert qwen.memory_bytes == (64 << 20) + 4096  # its KV cache plus its weights
+    assert "absent" not in options  # weights not on disk: cannot be served

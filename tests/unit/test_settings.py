@@ -222,3 +222,33 @@ def test_trusted_proxies_are_addresses_or_networks() -> None:
     assert given.trusted_proxies == ("10.0.0.0/8", "127.0.0.1")
     with pytest.raises(SettingsError, match="COMPANION_TRUSTED_PROXIES"):
         load_settings({"COMPANION_TRUSTED_PROXIES": "nginx"})
+
+
+def test_vllm_takes_a_model_directory_and_its_own_settings(tmp_path: Path) -> None:
+    model = tmp_path / "SmolLM2-vllm.v2"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    settings = load_settings(
+        {
+            "COMPANION_DATA_DIR": str(tmp_path),
+            "COMPANION_CHAT_ENGINE": "vllm",
+            "COMPANION_CHAT_MODEL": str(model),
+            "COMPANION_VLLM_KV_CACHE_MB": "512",
+            "COMPANION_VLLM_EAGER": "false",
+            "COMPANION_VLLM_CACHE_SCOPE": "shared",
+        }
+    )
+    engine = settings.chat_engine
+    assert (engine.backend, engine.model_path, engine.model_id) == ("vllm", model, model.name)
+    assert (engine.vllm.kv_cache_mb, engine.vllm.eager, engine.vllm.cache_scope) == (
+        512,
+        False,
+        "shared",
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SettingsError, match=r"COMPANION_CHAT_MODEL.*config\.json"):
+        load_settings(
+            {"COMPANION_DATA_DIR": str(tmp_path), "COMPANION_CHAT_MODEL": str(tmp_path / "empty")}
+        )
+    with pytest.raises(SettingsError, match="COMPANION_VLLM_CACHE_SCOPE"):
+        load_settings({"COMPANION_DATA_DIR": str(tmp_path), "COMPANION_VLLM_CACHE_SCOPE": "all"})

