@@ -40,6 +40,8 @@ from typing import Any
 import msgspec
 
 from inference.config import ChatEngineConfig
+from inference.machine import cpu_flags, cpu_name, file_identity
+from models.packaged import packaged_model
 
 log = logging.getLogger(__name__)
 
@@ -225,23 +227,21 @@ def _history(index: int) -> str:
 
 def fingerprint(config: ChatEngineConfig) -> str:
     """What the choice depends on: the model, the CPU, the engines' versions."""
-    parts: dict[str, Any] = {"model": None, "cpu": _cpu(), "engines": {}}
-    model = config.model_path
-    if model is None:
-        from models.packaged import packaged_model
-
-        model = packaged_model("chat").locate()
-    if model is not None and model.exists():
-        stat = model.stat()
-        parts["model"] = [str(model), stat.st_size, stat.st_mtime_ns]
+    model = config.model_path or packaged_model("chat").locate()
+    engines = {}
     for names in _PACKAGES.values():
         for name in names:
             try:
-                parts["engines"][name] = importlib.metadata.version(name)
+                engines[name] = importlib.metadata.version(name)
             except importlib.metadata.PackageNotFoundError:
                 continue
-    parts["shape"] = [config.n_ctx, config.n_slots, config.n_threads]
-    parts["probe"] = _PROBE_VERSION  # a changed probe measures again
+    parts = {
+        "model": file_identity(model) if model is not None else None,
+        "cpu": [cpu_name(), cpu_flags()],
+        "engines": engines,
+        "shape": [config.n_ctx, config.n_slots, config.n_threads],
+        "probe": _PROBE_VERSION,  # a changed probe measures again
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -255,15 +255,6 @@ def _path_in(kind: type, value: Any) -> Any:
     if kind is Path:
         return Path(value)
     raise NotImplementedError(kind)
-
-
-def _cpu() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
 
 
 def main(argv: Sequence[str]) -> int:

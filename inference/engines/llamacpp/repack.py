@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from inference.engines.exits import exit_text
+from inference.machine import cpu_flags, cpu_name, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -126,36 +127,8 @@ def cached_probe(
 
 def probe_key(model_path: Path) -> str:
     """What the answer depends on: the model file, the CPU and the llama.cpp build."""
-    parts = [_file_identity(model_path), cpu_name(), _cpu_flags(), _build_identity()]
+    parts = [file_identity(model_path), cpu_name(), cpu_flags(), _build_identity()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-def cpu_name() -> str:
-    return _cpuinfo_field("model name") or os.uname().machine
-
-
-def _cpu_flags() -> str:
-    return _cpuinfo_field("flags") or _cpuinfo_field("Features") or ""
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == name:
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def _file_identity(path: Path) -> str:
-    try:
-        stat = path.resolve().stat()
-    except OSError:
-        return str(path)
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _build_identity() -> str:
