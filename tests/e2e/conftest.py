@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import COMPANION, RunningServer, companion_env, serving
+from support import RunningServer, admin_key, companion_env, serving
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +20,6 @@ def server(tiny_gguf: Path) -> Iterator[RunningServer]:
             COMPANION_CHAT_SLOTS="4",
             COMPANION_API_KEYS_REQUIRED="true",
         )
-        created = subprocess.run(
-            [*COMPANION, "keys", "create", "operator", "--admin"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
+        created = admin_key(env)
         with serving(env, Path(directory) / "serve.log") as (base, process):
-            yield RunningServer(base, created.stdout.strip(), tiny_gguf.stem, process)
+            yield RunningServer(base, created, tiny_gguf.stem, process)

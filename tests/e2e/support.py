@@ -42,6 +42,19 @@ def companion_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return {**env, "COMPANION_DATA_DIR": str(data_dir), "COMPANION_LOG_LEVEL": "warning", **extra}
 
 
+def admin_key(env: dict[str, str]) -> str:
+    """An admin API key, made with `companion keys create` as an operator would."""
+    created = subprocess.run(
+        [*COMPANION, "keys", "create", "operator", "--admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return created.stdout.strip()
+
+
 def wait_ready(
     base_url: str,
     process: subprocess.Popen[str],

@@ -3,7 +3,6 @@ the numbers are the whole instance's (read from the multiprocess registry)."""
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import COMPANION, companion_env, serving
+from support import admin_key, companion_env, serving
 
 DEADLINE_S = 60.0  # for the engine's counters to be published; a guard, not a timing test
 
@@ -33,14 +32,7 @@ def test_stats_add_up_every_worker(tiny_gguf: Path, data_dir: Path) -> None:
         COMPANION_EMBEDDER="none",
         COMPANION_API_KEYS_REQUIRED="true",
     )
-    admin = subprocess.run(
-        [*COMPANION, "keys", "create", "operator", "--admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    admin = admin_key(env)
     headers = {"Authorization": f"Bearer {admin}"}
     with serving(env, data_dir / "serve.log", "--workers", "2") as (base, _):
         assert httpx.get(f"{base}/api/v1/admin/stats", timeout=10).status_code == 401

