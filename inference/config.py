@@ -62,3 +62,7 @@ class ChatEngineConfig:
     remote_kv_full: float = 0.98
     remote_max_waiting: int = 8
     vllm: VllmOptions = VllmOptions()
+
+    def deadline_for(self, requested_s: float | None) -> float | None:
+        """A request's deadline: the one it set, else ``deadline_s`` (0: none)."""
+        return requested_s if requested_s is not None else (self.deadline_s or None)

@@ -256,9 +256,7 @@ class VllmEngine:
                 f"prompt ({len(tokens)} tokens) plus max_tokens ({request.sampling.max_tokens})"
                 f" exceeds the context of {self._max_len} tokens"
             )
-        deadline = request.deadline_s
-        if deadline is None and self.config.deadline_s > 0:
-            deadline = self.config.deadline_s
+        deadline = self.config.deadline_for(request.deadline_s)
         rid = request.request_id
         if rid in self._open:
             raise InvalidRequest(f"request id {rid!r} is already running")

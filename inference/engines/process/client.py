@@ -179,8 +179,9 @@ class ProcessEngine:
         problems = request.problems()
         if problems:
             raise InvalidRequest("; ".join(problems))
-        if request.deadline_s is None and self.config.deadline_s > 0:
-            request = dataclasses.replace(request, deadline_s=self.config.deadline_s)
+        request = dataclasses.replace(
+            request, deadline_s=self.config.deadline_for(request.deadline_s)
+        )
         for attempt in range(2):
             child = await self._ready_child(request)
             retry = False
