@@ -262,8 +262,11 @@ class VllmEngine:
             raise InvalidRequest(f"request id {rid!r} is already running")
         self._open[rid] = False
         try:
-            async for event in self._stream(llm, request, tokens, deadline):
-                yield event
+            # closing this stream closes the inner one at once (an abort inside vLLM),
+            # not whenever the garbage collector finalizes it
+            async with contextlib.aclosing(self._stream(llm, request, tokens, deadline)) as events:
+                async for event in events:
+                    yield event
         finally:
             del self._open[rid]
 
@@ -293,7 +296,7 @@ class VllmEngine:
                 except TimeoutError:
                     if progress.first is None:
                         raise DeadlineExceeded("the request waited past its deadline") from None
-                    yield progress.finished("timeout", None)
+                    yield self._report(progress, progress.finished("timeout", None))
                     return
                 self._open[rid] = True
                 text = progress.step(output)
@@ -301,12 +304,13 @@ class VllmEngine:
                     yield TextDelta(text)
                 if output.finished:
                     reason = _FINISH.get(output.outputs[0].finish_reason, "stop")
-                    finished = progress.finished(reason, output)
-                    if self._observer is not None:
-                        self._observer.request_finished(self.model_id, finished, progress.gaps)
-                    yield finished
+                    yield self._report(progress, progress.finished(reason, output))
                     return
-        except (InferenceError, asyncio.CancelledError):
+        except (GeneratorExit, asyncio.CancelledError):
+            if not progress.reported:  # the caller went away: an abort, as llama.cpp counts it
+                self._report(progress, progress.finished("abort", None))
+            raise
+        except InferenceError:
             raise
         except StopAsyncIteration:
             raise EngineUnavailable("vLLM ended the request without finishing it") from None
@@ -314,6 +318,13 @@ class VllmEngine:
             raise _mapped(exc) from exc
         finally:
             await outputs.aclose()  # unfinished: vLLM aborts it, freeing its KV blocks
+
+    def _report(self, progress: _Progress, finished: Finished) -> Finished:
+        """Tell the observer (the metrics) how a request ended, once."""
+        progress.reported = True
+        if self._observer is not None:
+            self._observer.request_finished(self.model_id, finished, progress.gaps)
+        return finished
 
     def _prompt(self, request: GenerationRequest) -> list[int]:
         tokenizer = self._tokenizer
@@ -349,6 +360,7 @@ class _Progress:
         self.last: float | None = None
         self.gaps: list[float] = []
         self.generated = 0
+        self.reported = False  # the observer was told how it ended
 
     def step(self, output: Any) -> str:
         """Take one step's output; return its new text."""

@@ -159,7 +159,9 @@ async def test_json_schema_replies_parse(engine: VllmEngine) -> None:
     assert reply["mood"] in ("happy", "sad")
 
 
-async def test_closing_the_stream_aborts_and_frees_the_kv(engine: VllmEngine) -> None:
+async def test_closing_the_stream_aborts_and_frees_the_kv(
+    engine: VllmEngine, recorder: Recorder
+) -> None:
     long = SamplingParams(max_tokens=1000, temperature=0.7, ignore_eos=True)
     stream = engine.generate(request("fay", "Tell me a very long story.", sampling=long))
     async for event in stream:
@@ -168,6 +170,7 @@ async def test_closing_the_stream_aborts_and_frees_the_kv(engine: VllmEngine) ->
     assert engine.stats().running == 1
     assert engine.stats().kv_usage > 0
     await stream.aclose()
+    assert recorder.finished[-1][1].finish_reason == "abort"  # counted, as llama.cpp's are
     for _ in range(100):  # the abort reaches vLLM's scheduler within a step or two
         stats = engine.stats()
         if stats.running == 0 and stats.kv_usage == 0:
@@ -179,13 +182,14 @@ async def test_closing_the_stream_aborts_and_frees_the_kv(engine: VllmEngine) ->
     assert text
 
 
-async def test_priority_and_deadline(engine: VllmEngine) -> None:
+async def test_priority_and_deadline(engine: VllmEngine, recorder: Recorder) -> None:
     long = SamplingParams(max_tokens=1500, temperature=0.7, ignore_eos=True)
     _, finished = await run(
         engine,
         request("gus", "Talk for a long time.", sampling=long, deadline_s=1.0),
     )
     assert finished.finish_reason == "timeout"
+    assert recorder.finished[-1][1] == finished
     assert 0 < finished.usage.completion_tokens < 1500
     _, background = await run(engine, request("gus", "Hi.", priority=Priority.BACKGROUND))
     assert background.finish_reason in ("stop", "length")
