@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from inference.stats import EngineStats
-from inference.types import GenerationRequest, StreamEvent
+from inference.types import GenerationRequest, PromptSize, StreamEvent
 
 
 class Engine(Protocol):
@@ -28,6 +28,12 @@ class Engine(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         """Stream the completion of ``request``."""
+        ...
+
+    async def measure(self, request: GenerationRequest) -> PromptSize | None:
+        """The prompt ``generate`` would compute for ``request`` and the context it must fit
+        in, without generating; None when this engine cannot tell ahead (its ``generate``
+        still refuses a prompt too long with `ContextLengthExceeded`)."""
         ...
 
     async def abort(self, request_id: str) -> None:

@@ -122,6 +122,17 @@ def _digest(kind: str, *parts: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptSize:
+    """A request's prompt measured by the engine that would serve it (`Engine.measure`)."""
+
+    prompt_tokens: int  # as ``generate`` would compute them: template, special tokens and all
+    context_tokens: int  # the most one sequence may hold, prompt and reply together
+
+    def fits(self, max_tokens: int) -> bool:
+        return self.prompt_tokens + max_tokens <= self.context_tokens
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     """The next piece of generated text (always whole UTF-8 characters)."""
 

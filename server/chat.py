@@ -5,16 +5,12 @@
    context) and retrieve long-term memories.
 3. Route (`server.routing`): persona and model by content, age gate, lock-in,
    crisis, blocks. The session update is atomic.
-4. Store the user's message durably, before generating: a client that goes
+4. Build the prompt (`server.prompt`: the most stable parts first, so the
+   engine reuses the KV of earlier turns) and fit it to the engine's context,
+   oldest history first. A message too long for the model was refused before
+   step 1 changed anything.
+5. Store the user's message durably, before generating: a client that goes
    away mid-reply still has its message kept.
-5. Build the prompt with the most stable parts first, so each turn's prompt
-   extends the previous one and the engine reuses its KV: persona (declared
-   public: shared by every user of the persona) -> summary -> history ->
-   volatile context (memories, emotion hint) -> the new message. The volatile
-   block is not kept in the history, so the next turn's cache reuse ends where
-   this turn's block began (the persona, summary and older history are reused;
-   the last exchange is recomputed). Keeping the block in the history would
-   make the prefix exact at the price of a longer prompt every turn.
 6. Generate at interactive priority and relay the tokens; store the reply.
 
 7. Queue fact extraction for the background worker, unless routing said the
@@ -23,8 +19,9 @@
 Timings of each step (seconds) go into the ``done`` event and into the
 ``companion:turn_step_seconds`` histogram: ``emotion`` and ``retrieve``
 (started at once, concurrently with) ``load`` (history, session, minor flag,
-profile), then ``classify`` (content, with the session as context), ``route``, ``store_user``,
-``prepare`` (all of the above), ``ttft`` (turn start to first token),
+profile), then ``classify`` (content, with the session as context), ``route``,
+``fit`` (measuring the prompt, when it may not fit), ``store_user``, ``prepare``
+(all of the above), ``ttft`` (turn start to first token),
 ``engine_ttft`` (the engine's own, from submission), ``overhead`` (ttft minus
 engine_ttft: everything the service adds before the first token),
 ``store_reply`` and ``total``.
@@ -40,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable
@@ -72,9 +70,13 @@ from memory.session import SessionState, SessionStore
 from server.complexity import message_tier
 from server.memory_jobs import MemoryJobs
 from server.personas import Persona
+from server.prompt import PromptFitter, PromptParts
 from server.routing import RouteDecision, apply_changes, decide_route
 
 MEMORY_TOKEN_BUDGET = 600
+# A message must leave this much of the context beside the persona and the reply, for
+# memories and the turns around it (`PromptFitter.check_message`).
+MESSAGE_RESERVE_TOKENS = MEMORY_TOKEN_BUDGET
 STEP_SECONDS = Histogram(
     "companion:turn_step_seconds",
     "Seconds spent in each step of a chat turn (see server.chat)",
@@ -196,6 +198,7 @@ class ChatTurnService:
         self._accounts = accounts
         self._profiles = profiles
         self._small_engine = small_engine
+        self._fitter = PromptFitter()
 
     async def turn(
         self,
@@ -211,15 +214,24 @@ class ChatTurnService:
         """
         engine = self._require_engine()
         clock = _Clock()
-        parts, user_message = await self._prepare(user_id, conversation_id, text, clock)
+        await self._check_message(engine, user_id, conversation_id, persona_id, text)
+        parts = await self._gather(user_id, conversation_id, text, clock)
         persona = self._answering(parts.decision, persona_id)
         tier = message_tier(text, parts.decision.route, parts.content.label)
         if tier == "small" and self._small_engine is not None:
             engine = self._small_engine
         else:
             tier = "default"
+        request = await clock.timed(
+            "fit",
+            self._fitter.fit(
+                engine,
+                self._prompt(persona, parts, text),
+                functools.partial(self._request, user_id, conversation_id, persona),
+            ),
+        )
+        user_message = await self._store_user(user_id, conversation_id, text, clock)
         yield self._meta(parts, persona, engine, tier)
-        request = self._request(user_id, conversation_id, persona, parts, text)
         reply: list[str] = []
         usage: dict[str, int] = {}
         async with aclosing(engine.generate(request)) as events:
@@ -274,13 +286,21 @@ class ChatTurnService:
         engine = self._require_engine()
         personas = self.panel_personas(persona_ids)
         clock = _Clock()
-        parts, user_message = await self._prepare(user_id, conversation_id, text, clock)
+        await self._check_message(engine, user_id, conversation_id, personas[0].id, text)
+        parts = await self._gather(user_id, conversation_id, text, clock)
         if parts.decision.route != "normal":
             personas = [self._persona(parts.decision.persona)]
+        shared = dataclasses.replace(self._persona("companion"), prompt=PANEL_PREAMBLE)
+        requests = {}
+        for persona in personas:
+            voice = f"Answer now as {persona.name}. {persona.prompt}"
+            request_for = functools.partial(self._panel_request, user_id, conversation_id, persona)
+            prompt = dataclasses.replace(self._prompt(shared, parts, text), voice=voice)
+            requests[persona.id] = await clock.timed(
+                "fit", self._fitter.fit(engine, prompt, request_for)
+            )
+        user_message = await self._store_user(user_id, conversation_id, text, clock)
         yield self._panel_meta(parts, personas)
-        requests = {
-            p.id: self._panel_request(user_id, conversation_id, p, parts, text) for p in personas
-        }
         replies: list[PanelReply] = []
         texts: dict[str, list[str]] = {p.id: [] for p in personas}
         async with aclosing(_merged(engine, requests)) as events:
@@ -313,21 +333,11 @@ class ChatTurnService:
         user_id: uuid.UUID,
         conversation_id: uuid.UUID,
         persona: Persona,
-        parts: TurnParts,
-        text: str,
+        prompt: PromptParts,
     ) -> GenerationRequest:
-        shared = dataclasses.replace(self._persona("companion"), prompt=PANEL_PREAMBLE)
-        base = self._request(user_id, conversation_id, shared, parts, text)
-        voice = ChatMessage("system", f"Answer now as {persona.name}. {persona.prompt}")
         return dataclasses.replace(
-            base,
+            self._request(user_id, conversation_id, persona, prompt),
             request_id=f"panel-{persona.id}-{uuid.uuid4().hex}",
-            messages=[*base.messages, voice],
-            sampling=SamplingParams(
-                temperature=persona.temperature,
-                top_p=persona.top_p,
-                max_tokens=persona.max_tokens,
-            ),
         )
 
     def _panel_meta(self, parts: TurnParts, personas: list[Persona]) -> PanelMeta:
@@ -369,16 +379,28 @@ class ChatTurnService:
             last_message_id=reply_id,
         )
 
-    async def _prepare(
+    async def _check_message(
+        self,
+        engine: Engine,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        persona_id: str,
+        text: str,
+    ) -> None:
+        """Refuse a message too long for the model before the turn changes anything."""
+        persona = self._persona(persona_id)
+        alone = PromptParts(persona.prompt, text)
+        request = self._request(user_id, conversation_id, persona, alone)
+        await self._fitter.check_message(engine, request, reserve=MESSAGE_RESERVE_TOKENS)
+
+    async def _store_user(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
-    ) -> tuple[TurnParts, StoredMessage]:
-        """Everything before generation: understand the message, then store it."""
-        parts = await self._gather(user_id, conversation_id, text, clock)
+    ) -> StoredMessage:
         user_message = await clock.timed(
             "store_user", self._log.append(conversation_id, user_id, "user", text)
         )
         clock.mark("prepare")
-        return parts, user_message
+        return user_message
 
     async def _gather(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
@@ -451,29 +473,28 @@ class ChatTurnService:
         await self._sessions.update(conversation_id, user_id, route)
         return decided[0]
 
+    def _prompt(self, persona: Persona, parts: TurnParts, text: str) -> PromptParts:
+        return PromptParts(
+            persona=persona.prompt,
+            message=text,
+            profile=parts.profile,
+            summary=parts.summary,
+            history=parts.history,
+            context=_volatile_context(parts),
+        )
+
     def _request(
         self,
         user_id: uuid.UUID,
         conversation_id: uuid.UUID,
         persona: Persona,
-        parts: TurnParts,
-        text: str,
+        prompt: PromptParts,
     ) -> GenerationRequest:
-        messages = [ChatMessage("system", persona.prompt)]
-        if parts.profile:  # changes rarely: early in the prompt, after the public persona
-            messages.append(ChatMessage("system", f"About this person: {parts.profile}"))
-        if parts.summary:
-            messages.append(ChatMessage("system", f"Earlier in this conversation: {parts.summary}"))
-        messages.extend(parts.history)
-        context = _volatile_context(parts)
-        if context:
-            messages.append(ChatMessage("system", context))
-        messages.append(ChatMessage("user", text))
         return GenerationRequest(
             request_id=f"turn-{uuid.uuid4().hex}",
             user_id=str(user_id),
             conversation_id=str(conversation_id),
-            messages=messages,
+            messages=prompt.messages(),
             sampling=SamplingParams(
                 temperature=persona.temperature,
                 top_p=persona.top_p,

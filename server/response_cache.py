@@ -36,6 +36,7 @@ from inference.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    PromptSize,
     StreamEvent,
     TextDelta,
     Timings,
@@ -101,6 +102,9 @@ class ResponseCache:
 
     async def abort(self, request_id: str) -> None:
         await self.engine.abort(request_id)
+
+    async def measure(self, request: GenerationRequest) -> PromptSize | None:
+        return await self.engine.measure(request)
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

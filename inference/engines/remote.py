@@ -73,6 +73,7 @@ from inference.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    PromptSize,
     StreamEvent,
     TextDelta,
     Timings,
@@ -123,8 +124,11 @@ class _Replica:
 
     @property
     def metrics_url(self) -> str:
-        root = self.base_url.removesuffix("/v1")
-        return f"{root}/metrics"
+        return f"{self.base_url.removesuffix('/v1')}/metrics"
+
+    @property
+    def tokenize_url(self) -> str:
+        return f"{self.base_url.removesuffix('/v1')}/tokenize"
 
     def busyness(self) -> tuple[float, float]:
         """Requests in flight or waiting there, then KV usage: lower is better."""
@@ -205,6 +209,28 @@ class RemoteEngine:
             except httpx.HTTPError:
                 continue
         raise EngineUnavailable(f"no replica of {self.model_id} answers")
+
+    async def measure(self, request: GenerationRequest) -> PromptSize | None:
+        """vLLM's ``/tokenize`` on the replica the request would go to. None when no
+        answer comes: a llama-server upstream, a router that does not pass the path on,
+        a replica down (``generate`` then checks the length upstream, as before)."""
+        index = self._choose(request, set(), any_state=False)
+        if self.config.flavor != "vllm" or not request.messages or index is None:
+            return None
+        body = {
+            "model": self.config.upstream_model or self.config.model_id,
+            "add_generation_prompt": True,
+            **_prompt_fields(request),
+        }
+        try:
+            response = await self._require_client().post(
+                self._replicas[index].tokenize_url, json=body, timeout=self.config.metrics_timeout_s
+            )
+            response.raise_for_status()
+            answer = response.json()
+            return PromptSize(int(answer["count"]), int(answer["max_model_len"]))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     async def abort(self, request_id: str) -> None:
         if request_id in self._counters.in_flight:  # unknown or finished ids: nothing to stop

@@ -65,6 +65,7 @@ from inference.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    PromptSize,
     StreamEvent,
     TextDelta,
     Timings,
@@ -269,6 +270,11 @@ class VllmEngine:
                     yield event
         finally:
             del self._open[rid]
+
+    async def measure(self, request: GenerationRequest) -> PromptSize:
+        await self._ready()
+        tokens = await asyncio.to_thread(self._prompt, request)
+        return PromptSize(len(tokens), self._max_len)
 
     async def abort(self, request_id: str) -> None:
         llm = self._llm

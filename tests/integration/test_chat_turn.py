@@ -46,7 +46,8 @@ async def test_a_conversation_over_json_and_sse(client: AsyncTestClient[Litestar
     done = events[-1][1]
     usage, timings = done["usage"], done["timings"]
     assert isinstance(usage, dict) and isinstance(timings, dict)
-    steps = {"load", "emotion", "classify", "retrieve", "route", "store_user", "prepare", "ttft"}
+    steps = {"load", "emotion", "classify", "retrieve", "route", "fit", "store_user", "prepare"}
+    steps.add("ttft")
     steps |= {"engine_ttft", "overhead", "store_reply", "total"}
     assert timings.keys() == {f"{step}_s" for step in steps}
     assert timings["prepare_s"] <= timings["ttft_s"] <= timings["total_s"]

@@ -86,6 +86,14 @@ async def test_cached_tokens_reach_the_client_and_stay_per_user(remote: RemoteEn
     assert stranger.usage.cached_prompt_tokens == 0  # the per-user cache_salt upstream
 
 
+async def test_a_prompt_is_measured_by_the_replica(remote: RemoteEngine) -> None:
+    request = turn("ann", "c1", "漢字かな交じり文 and English, measured alike. " * 8)
+    size = await remote.measure(request)
+    _, finished = await ask(remote, request)
+    assert size is not None and size.prompt_tokens == finished.usage.prompt_tokens
+    assert size.context_tokens > size.prompt_tokens
+
+
 async def test_a_saturated_replica_refuses_from_its_real_metrics(
     remote_one: RemoteEngine, replicas: list[Subprocess]
 ) -> None:

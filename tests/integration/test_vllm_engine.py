@@ -109,6 +109,14 @@ async def test_streams_a_reply_and_reports_it(engine: VllmEngine, recorder: Reco
     assert recorder.finished[-1][1] == finished
 
 
+async def test_a_measure_counts_what_generate_computes(engine: VllmEngine) -> None:
+    req = request("ann", "漢字かな交じり文 and English, measured alike. " * 8)
+    size = await engine.measure(req)
+    _, finished = await run(engine, req)
+    assert size is not None and size.prompt_tokens == finished.usage.prompt_tokens
+    assert size.context_tokens == 2048
+
+
 async def test_a_users_next_turn_reuses_their_prefix_but_never_anothers(
     engine: VllmEngine,
 ) -> None:

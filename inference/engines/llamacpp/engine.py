@@ -52,6 +52,7 @@ from inference.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    PromptSize,
     StreamEvent,
     TextDelta,
     Timings,
@@ -210,6 +211,11 @@ class LlamaCppEngine:
             if not active.done:
                 self._abort(request.request_id)
 
+    async def measure(self, request: GenerationRequest) -> PromptSize:
+        model = self._require_model()
+        tokens = await asyncio.to_thread(self._tokens, model, request)
+        return PromptSize(len(tokens), self._max_seq_len)
+
     async def abort(self, request_id: str) -> None:
         self._abort(request_id)
 
@@ -266,17 +272,21 @@ class LlamaCppEngine:
             self._wake.notify()
         return active, events
 
-    def _prompt(self, model: LlamaModel, request: GenerationRequest) -> tuple[list[int], int]:
+    def _tokens(self, model: LlamaModel, request: GenerationRequest) -> list[int]:
         if request.prompt_tokens:
             tokens = list(request.prompt_tokens)
             if any(not 0 <= t < model.n_vocab for t in tokens):
                 raise InvalidRequest(f"prompt token ids must be in [0, {model.n_vocab})")
-            return tokens, min(request.public_prefix_tokens, len(tokens))
+            return tokens
         if request.prompt:
-            tokens = model.tokenize(request.prompt, add_bos=model.add_bos)
-            return tokens, min(request.public_prefix_tokens, len(tokens))
+            return model.tokenize(request.prompt, add_bos=model.add_bos)
         text = model.render_chat(request.messages, generation_prompt=True)
-        tokens = model.tokenize(text, add_bos=model.add_bos)
+        return model.tokenize(text, add_bos=model.add_bos)
+
+    def _prompt(self, model: LlamaModel, request: GenerationRequest) -> tuple[list[int], int]:
+        tokens = self._tokens(model, request)
+        if not request.messages:
+            return tokens, min(request.public_prefix_tokens, len(tokens))
         if not request.public_prefix_messages:
             return tokens, 0
         head = model.render_chat(

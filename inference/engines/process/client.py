@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ from inference.engines.process.protocol import (
     Failed,
     FromEngine,
     LoadFailed,
+    Measure,
+    Measured,
     Observed,
     Ready,
     Start,
@@ -61,11 +64,12 @@ from inference.errors import (
     InvalidRequest,
 )
 from inference.stats import EngineObserver, EngineStats
-from inference.types import Finished, GenerationRequest, StreamEvent, TextDelta
+from inference.types import Finished, GenerationRequest, PromptSize, StreamEvent, TextDelta
 
 log = logging.getLogger(__name__)
 
 _DEADLINE_GRACE_S = 5.0  # past a request's deadline, before this side gives up on it
+_MEASURE_S = 30.0  # tokenizing takes milliseconds; an engine that takes this long is wedged
 
 _COUNTERS = (
     "prefix_queried_tokens",
@@ -84,7 +88,7 @@ class _Died:
     streamed: bool = False  # the request had sent text before: it cannot start over
 
 
-Event = StreamEvent | InferenceError | _Died
+Event = StreamEvent | InferenceError | _Died | PromptSize | None
 
 
 @dataclass
@@ -118,6 +122,7 @@ class ProcessEngine:
         self._work = (0, 0)  # the engine process's own token counters at the last snapshot
         self._child: _Child | None = None
         self._streams: dict[str, asyncio.Queue[Event]] = {}
+        self._measures: dict[str, asyncio.Queue[Event]] = {}  # not requests: not counted
         self._up: asyncio.Event | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -225,6 +230,7 @@ class ProcessEngine:
                     finished = True
                     yield dataclasses.replace(event, streamed=streamed)
                     return
+                assert isinstance(event, TextDelta | Finished)  # a measure's answer is not
                 streamed = streamed or isinstance(event, TextDelta)
                 finished = isinstance(event, Finished)
                 yield event
@@ -235,6 +241,23 @@ class ProcessEngine:
                 del self._streams[rid]
             if not finished and child.alive:
                 child.channel.send(Abort(rid))
+
+    async def measure(self, request: GenerationRequest) -> PromptSize | None:
+        child = await self._ready_child(request)
+        rid = f"measure-{uuid.uuid4().hex}"
+        answer: asyncio.Queue[Event] = asyncio.Queue()
+        self._measures[rid] = answer
+        try:
+            child.channel.send(Measure(dataclasses.replace(request, request_id=rid)))
+            event = await _next(answer, time.monotonic() + _MEASURE_S)
+        finally:
+            del self._measures[rid]
+        if isinstance(event, InferenceError):
+            raise event
+        if isinstance(event, _Died):
+            raise EngineUnavailable(f"the engine process stopped ({event.reason})")
+        assert isinstance(event, PromptSize | None)
+        return event
 
     async def abort(self, request_id: str) -> None:
         child = self._child
@@ -310,8 +333,9 @@ class ProcessEngine:
             self._up.clear()  # new requests wait for the restart from now on
 
     def _dispatch(self, message: object) -> None:
-        if isinstance(message, Delta | Done | Failed):
-            queue = self._streams.get(message.request_id)
+        if isinstance(message, Delta | Done | Failed | Measured):
+            rid = message.request_id
+            queue = self._streams.get(rid) or self._measures.get(rid)
             if queue is not None:
                 queue.put_nowait(_event_of(message))
         elif isinstance(message, Stats):
@@ -379,7 +403,7 @@ class ProcessEngine:
         self._fail_streams(_Died(reason))
 
     def _fail_streams(self, died: _Died) -> None:
-        for queue in self._streams.values():
+        for queue in (*self._streams.values(), *self._measures.values()):
             queue.put_nowait(died)
 
     def _with_base(self, stats: EngineStats) -> EngineStats:
@@ -398,11 +422,13 @@ async def _next(queue: asyncio.Queue[Event], expires: float | None) -> Event:
         ) from None
 
 
-def _event_of(message: Delta | Done | Failed) -> StreamEvent | InferenceError:
+def _event_of(message: Delta | Done | Failed | Measured) -> Event:
     if isinstance(message, Delta):
         return TextDelta(message.text)
     if isinstance(message, Done):
         return message.finished
+    if isinstance(message, Measured):
+        return message.size
     return error_of(message)
 
 

@@ -29,7 +29,7 @@ from inference.errors import (
     InvalidRequest,
 )
 from inference.stats import EngineStats
-from inference.types import Finished, GenerationRequest
+from inference.types import Finished, GenerationRequest, PromptSize
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # a json_schema or a long prompt fits many times over
@@ -57,6 +57,17 @@ class Submit(_Message):
 
 class Abort(_Message):
     request_id: str
+
+
+class Measure(_Message):
+    """Measure the request's prompt (`Engine.measure`); answered by `Measured` or `Failed`."""
+
+    request: GenerationRequest
+
+
+class Measured(_Message):
+    request_id: str
+    size: PromptSize | None
 
 
 class Delta(_Message):
@@ -90,8 +101,8 @@ class Observed(_Message):
     inter_token_s: list[float]
 
 
-ToEngine = Start | Submit | Abort
-FromEngine = Ready | LoadFailed | Delta | Done | Failed | Stats | Observed
+ToEngine = Start | Submit | Abort | Measure
+FromEngine = Ready | LoadFailed | Delta | Done | Failed | Stats | Observed | Measured
 
 _ERRORS: dict[str, type[InferenceError]] = {
     kind.__name__: kind

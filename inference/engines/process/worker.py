@@ -27,6 +27,8 @@ from inference.engines.process.protocol import (
     Delta,
     Done,
     LoadFailed,
+    Measure,
+    Measured,
     Observed,
     Ready,
     Start,
@@ -85,6 +87,11 @@ class _Server:
             task = asyncio.create_task(self._run(request))
             self._tasks[request.request_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(request.request_id, None))
+        elif isinstance(message, Measure):
+            request = message.request
+            task = asyncio.create_task(self._measure(request))
+            self._tasks[request.request_id] = task
+            task.add_done_callback(lambda _: self._tasks.pop(request.request_id, None))
         elif isinstance(message, Abort):
             running = self._tasks.get(message.request_id)
             if running is not None:
@@ -104,6 +111,14 @@ class _Server:
         except Exception as exc:  # an engine bug: this request fails, the process serves on
             log.exception("request failed in the engine process")
             self._channel.send(failed(rid, EngineUnavailable(f"engine error: {exc}")))
+
+    async def _measure(self, request: GenerationRequest) -> None:
+        try:
+            size = await self._engine.measure(request)
+        except InferenceError as exc:
+            self._channel.send(failed(request.request_id, exc))
+            return
+        self._channel.send(Measured(request.request_id, size))
 
     async def _publish_stats(self) -> None:
         """Stats snapshots for the API's metrics; returns when the engine stopped serving
