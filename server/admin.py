@@ -38,6 +38,7 @@ def provide_accounts(state: State) -> AccountStore:
 class AdminController(Controller):
     path = "/api/v1/admin"
     tags = ["admin"]
+    opt = {"rate_limit": "admin"}
     dependencies = {
         "admin": Provide(resolve_admin),
         "accounts": Provide(provide_accounts, sync_to_thread=False),
@@ -86,6 +87,7 @@ def provide_models(state: State) -> ModelManager:
 
 class ModelsAdminController(Controller):
     path = "/api/v1/admin/models"
+    opt = {"rate_limit": "admin"}
     tags = ["admin"]
     dependencies = {
         "admin": Provide(resolve_admin),

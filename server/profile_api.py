@@ -33,6 +33,7 @@ class GoalUpdate(msgspec.Struct, forbid_unknown_fields=True):
 class ProfileController(Controller):
     path = "/api/v1/me"
     tags = ["profile"]
+    opt = {"rate_limit": "api"}
     dependencies = {"user": Provide(resolve_user)}
 
     @get("/profile")

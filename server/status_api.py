@@ -47,6 +47,7 @@ def _load(stats: EngineStats) -> EngineLoad:
 class StatusController(Controller):
     path = "/api/v1"
     tags = ["status"]
+    opt = {"rate_limit": "api"}
     dependencies = {"user": Provide(resolve_user)}
 
     @get("/models", cache=False)

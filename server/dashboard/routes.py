@@ -67,6 +67,7 @@ class DashboardController(Controller):
 class StatsController(Controller):
     path = "/api/v1/admin/stats"
     tags = ["admin"]
+    opt = {"rate_limit": "admin"}
     dependencies = {"admin": Provide(resolve_admin)}
 
     @get("/", cache=False)

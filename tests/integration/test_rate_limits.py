@@ -6,11 +6,13 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from memory.accounts import AccountStore
 from server.app import create_app
 from server.settings import RateLimit, Settings
 
@@ -104,3 +106,35 @@ async def test_v1_auth_errors_speak_openai(limited: Settings) -> None:
         refused = await client.get("/v1/models", headers={"Authorization": "Bearer sk-cmp-nope"})
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_every_route_that_knows_its_caller_has_a_limit(limited: Settings) -> None:
+    """Routes that resolve a caller (user, key or admin) name a rate-limit group; the
+    profile, status, admin and stats routes had none (issue 16, finding 9)."""
+    app = create_app(limited)
+    unlimited = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            names = set(handler.resolve_dependencies())
+            if names & {"user", "caller", "admin"} and not handler.opt.get("rate_limit"):
+                unlimited.append(f"{sorted(handler.http_methods)} {route.path}")
+    assert unlimited == []
+
+
+@pytest.mark.parametrize("path", ["/api/v1/me/profile", "/api/v1/models"])
+async def test_profile_and_status_are_limited(client: AsyncTestClient[Litestar], path: str) -> None:
+    alice = await login(client)
+    statuses = [(await client.get(path, headers=alice)).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_admin_routes_are_limited(limited: Settings, pool: asyncpg.Pool) -> None:
+    keyed = dataclasses.replace(limited, rate_limit_routes={"admin": RateLimit(2, 60)})
+    key = (await AccountStore(pool).create_key("root", admin=True)).key
+    async with AsyncTestClient(create_app(keyed)) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        statuses = [
+            (await client.get(path, headers=headers)).status_code
+            for path in ("/api/v1/admin/keys", "/api/v1/admin/stats", "/api/v1/admin/keys")
+        ]
+        assert statuses == [200, 200, 429]
