@@ -18,6 +18,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from memory.accounts import KEY_PREFIX, AccountStore, Caller
+from server.concurrency import hold_slot
 from server.ratelimit import enforce_ip, enforce_user
 from server.tokens import jwt_secret, token_user
 
@@ -31,6 +32,8 @@ async def resolve_caller(request: Request[Any, Any, Any], state: State) -> Calle
     await enforce_ip(request)
     caller = await _key_caller(request, state)
     await enforce_user(request, caller.user_id)
+    if caller is not LOCAL_CALLER:  # keys off: one person's machine (`server.concurrency`)
+        await hold_slot(request, caller.user_id)
     return caller
 
 
@@ -90,6 +93,7 @@ async def resolve_user(request: Request[Any, Any, Any], state: State) -> Caller:
     if caller is None:
         raise NotAuthorizedException("a valid access token is required")
     await enforce_user(request, caller.user_id)
+    await hold_slot(request, caller.user_id)
     return caller
 
 

@@ -44,6 +44,7 @@ from server.chat import (
     TurnMeta,
     UnknownPersona,
 )
+from server.concurrency import GenerationGuard
 from server.errors import BACKING_SERVICE_ERRORS
 from server.idempotency import TurnEvents, TurnReply
 from server.personas import PersonaCard, cards
@@ -151,7 +152,12 @@ class ConversationsController(Controller):
         await _owned(pool, conversation_id, user)
         return await MessageStore(pool).page(conversation_id, before, limit)
 
-    @post("/conversations/{conversation_id:uuid}/messages", status_code=200, opt=_TURN)
+    @post(
+        "/conversations/{conversation_id:uuid}/messages",
+        status_code=200,
+        opt=_TURN,
+        middleware=[GenerationGuard],
+    )
     async def send(
         self,
         conversation_id: FromPath[uuid.UUID],
@@ -189,7 +195,12 @@ class ConversationsController(Controller):
             return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
         return Response(await _collect(first, turn))
 
-    @post("/conversations/{conversation_id:uuid}/panel", status_code=200, opt=_TURN)
+    @post(
+        "/conversations/{conversation_id:uuid}/panel",
+        status_code=200,
+        opt=_TURN,
+        middleware=[GenerationGuard],
+    )
     async def panel(
         self,
         conversation_id: FromPath[uuid.UUID],

@@ -44,6 +44,7 @@ from memory.profile import ProfileStore
 from memory.redis_client import create_redis
 from memory.session import SessionConfig, SessionStore
 from server.chat import ChatTurnService
+from server.concurrency import UserLeases
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
 from server.models_setup import open_models, small_model
@@ -73,6 +74,7 @@ class Resources:
     personas: dict[str, Persona] = field(default_factory=dict)
     rate_limiter: RateLimiter | None = None
     models: ModelManager | None = None  # every chat model; `engine` is its default one
+    user_leases: UserLeases | None = None  # the per-user cap on generations in progress
 
     def sessions(self) -> SessionStore:
         """Session records with the configured TTL (cheap: nothing is sent to Redis)."""
@@ -129,9 +131,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             stack, settings, pool, redis, engine, embedder, jobs, personas, small
         )
         limiter = _limiter(settings, redis)
+        cap = settings.max_concurrent_per_user
+        leases = UserLeases(redis, cap) if cap else None
         _freeze_startup_objects()
         yield Resources(
-            settings, pool, redis, engine, embedder, chat, probes, personas, limiter, models
+            settings, pool, redis, engine, embedder, chat, probes, personas, limiter, models, leases
         )
 
 

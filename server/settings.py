@@ -80,6 +80,8 @@ class Settings:
     rate_limits: bool
     rate_limit_routes: dict[str, RateLimit]
     max_message_chars: int
+    max_concurrent_per_user: int  # generation requests in flight per user, all instances; 0: no cap
+    user_loadable_models: tuple[str, ...]  # catalog models any user may make load ("*": all)
     idempotency_ttl_s: int
     sse_keepalive_s: float
     response_cache_ttl_s: int
@@ -156,6 +158,8 @@ class Settings:
             "rate_limits": "on" if self.rate_limits else "off",
             "rate_limit_routes": ",".join(f"{k}={v}" for k, v in self.rate_limit_routes.items()),
             "max_message_chars": str(self.max_message_chars),
+            "max_concurrent_per_user": str(self.max_concurrent_per_user or "(no cap)"),
+            "user_loadable_models": ",".join(self.user_loadable_models) or "(admins only)",
             "response_cache_ttl_s": str(self.response_cache_ttl_s),
             "log_level": self.log_level,
             "log_format": self.log_format,
@@ -283,6 +287,11 @@ def _hosts(raw: object) -> tuple[str, ...]:
         if not re.fullmatch(r"\*|(\*\.)?[a-z0-9.\-]+(:\d+)?|\[[0-9a-f:]+\](:\d+)?", host):
             raise ValueError("expected '*' or comma-separated host names like chat.example.com")
     return hosts
+
+
+def _names(raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def _networks(raw: object) -> tuple[str, ...]:
@@ -422,6 +431,8 @@ _FIELDS: tuple[_Field, ...] = (
         "turn=30/minute,auth=10/minute",
     ),
     _Field("max_message_chars", "COMPANION_MAX_MESSAGE_CHARS", _integer(1, 1_000_000), 8000),
+    _Field("max_concurrent_per_user", "COMPANION_MAX_CONCURRENT_PER_USER", _integer(0, 10_000), 4),
+    _Field("user_loadable_models", "COMPANION_USER_LOADABLE_MODELS", _names, ""),
     _Field("idempotency_ttl_s", "COMPANION_IDEMPOTENCY_TTL", _integer(60, 30 * 86400), 86400),
     _Field("sse_keepalive_s", "COMPANION_SSE_KEEPALIVE", _seconds, 15.0),
     _Field("response_cache_ttl_s", "COMPANION_RESPONSE_CACHE_TTL", _integer(0, 30 * 86400), 3600),
@@ -638,6 +649,8 @@ def _build(values: Mapping[str, Any]) -> Settings:
         rate_limits=values["rate_limits"],
         rate_limit_routes=values["rate_limit_routes"],
         max_message_chars=values["max_message_chars"],
+        max_concurrent_per_user=values["max_concurrent_per_user"],
+        user_loadable_models=values["user_loadable_models"],
         idempotency_ttl_s=values["idempotency_ttl_s"],
         sse_keepalive_s=values["sse_keepalive_s"],
         response_cache_ttl_s=values["response_cache_ttl_s"],

@@ -25,6 +25,7 @@ from inference.errors import (
     UnknownModel,
 )
 from server.body_errors import decode_failure
+from server.concurrency import TooManyInProgress
 from server.errors import BACKING_SERVICE_ERRORS
 from server.errors import exception_handlers as app_exception_handlers
 from server.ratelimit import RateLimited
@@ -115,6 +116,10 @@ def _translate(exc: Exception) -> OpenAIError:
             error_type="server_error",
             code="unavailable",
             headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, TooManyInProgress):
+        return OpenAIError(
+            429, exc.detail, error_type="requests", code="too_many_in_progress", headers=exc.headers
         )
     if isinstance(exc, RateLimited):
         return OpenAIError(

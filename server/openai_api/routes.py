@@ -13,6 +13,7 @@ from litestar.response import Stream
 
 from memory.accounts import Caller
 from server.auth import resolve_caller
+from server.concurrency import GenerationGuard
 from server.openai_api import schemas as s
 from server.openai_api.errors import openai_exception_handlers
 from server.openai_api.service import OpenAIService
@@ -23,7 +24,9 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def provide_service(state: State) -> OpenAIService:
     resources = state.resources
-    return OpenAIService(resources.models, resources.embedder)
+    return OpenAIService(
+        resources.models, resources.embedder, resources.settings.user_loadable_models
+    )
 
 
 def _respond(result: Any) -> Response[Any]:
@@ -57,7 +60,12 @@ class OpenAIController(Controller):
     ) -> s.ModelCard:
         return service.model(model_id.lstrip("/"))
 
-    @post("/chat/completions", status_code=200, opt={UNCOMPRESSED: True})
+    @post(
+        "/chat/completions",
+        status_code=200,
+        opt={UNCOMPRESSED: True},
+        middleware=[GenerationGuard],
+    )
     async def chat_completions(
         self,
         data: JSONBody[s.ChatCompletionRequest],
@@ -66,7 +74,7 @@ class OpenAIController(Controller):
     ) -> Response[Any]:
         return _respond(await service.chat(data, caller))
 
-    @post("/completions", status_code=200, opt={UNCOMPRESSED: True})
+    @post("/completions", status_code=200, opt={UNCOMPRESSED: True}, middleware=[GenerationGuard])
     async def completions(
         self,
         data: JSONBody[s.CompletionRequest],

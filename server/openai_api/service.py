@@ -29,6 +29,7 @@ from inference.types import (
     TextDelta,
 )
 from memory.accounts import Caller
+from server.auth import LOCAL_CALLER
 from server.openai_api import schemas as s
 from server.openai_api.errors import OpenAIError, bad_param, stream_error
 
@@ -49,12 +50,23 @@ class OpenAIService:
     """Serves /v1 for the chat models of a manager and one embedder (either may be absent).
 
     A request naming a chat model that is not loaded loads it (within the
-    manager's memory budget, unloading idle models: `inference.manager`).
+    manager's memory budget, unloading idle models: `inference.manager`), when
+    the caller may: an administrator, the keys-off local caller (one person's
+    machine), or anyone for the models in ``loadable``
+    (``COMPANION_USER_LOADABLE_MODELS``, ``*`` for all). Otherwise any caller
+    could unload everyone else's idle models by asking for one model after
+    another (403 ``model_not_loaded``).
     """
 
-    def __init__(self, models: ModelManager | None, embedder: SentenceEmbedder | None) -> None:
+    def __init__(
+        self,
+        models: ModelManager | None,
+        embedder: SentenceEmbedder | None,
+        loadable: tuple[str, ...] = (),
+    ) -> None:
         self._models = models
         self._embedder = embedder
+        self._loadable = loadable
 
     def models(self) -> s.ModelList:
         """Loaded chat models, then loadable ones, then the embedding model."""
@@ -73,7 +85,7 @@ class OpenAIService:
     async def chat(
         self, body: s.ChatCompletionRequest, caller: Caller
     ) -> s.ChatCompletion | AsyncIterator[bytes]:
-        models = self._chat_models(body.model)
+        models = self._chat_models(body.model, caller)
         request = GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             user_id=_cache_salt(caller, body.user),
@@ -102,7 +114,7 @@ class OpenAIService:
     async def complete(
         self, body: s.CompletionRequest, caller: Caller
     ) -> s.Completion | AsyncIterator[bytes]:
-        models = self._chat_models(body.model)
+        models = self._chat_models(body.model, caller)
         prompt = body.prompt if isinstance(body.prompt, str) else _single_prompt(body.prompt)
         if not prompt:
             raise bad_param("prompt", "prompt must not be empty")
@@ -143,10 +155,27 @@ class OpenAIService:
         tokens = sum(await asyncio.to_thread(self._embedder.token_counts, texts))
         return s.EmbeddingList(items, EMBEDDING_MODEL_ID, s.EmbeddingUsage(tokens, tokens))
 
-    def _chat_models(self, model: str) -> ModelManager:
+    def _chat_models(self, model: str, caller: Caller) -> ModelManager:
         if self._models is None or model not in self._models:
             raise _unknown_model(model)
+        if self._models.loaded_engine(model) is None and not self._may_load(model, caller):
+            raise OpenAIError(
+                403,
+                f"The model `{model}` is not loaded, and loading it needs an administrator's"
+                " key (or the operator's COMPANION_USER_LOADABLE_MODELS).",
+                error_type="permission_error",
+                param="model",
+                code="model_not_loaded",
+            )
         return self._models
+
+    def _may_load(self, model: str, caller: Caller) -> bool:
+        return (
+            caller.is_admin
+            or caller is LOCAL_CALLER
+            or "*" in self._loadable
+            or model in self._loadable
+        )
 
 
 # --- request translation

@@ -62,6 +62,7 @@ class Served:
     """An ASGI app served by uvicorn on a thread, on a real port."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
         self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)

@@ -234,3 +234,29 @@ async def test_openai_api_serves_and_lists_every_catalog_model(
     )
     assert too_big.status_code == 503 and too_big.headers["retry-after"]
     assert too_big.json()["error"]["code"] == "overloaded"
+
+
+async def test_only_admins_make_models_load_unless_the_operator_allows(
+    settings: Settings, tiny_gguf: Path, pool: asyncpg.Pool
+) -> None:
+    """A /v1 caller could unload everyone's idle models by asking for one after another
+    (issue 16, finding 8): loading takes an admin key or the operator's allow-list."""
+    accounts = AccountStore(pool)
+    admin = {"Authorization": f"Bearer {(await accounts.create_key('boss', admin=True)).key}"}
+    user = {"Authorization": f"Bearer {(await accounts.create_key('someone')).key}"}
+    configured = catalog_settings(settings, tiny_gguf)
+    keyed = dataclasses.replace(configured, api_keys_required=True, user_loadable_models=("c",))
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    async with AsyncTestClient(create_app(keyed), timeout=120) as client:
+        refused = await client.post(
+            "/v1/chat/completions", json={**body, "model": "b"}, headers=user
+        )
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "model_not_loaded"
+        listing = (await client.get("/api/v1/admin/models", headers=admin)).json()
+        assert {m["id"] for m in listing["models"] if m["loaded"]} == {"tiny"}  # nothing moved
+        for model, headers in (("tiny", user), ("c", user), ("b", admin), ("b", user)):
+            served = await client.post(
+                "/v1/chat/completions", json={**body, "model": model}, headers=headers
+            )
+            assert served.status_code == 200, (model, served.text)  # loaded, allowed, or admin
