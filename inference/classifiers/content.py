@@ -13,7 +13,9 @@
    that label; a borderline message right after self-harm stays self-harm.
 4. ``judge``: an optional LLM (`Judge`), asked only when the rules and the
    prototypes disagree, or the result is unsure; never for what a rule or
-   the age check marked ``minor_sexual`` or ``self_harm``.
+   the age check marked ``minor_sexual`` or ``self_harm``. The service does
+   not pass one yet (docs/understanding.md): unsure results keep layers 1-3's
+   answer.
 
 Every `ContentResult` names the deciding layer, gives short reasons and the
 age the message states, if any.
