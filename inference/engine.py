@@ -36,6 +36,12 @@ class Engine(Protocol):
         still refuses a prompt too long with `ContextLengthExceeded`)."""
         ...
 
+    async def forget(self, user_id: str) -> None:
+        """Drop what the engine keeps computed from ``user_id``'s prompts (idle KV,
+        host-RAM copies) when the user is erased; a request of theirs still running
+        keeps its KV until it ends. ``user_id`` covers the ids ``<user_id>/<end user>``
+        that OpenAI callers' ``user`` field makes."""
+
     async def abort(self, request_id: str) -> None:
         """Stop a request wherever it is (waiting or running); unknown ids are ignored."""
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -160,6 +160,13 @@ class HostCache:
             if shared and (best is None or shared > best[1]):
                 best = (key, shared)
         return best
+
+    def drop_owned(self, owned: Callable[[str], bool]) -> int:
+        """Drop every entry whose owner ``owned`` accepts; return how many."""
+        keys = [key for key, entry in self._entries.items() if owned(entry.owner)]
+        for key in keys:
+            self.bytes -= len(self._entries.pop(key).state)
+        return len(keys)
 
     def take(self, key: int) -> SavedSequence:
         entry = self._entries.pop(key)

@@ -196,6 +196,11 @@ class ModelManager:
                 _, loaded = self._loaded.popitem()
                 await self._close(loaded)
 
+    async def forget(self, user_id: str) -> None:
+        """Every loaded engine drops what it keeps of ``user_id`` (`Engine.forget`)."""
+        for loaded in list(self._loaded.values()):
+            await loaded.opened.engine.forget(user_id)
+
     # --- serving
 
     async def generate(

@@ -116,6 +116,11 @@ class GenerationRequest:
         return _digest("session", self.user_id, self.conversation_id or "")
 
 
+def owned_by(owner: str, user_id: str) -> bool:
+    """Whether a request's ``user_id`` (``owner``) is ``user_id`` or one of its end users."""
+    return owner == user_id or owner.startswith(f"{user_id}/")
+
+
 def _digest(kind: str, *parts: str) -> str:
     joined = "\x00".join(("companion", kind, *parts))
     return hashlib.sha256(joined.encode()).hexdigest()[:32]

@@ -96,6 +96,26 @@ def create_queue(redis_url: str, name: str = QUEUE_NAME) -> Queue:
     return RedisQueue(Redis.from_url(redis_url), name=name)
 
 
+async def erase_jobs(redis: Redis, names: list[str], queue_name: str = QUEUE_NAME) -> int:
+    """Abort and delete every job of the queue whose key or payload holds one of ``names``
+    (a user's id and their conversations' ids); return how many. A job's payload names
+    its user and conversation, and its result (kept ``result_ttl_s``) can hold what was
+    extracted. A job running right now is told to abort; its abort mark, named after
+    the job, lapses within seconds."""
+    queue = RedisQueue(redis, name=queue_name)
+    erased = 0
+    async for job_id in redis.scan_iter(match=f"saq:job:{queue_name}:*"):
+        raw = await redis.get(job_id)
+        if raw is None or not any(n.encode() in job_id or n.encode() in raw for n in names):
+            continue
+        job = queue.deserialize(raw)
+        if job is not None:
+            await queue.abort(job, "the user was erased", ttl=2)
+        await redis.delete(job_id)
+        erased += 1
+    return erased
+
+
 def make_worker(queue: Queue, deps: MemoryJobDeps, cron: bool = True) -> Worker[JobContext]:
     """A worker running the memory jobs with ``deps.config.concurrency`` at a time."""
 

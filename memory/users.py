@@ -2,11 +2,18 @@
 
 Erasure covers PostgreSQL (the user row cascades to conversations, messages,
 their rolling summaries, memories with their vectors, API keys, personality
-estimates with their observations, and goals with their notes) and Redis (each conversation's
-session and buffer keys). Redis goes first: if it cannot be reached the
-erasure fails before anything is deleted, so the caller can retry instead of
-being told "erased" while copies remain. If PostgreSQL then fails, retrying
-is also safe: the Redis keys would only ever be rebuilt from PostgreSQL.
+estimates with their observations, and goals with their notes) and Redis:
+every key whose name holds the user's id or one of their conversations' ids
+(sessions, buffers, summary copies, idempotency records with whole replies,
+response-cache entries, rate-limit and in-progress counters), found by SCAN,
+and the memory jobs that name them (payloads and results: `memory.jobs.erase_jobs`).
+The scan walks the whole keyspace: an erasure is rare, and a key that a new
+feature names after the user is erased without this module learning of it.
+Redis goes first: if it cannot be reached the erasure fails before anything is
+deleted, so the caller can retry instead of being told "erased" while copies
+remain. If PostgreSQL then fails, retrying is also safe: the Redis keys would
+only ever be rebuilt from PostgreSQL. The engines' caches (KV computed from the
+user's prompts) are the server's to clear (`Engine.forget`).
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from memory.buffer import buffer_keys
 from memory.errors import MemoryTierError
+from memory.jobs import erase_jobs
 from memory.longterm import LongTermMemory, Memory
 from memory.messages import MESSAGE_COLUMNS, Conversation, StoredMessage, message_from_row
 from memory.profile import Goal, ProfileStore, StoredObservation, TraitEstimate
-from memory.session import SessionState, SessionStore, session_key
+from memory.session import SessionState, SessionStore
 from memory.summaries import StoredSummary, SummaryStore
 
 
@@ -104,13 +111,13 @@ class UserData:
     async def erase(self, user_id: uuid.UUID) -> ErasureReport:
         """Remove every trace of ``user_id``; raise `ErasureFailed` if a store is unreachable."""
         conversations = await self._conversations(user_id)
-        keys = [
-            key
-            for conversation in conversations
-            for key in (session_key(conversation.id), *buffer_keys(conversation.id))
-        ]
+        names = [str(user_id), *(str(c.id) for c in conversations)]
         try:
-            removed_keys = int(await self._redis.delete(*keys)) if keys else 0
+            removed_keys = await erase_jobs(self._redis, names)
+            keys = set()
+            for name in names:
+                keys |= {key async for key in self._redis.scan_iter(match=f"*{name}*")}
+            removed_keys += int(await self._redis.delete(*keys)) if keys else 0
         except RedisError as exc:
             raise ErasureFailed(f"Redis is unreachable; nothing was erased: {exc}") from exc
         async with self._pool.acquire() as conn, conn.transaction():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 import uuid
 from typing import Annotated
@@ -20,12 +21,15 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.params import JSONBody
 
+from inference.errors import InferenceError
 from memory.accounts import AccountStore, Caller
 from memory.users import UserData, UserExport
 from server.auth import resolve_user
 from server.memories_api import long_term_memory
 from server.ratelimit import ip_guard
 from server.tokens import hash_password, issue_token, jwt_secret, password_matches
+
+log = logging.getLogger(__name__)
 
 Username = Annotated[str, msgspec.Meta(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
@@ -103,4 +107,13 @@ class AccountsController(Controller):
 
     @delete("/me", dependencies={"user": Provide(resolve_user)})
     async def erase(self, user: NamedDependency[Caller], state: State) -> None:
+        """The user's rows and Redis keys (`memory.users`), then the KV this process's
+        engines computed from their prompts. Other instances' engines keep theirs until
+        they need the room: it is not text, and they hold no way back to the user."""
         await _user_data(state).erase(uuid.UUID(user.user_id))
+        models = state.resources.models
+        if models is not None:
+            try:
+                await models.forget(user.user_id)
+            except InferenceError as exc:  # an engine restarting starts with empty caches
+                log.warning("engine caches not cleared", extra={"error": str(exc)})

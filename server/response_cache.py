@@ -9,7 +9,8 @@ parameter, the JSON schema or grammar), so:
   counts the whole prompt as cached; the engine is not called at all;
 - the user id is part of the key, so one user's cached reply never answers
   another user, for companion turns and /v1 alike (a privacy-first service
-  keeps even identical prompts apart);
+  keeps even identical prompts apart); it is in the key's name too
+  (``companion:rc:<user>:<digest>``), so erasing the user finds their entries;
 - only complete generations (finish reason ``stop`` or ``length``) are
   stored; an aborted or failed one never is;
 - Redis trouble never fails a request: the cache is skipped (and counted).
@@ -79,7 +80,7 @@ def cache_key(model_id: str, request: GenerationRequest) -> str:
         "grammar": request.grammar,
     }
     digest = hashlib.sha256(msgspec.json.encode(decided_by, order="sorted")).hexdigest()
-    return _KEY_PREFIX + digest
+    return f"{_KEY_PREFIX}{request.user_id}:{digest}"
 
 
 class ResponseCache:
@@ -105,6 +106,9 @@ class ResponseCache:
 
     async def measure(self, request: GenerationRequest) -> PromptSize | None:
         return await self.engine.measure(request)
+
+    async def forget(self, user_id: str) -> None:
+        await self.engine.forget(user_id)  # the entries are Redis keys: erased with the user
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

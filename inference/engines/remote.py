@@ -232,6 +232,11 @@ class RemoteEngine:
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
 
+    async def forget(self, user_id: str) -> None:
+        """Nothing to do here: upstream servers keep KV under a hash of the user
+        (`GenerationRequest.cache_salt`), never their id or text, and evict it as they
+        need room; vLLM's own reset endpoint is for development servers only."""
+
     async def abort(self, request_id: str) -> None:
         if request_id in self._counters.in_flight:  # unknown or finished ids: nothing to stop
             self._counters.aborted.add(request_id)

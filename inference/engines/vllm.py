@@ -276,6 +276,13 @@ class VllmEngine:
         tokens = await asyncio.to_thread(self._prompt, request)
         return PromptSize(len(tokens), self._max_len)
 
+    async def forget(self, user_id: str) -> None:
+        """vLLM's prefix cache cannot drop one salt's blocks: the whole cache is reset
+        (every user computes their next prompt afresh, once). An erasure is rare."""
+        llm = self._llm
+        if llm is not None and not llm.errored and not await llm.reset_prefix_cache():
+            log.warning("prefix cache not reset: requests are running; their blocks lapse")
+
     async def abort(self, request_id: str) -> None:
         llm = self._llm
         if llm is not None and request_id in self._open:

@@ -250,3 +250,13 @@ async def test_a_dead_engine_core_fails_its_requests_then_a_fresh_one_serves(
     assert engine.restarts == 1
     text, finished = await run(engine, request("jo", "Are you back?"))
     assert text and finished.finish_reason in ("stop", "length")
+
+
+async def test_forgetting_a_user_drops_their_cached_prefix(engine: VllmEngine) -> None:
+    """Last in this module: it resets the whole prefix cache, which others count on."""
+    await run(engine, request("dee", "I grow tomatoes."))
+    _, again = await run(engine, request("dee", "I grow tomatoes."))
+    assert again.usage.cached_prompt_tokens >= 100
+    await engine.forget("dee")
+    _, after = await run(engine, request("dee", "I grow tomatoes."))
+    assert after.usage.cached_prompt_tokens == 0

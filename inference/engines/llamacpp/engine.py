@@ -57,6 +57,7 @@ from inference.types import (
     TextDelta,
     Timings,
     Usage,
+    owned_by,
 )
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class LlamaCppEngine:
         self._host = HostCache(config.host_cache_bytes)
         self._counters = {"queried": 0, "hit": 0, "prompt": 0, "generated": 0}
         self._max_seq_len = config.n_ctx
+        self._forgetting: set[str] = set()  # users whose idle slots the decode thread clears
 
     @property
     def model_id(self) -> str:
@@ -215,6 +217,31 @@ class LlamaCppEngine:
         model = self._require_model()
         tokens = await asyncio.to_thread(self._tokens, model, request)
         return PromptSize(len(tokens), self._max_seq_len)
+
+    async def forget(self, user_id: str) -> None:
+        with self._lock:
+            self._host.drop_owned(lambda owner: owned_by(owner, user_id))
+            if self._thread is None or not self._thread.is_alive():
+                return
+            self._forgetting.add(user_id)  # slots: the decode thread owns the KV
+            self._wake.notify_all()
+        await asyncio.to_thread(self._wait_forgotten, user_id)
+
+    def _wait_forgotten(self, user_id: str) -> None:
+        with self._lock:
+            while user_id in self._forgetting and self._thread and self._thread.is_alive():
+                self._wake.wait(0.5)
+
+    def _forget_idle(self) -> None:
+        """Clear the idle slots of the users being forgotten (decode thread, lock held)."""
+        if not self._forgetting:
+            return
+        for slot in self._slots.idle():
+            owner = slot.owner
+            if owner is not None and any(owned_by(owner, u) for u in self._forgetting):
+                self._evict(slot, keep=0, save=False)
+        self._forgetting.clear()
+        self._wake.notify_all()
 
     async def abort(self, request_id: str) -> None:
         self._abort(request_id)
@@ -317,10 +344,13 @@ class LlamaCppEngine:
         try:
             while True:
                 with self._lock:
-                    while not self._stopping and not (self._running or self._scheduler.waiting):
+                    while not self._stopping and not (
+                        self._running or self._scheduler.waiting or self._forgetting
+                    ):
                         self._wake.wait()
                     if self._stopping:
                         break
+                    self._forget_idle()
                     self._reap()
                     self._scheduler.admit(self._fits)
                     work = list(self._running)

@@ -45,6 +45,8 @@ from inference.engines.process.protocol import (
     Delta,
     Done,
     Failed,
+    Forget,
+    Forgotten,
     FromEngine,
     LoadFailed,
     Measure,
@@ -69,7 +71,7 @@ from inference.types import Finished, GenerationRequest, PromptSize, StreamEvent
 log = logging.getLogger(__name__)
 
 _DEADLINE_GRACE_S = 5.0  # past a request's deadline, before this side gives up on it
-_MEASURE_S = 30.0  # tokenizing takes milliseconds; an engine that takes this long is wedged
+_QUESTION_S = 30.0  # a measure or a forget takes milliseconds; this long means wedged
 
 _COUNTERS = (
     "prefix_queried_tokens",
@@ -122,7 +124,7 @@ class ProcessEngine:
         self._work = (0, 0)  # the engine process's own token counters at the last snapshot
         self._child: _Child | None = None
         self._streams: dict[str, asyncio.Queue[Event]] = {}
-        self._measures: dict[str, asyncio.Queue[Event]] = {}  # not requests: not counted
+        self._answers: dict[str, asyncio.Queue[Event]] = {}  # measures, forgets: not counted
         self._up: asyncio.Event | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -230,7 +232,7 @@ class ProcessEngine:
                     finished = True
                     yield dataclasses.replace(event, streamed=streamed)
                     return
-                assert isinstance(event, TextDelta | Finished)  # a measure's answer is not
+                assert isinstance(event, TextDelta | Finished)  # answers go to `_answers`
                 streamed = streamed or isinstance(event, TextDelta)
                 finished = isinstance(event, Finished)
                 yield event
@@ -245,18 +247,30 @@ class ProcessEngine:
     async def measure(self, request: GenerationRequest) -> PromptSize | None:
         child = await self._ready_child(request)
         rid = f"measure-{uuid.uuid4().hex}"
+        answer = await self._ask(child, rid, Measure(dataclasses.replace(request, request_id=rid)))
+        assert isinstance(answer, PromptSize | None)
+        return answer
+
+    async def forget(self, user_id: str) -> None:
+        child = self._child
+        if child is None or not child.alive:  # a new process starts with empty caches
+            return
+        rid = f"forget-{uuid.uuid4().hex}"
+        await self._ask(child, rid, Forget(rid, user_id))
+
+    async def _ask(self, child: _Child, rid: str, question: Measure | Forget) -> Event:
+        """Send a question that is not a generation; its answer (`_QUESTION_S` at most)."""
         answer: asyncio.Queue[Event] = asyncio.Queue()
-        self._measures[rid] = answer
+        self._answers[rid] = answer
         try:
-            child.channel.send(Measure(dataclasses.replace(request, request_id=rid)))
-            event = await _next(answer, time.monotonic() + _MEASURE_S)
+            child.channel.send(question)
+            event = await _next(answer, time.monotonic() + _QUESTION_S)
         finally:
-            del self._measures[rid]
+            del self._answers[rid]
         if isinstance(event, InferenceError):
             raise event
         if isinstance(event, _Died):
             raise EngineUnavailable(f"the engine process stopped ({event.reason})")
-        assert isinstance(event, PromptSize | None)
         return event
 
     async def abort(self, request_id: str) -> None:
@@ -333,9 +347,9 @@ class ProcessEngine:
             self._up.clear()  # new requests wait for the restart from now on
 
     def _dispatch(self, message: object) -> None:
-        if isinstance(message, Delta | Done | Failed | Measured):
+        if isinstance(message, Delta | Done | Failed | Measured | Forgotten):
             rid = message.request_id
-            queue = self._streams.get(rid) or self._measures.get(rid)
+            queue = self._streams.get(rid) or self._answers.get(rid)
             if queue is not None:
                 queue.put_nowait(_event_of(message))
         elif isinstance(message, Stats):
@@ -403,7 +417,7 @@ class ProcessEngine:
         self._fail_streams(_Died(reason))
 
     def _fail_streams(self, died: _Died) -> None:
-        for queue in (*self._streams.values(), *self._measures.values()):
+        for queue in (*self._streams.values(), *self._answers.values()):
             queue.put_nowait(died)
 
     def _with_base(self, stats: EngineStats) -> EngineStats:
@@ -422,13 +436,15 @@ async def _next(queue: asyncio.Queue[Event], expires: float | None) -> Event:
         ) from None
 
 
-def _event_of(message: Delta | Done | Failed | Measured) -> Event:
+def _event_of(message: Delta | Done | Failed | Measured | Forgotten) -> Event:
     if isinstance(message, Delta):
         return TextDelta(message.text)
     if isinstance(message, Done):
         return message.finished
     if isinstance(message, Measured):
         return message.size
+    if isinstance(message, Forgotten):
+        return None
     return error_of(message)
 
 

@@ -70,6 +70,17 @@ class Measured(_Message):
     size: PromptSize | None
 
 
+class Forget(_Message):
+    """Drop a user's cached KV (`Engine.forget`); answered by `Forgotten` or `Failed`."""
+
+    request_id: str
+    user_id: str
+
+
+class Forgotten(_Message):
+    request_id: str
+
+
 class Delta(_Message):
     request_id: str
     text: str
@@ -101,8 +112,8 @@ class Observed(_Message):
     inter_token_s: list[float]
 
 
-ToEngine = Start | Submit | Abort | Measure
-FromEngine = Ready | LoadFailed | Delta | Done | Failed | Stats | Observed | Measured
+ToEngine = Start | Submit | Abort | Measure | Forget
+FromEngine = Ready | LoadFailed | Delta | Done | Failed | Stats | Observed | Measured | Forgotten
 
 _ERRORS: dict[str, type[InferenceError]] = {
     kind.__name__: kind

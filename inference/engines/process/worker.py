@@ -26,6 +26,8 @@ from inference.engines.process.protocol import (
     Channel,
     Delta,
     Done,
+    Forget,
+    Forgotten,
     LoadFailed,
     Measure,
     Measured,
@@ -92,6 +94,10 @@ class _Server:
             task = asyncio.create_task(self._measure(request))
             self._tasks[request.request_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(request.request_id, None))
+        elif isinstance(message, Forget):
+            task = asyncio.create_task(self._forget(message))
+            self._tasks[message.request_id] = task
+            task.add_done_callback(lambda _: self._tasks.pop(message.request_id, None))
         elif isinstance(message, Abort):
             running = self._tasks.get(message.request_id)
             if running is not None:
@@ -119,6 +125,14 @@ class _Server:
             self._channel.send(failed(request.request_id, exc))
             return
         self._channel.send(Measured(request.request_id, size))
+
+    async def _forget(self, message: Forget) -> None:
+        try:
+            await self._engine.forget(message.user_id)
+        except InferenceError as exc:
+            self._channel.send(failed(message.request_id, exc))
+            return
+        self._channel.send(Forgotten(message.request_id))
 
     async def _publish_stats(self) -> None:
         """Stats snapshots for the API's metrics; returns when the engine stopped serving
