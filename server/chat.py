@@ -74,9 +74,6 @@ from server.prompt import PromptFitter, PromptParts
 from server.routing import RouteDecision, apply_changes, decide_route
 
 MEMORY_TOKEN_BUDGET = 600
-# A message must leave this much of the context beside the persona and the reply, for
-# memories and the turns around it (`PromptFitter.check_message`).
-MESSAGE_RESERVE_TOKENS = MEMORY_TOKEN_BUDGET
 STEP_SECONDS = Histogram(
     "companion:turn_step_seconds",
     "Seconds spent in each step of a chat turn (see server.chat)",
@@ -156,6 +153,10 @@ class UnknownPersona(ValueError):
     """A persona that does not exist or cannot be chosen."""
 
 
+class NothingToAnswer(ValueError):
+    """Regenerate asked of a conversation whose last message already has a reply."""
+
+
 @dataclass
 class TurnParts:
     """Everything gathered before generation."""
@@ -200,7 +201,7 @@ class ChatTurnService:
         self._small_engine = small_engine
         self._fitter = PromptFitter()
 
-    async def turn(
+    def turn(
         self,
         user_id: uuid.UUID,
         conversation_id: uuid.UUID,
@@ -212,10 +213,38 @@ class ChatTurnService:
         ``persona_id`` is the conversation's persona; it answers on the normal
         route, and the route's own persona answers on every other route.
         """
+        return self._turn(user_id, conversation_id, text, persona_id, None)
+
+    async def regenerate(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, persona_id: str = "companion"
+    ) -> AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]:
+        """A reply to the conversation's last message when it has none (its turn failed,
+        was stopped, or the engine was overloaded): the turn again, without storing the
+        message a second time, as sending it again would. `NothingToAnswer` when the
+        last message is a reply. The message is understood and routed again (the
+        session's route counters count it twice), and memories are retrieved anew."""
+        history = await self._log.history(conversation_id, user_id)
+        last = history.messages[-1] if history.messages else None
+        if last is None or last.role != "user":
+            raise NothingToAnswer("the conversation's last message already has a reply")
+        async for event in self._turn(user_id, conversation_id, last.content, persona_id, last):
+            yield event
+
+    async def _turn(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: str,
+        persona_id: str,
+        unanswered: StoredMessage | None,
+    ) -> AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]:
+        """A turn; ``unanswered``: the stored message it answers (`regenerate`), else
+        ``text`` is checked and stored."""
         engine = self._require_engine()
         clock = _Clock()
-        await self._check_message(engine, user_id, conversation_id, persona_id, text)
-        parts = await self._gather(user_id, conversation_id, text, clock)
+        if unanswered is None:
+            await self._check_message(engine, user_id, conversation_id, persona_id, text)
+        parts = await self._gather(user_id, conversation_id, text, clock, unanswered)
         persona = self._answering(parts.decision, persona_id)
         tier = message_tier(text, parts.decision.route, parts.content.label)
         if tier == "small" and self._small_engine is not None:
@@ -230,7 +259,8 @@ class ChatTurnService:
                 functools.partial(self._request, user_id, conversation_id, persona),
             ),
         )
-        user_message = await self._store_user(user_id, conversation_id, text, clock)
+        user_message = unanswered or await self._store_user(user_id, conversation_id, text, clock)
+        clock.mark("prepare")
         yield self._meta(parts, persona, engine, tier)
         reply: list[str] = []
         usage: dict[str, int] = {}
@@ -300,6 +330,7 @@ class ChatTurnService:
                 "fit", self._fitter.fit(engine, prompt, request_for)
             )
         user_message = await self._store_user(user_id, conversation_id, text, clock)
+        clock.mark("prepare")
         yield self._panel_meta(parts, personas)
         replies: list[PanelReply] = []
         texts: dict[str, list[str]] = {p.id: [] for p in personas}
@@ -391,19 +422,22 @@ class ChatTurnService:
         persona = self._persona(persona_id)
         alone = PromptParts(persona.prompt, text)
         request = self._request(user_id, conversation_id, persona, alone)
-        await self._fitter.check_message(engine, request, reserve=MESSAGE_RESERVE_TOKENS)
+        await self._fitter.check_message(engine, request)
 
     async def _store_user(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
     ) -> StoredMessage:
-        user_message = await clock.timed(
+        return await clock.timed(
             "store_user", self._log.append(conversation_id, user_id, "user", text)
         )
-        clock.mark("prepare")
-        return user_message
 
     async def _gather(
-        self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: str,
+        clock: _Clock,
+        unanswered: StoredMessage | None = None,
     ) -> TurnParts:
         # Emotion and retrieval need only the message: they start at once, while the
         # session and history load; content classification needs the session as context
@@ -444,7 +478,11 @@ class ChatTurnService:
         decision = await clock.timed("route", self._route(conversation_id, user_id, content, minor))
         return TurnParts(
             session=session,
-            history=[ChatMessage(m.role, m.content) for m in history.messages],
+            history=[
+                ChatMessage(m.role, m.content)
+                for m in history.messages
+                if unanswered is None or m.id != unanswered.id  # it comes last, as the message
+            ],
             summary=history.summary.text if history.summary else None,
             emotion=emotion,
             content=content,

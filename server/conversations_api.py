@@ -16,7 +16,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import ClientException, NotFoundException, ValidationException
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Stream
 
@@ -35,6 +35,7 @@ from memory.messages import (
 from server import idempotency
 from server.auth import resolve_user
 from server.chat import (
+    NothingToAnswer,
     PanelDelta,
     PanelDone,
     PanelEvent,
@@ -182,18 +183,35 @@ class ConversationsController(Controller):
         if isinstance(claim, TurnReply):
             return _replay(claim, streamed)
         events = chat.turn(user_id, conversation_id, text, conversation.persona)
+        return await _respond(events, claim, streamed, resources.settings.sse_keepalive_s)
+
+    @post(
+        "/conversations/{conversation_id:uuid}/regenerate",
+        status_code=200,
+        opt=_TURN,
+        middleware=[GenerationGuard],
+    )
+    async def regenerate(
+        self,
+        conversation_id: FromPath[uuid.UUID],
+        request: Request[Any, Any, Any],
+        state: State,
+        user: NamedDependency[Caller],
+    ) -> Response[Any]:
+        """A reply to the last message, which has none (its turn failed or was stopped):
+        the turn's events as ``send`` gives them, without storing the message again.
+        409 when the last message already has a reply."""
+        resources = state.resources
+        chat = resources.chat
+        if chat is None:
+            raise EngineUnavailable("chat needs a chat engine and an embedding model")
+        conversation = await _owned(resources.pool, conversation_id, user)
+        streamed = "text/event-stream" in request.headers.get("accept", "")
+        events = chat.regenerate(uuid.UUID(user.user_id), conversation_id, conversation.persona)
         try:
-            first = await anext(events)  # refusals become HTTP errors before streaming starts
-        except BaseException:
-            if claim is not None:
-                await claim.release()
-            raise
-        assert isinstance(first, TurnMeta)
-        turn = idempotency.recorded(first, events, claim)
-        if streamed:
-            stream = _sse(first, turn, resources.settings.sse_keepalive_s)
-            return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
-        return Response(await _collect(first, turn))
+            return await _respond(events, None, streamed, resources.settings.sse_keepalive_s)
+        except NothingToAnswer as exc:
+            raise ClientException(str(exc), status_code=409) from exc
 
     @post(
         "/conversations/{conversation_id:uuid}/panel",
@@ -301,6 +319,24 @@ def _unsaved(exc: Exception) -> bytes:
     log.warning("turn not stored: backing service unavailable", extra={"error": repr(exc)})
     message = "a backing service is unavailable; the reply was not saved; try again shortly"
     return event("error", {"code": "unavailable", "message": message})
+
+
+async def _respond(
+    events: TurnEvents, claim: idempotency.Claim | None, streamed: bool, keepalive_s: float
+) -> Response[Any]:
+    """A turn's response: SSE, or the whole reply as JSON."""
+    try:
+        first = await anext(events)  # refusals become HTTP errors before streaming starts
+    except BaseException:
+        if claim is not None:
+            await claim.release()
+        raise
+    assert isinstance(first, TurnMeta)
+    turn = idempotency.recorded(first, events, claim)
+    if streamed:
+        stream = _sse(first, turn, keepalive_s)
+        return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
+    return Response(await _collect(first, turn))
 
 
 def _replay(turn: TurnReply, streamed: bool) -> Response[Any]:

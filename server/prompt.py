@@ -17,7 +17,11 @@ can make a later turn fail, whatever its length.
 
 Before anything of a turn is stored or changed, `PromptFitter.check_message`
 refuses a message that could not fit even with only the persona before it and
-``reserve`` tokens to spare (`ContextLengthExceeded`, a 413). The message limit
+room for the reply (`ContextLengthExceeded`, a 413). No more is held back for
+memories or history: a message that fills the context has its turn answered
+without them, and the next turn leaves it out of the history first. (A fixed
+reserve refused every message of a persona whose replies take most of a small
+context, such as 1,500 of 2,048 tokens.) The message limit
 in characters (``COMPANION_MAX_MESSAGE_CHARS``) cannot do this alone: 8,000
 characters of CJK text are three times the tokens of 8,000 of English.
 
@@ -96,10 +100,10 @@ class PromptFitter:
     def __init__(self) -> None:
         self._contexts: dict[str, int] = {}
 
-    async def check_message(self, engine: Engine, request: GenerationRequest, reserve: int) -> None:
+    async def check_message(self, engine: Engine, request: GenerationRequest) -> None:
         """Refuse (`ContextLengthExceeded`) a request, the persona and the message alone,
-        that leaves less than ``reserve`` tokens beside its reply's ``max_tokens``."""
-        room = request.sampling.max_tokens + reserve
+        that leaves no room for its reply's ``max_tokens``."""
+        room = request.sampling.max_tokens
         size = await self._size(engine, request, room)
         if size is not None and not size.fits(room):
             limit = size.context_tokens - room

@@ -289,11 +289,16 @@ def test_stop_ends_the_reply_and_keeps_the_message_then_verify_age(
     expect(page.locator(".message")).to_have_count(1)
     expect(page.locator(".message.user .text")).to_have_text("Talk dirty to me.")
 
-    # retry sends the message again; stop that reply too
+    # retry asks for a reply again, without sending the message a second time; stop it too
     page.get_by_role("button", name="Retry").click()
     wait_reply_longer_than(page, 0)
     page.get_by_role("button", name="Stop").click()
     expect(page.locator(".message.assistant.stopped")).to_have_count(1)
+    expect(page.locator(".message.user")).to_have_count(1)
+    with api(web_server, token_of(page)) as client:
+        wait_engine_idle(page, client)
+        stored = client.get(f"/conversations/{conversation}/messages").json()
+    assert [(m["role"], m["content"]) for m in stored] == [("user", "Talk dirty to me.")]
 
     verify = page.get_by_role("form", name="Age verification").last
     verify.get_by_label("Date of birth").fill("1990-04-02")

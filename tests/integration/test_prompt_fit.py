@@ -84,11 +84,12 @@ async def test_the_oldest_history_goes_first_and_no_more_than_needed(
 
 async def test_a_message_too_long_alone_is_refused(engine: LlamaCppEngine) -> None:
     fitter = PromptFitter()
-    short = _request(PromptParts("You are kind.", "hi"))
-    await fitter.check_message(engine, short, reserve=300)
-    long = _request(PromptParts("You are kind.", "漢" * 1500))
+    await fitter.check_message(engine, _request(PromptParts("You are kind.", "hi")))
+    # a reply that takes most of the context leaves a short message room, no more
+    await fitter.check_message(engine, _request(PromptParts("You are kind.", "hi"), 960))
+    long = _request(PromptParts("You are kind.", "漢" * 400))
     with pytest.raises(ContextLengthExceeded, match="too long"):
-        await fitter.check_message(engine, long, reserve=300)
+        await fitter.check_message(engine, long)
 
 
 async def test_the_engine_process_measures_as_the_engine_does(

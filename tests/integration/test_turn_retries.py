@@ -6,6 +6,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from helpers import signed_in
 from litestar import Litestar
@@ -13,6 +14,9 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 from sse_events import sse_events
 
+from memory.buffer import ConversationBuffer
+from memory.conversation_log import ConversationLog
+from memory.messages import MessageStore
 from server.app import create_app
 from server.idempotency import IdempotencyStore
 from server.settings import Settings
@@ -115,3 +119,38 @@ async def test_message_length_limit_is_configurable(
     )
     assert refused.status_code == 400
     assert "10 characters" in refused.json()["error"]["message"]
+
+
+async def test_regenerate_answers_an_unanswered_message_without_storing_it_again(
+    chat_client: AsyncTestClient[Litestar], pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    """What the web UI's Retry calls after a turn failed or was stopped: sending the
+    message again stored it twice (issue 16, finding 12)."""
+    headers = await signed_in(chat_client)
+    conversation_id, url = await new_conversation(chat_client, headers)
+    regenerate = f"/api/v1/conversations/{conversation_id}/regenerate"
+    assert (await chat_client.post(regenerate, headers=headers)).status_code == 409  # nothing yet
+    me = (await chat_client.get("/api/v1/me", headers=headers)).json()
+    # what a stopped or failed turn leaves: the message, stored, and no reply
+    log = ConversationLog(MessageStore(pool), ConversationBuffer(shared_redis))
+    stored = await log.append(
+        uuid.UUID(conversation_id), uuid.UUID(me["id"]), "user", "Tell me about owls."
+    )
+
+    answered = await chat_client.post(regenerate, headers={**headers, **SSE})
+    assert answered.status_code == 200, answered.text
+    events = sse_events(answered.text)
+    assert events[0][0] == "meta" and events[-1][0] == "done"
+    assert events[-1][1]["user_message_id"] == stored.id
+    history = (await chat_client.get(url, headers=headers)).json()
+    assert [(m["role"], m["id"] == stored.id) for m in history] == [
+        ("user", True),
+        ("assistant", False),
+    ]
+
+    again = await chat_client.post(regenerate, headers=headers)
+    assert again.status_code == 409, again.text  # answered: nothing changes
+    assert "already has a reply" in again.json()["error"]["message"]
+    assert len((await chat_client.get(url, headers=headers)).json()) == 2
+    stranger = await signed_in(chat_client)
+    assert (await chat_client.post(regenerate, headers=stranger)).status_code == 404

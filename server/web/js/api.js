@@ -59,11 +59,19 @@ export class Api {
    * One chat turn as a stream of {type, data} events: "meta", "token"..., then "done"
    * (or "error"). Aborting `signal` closes the connection, which stops the generation.
    */
-  async *turn(conversationId, content, signal) {
-    const path = `/api/v1/conversations/${encodeURIComponent(conversationId)}/messages`;
+  turn(conversationId, content, signal) {
+    return this.events(`${conversationPath(conversationId)}/messages`, { content }, signal);
+  }
+
+  /** A reply to the conversation's last message, which has none: the same events. */
+  regenerate(conversationId, signal) {
+    return this.events(`${conversationPath(conversationId)}/regenerate`, undefined, signal);
+  }
+
+  async *events(path, body, signal) {
     const response = await this.fetch(path, {
       method: "POST",
-      body: { content },
+      body,
       signal,
       accept: "text/event-stream",
     });
@@ -95,6 +103,10 @@ export class Api {
     }
     return response;
   }
+}
+
+function conversationPath(conversationId) {
+  return `/api/v1/conversations/${encodeURIComponent(conversationId)}`;
 }
 
 async function errorOf(response) {

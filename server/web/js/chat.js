@@ -1,6 +1,6 @@
 // Conversations and the chat view: the list, a new conversation with a persona, the history,
 // and a turn streamed token by token with Stop (aborts the request, which stops generation on
-// the server) and Retry (sends the last message again).
+// the server) and Retry (asks for a reply to the last message again, without sending it twice).
 
 import { byId, el, percent, when } from "./dom.js";
 
@@ -176,21 +176,36 @@ export class ChatView {
     this.send(text);
   }
 
+  /** The last message is stored but unanswered: the server answers it again. */
   retry() {
-    if (this.lastSent && !this.controller) this.send(this.lastSent);
+    if (!this.lastSent || this.controller) return;
+    const shown = byId("messages").querySelectorAll(".message");
+    const last = shown[shown.length - 1];
+    if (last?.matches(".assistant.stopped, .assistant.failed")) last.remove();
+    const asked = [...byId("messages").querySelectorAll(".message.user")].pop();
+    const user = asked ? bubbleOf(asked) : bubble("user", this.lastSent);
+    const conversationId = this.conversation.id;
+    this.answer(user, (signal) => this.api.regenerate(conversationId, signal));
   }
 
-  async send(text) {
+  send(text) {
     this.lastSent = text;
-    byId("retry").hidden = true;
     const user = bubble("user", text);
+    byId("messages").append(user.node);
+    const conversationId = this.conversation.id;
+    return this.answer(user, (signal) => this.api.turn(conversationId, text, signal));
+  }
+
+  /** A reply bubble filled from `open(signal)`'s events. */
+  async answer(user, open) {
+    byId("retry").hidden = true;
     const reply = bubble("assistant", "");
     reply.node.setAttribute("aria-busy", "true");
-    byId("messages").append(user.node, reply.node);
+    byId("messages").append(reply.node);
     scrollToEnd();
     this.controller = new AbortController();
     this.setComposer({ enabled: true, streaming: true });
-    const outcome = await this.stream(text, user, reply);
+    const outcome = await this.stream(open(this.controller.signal), user, reply);
     reply.node.removeAttribute("aria-busy");
     this.controller = null;
     this.setComposer({ enabled: true, streaming: false });
@@ -199,11 +214,10 @@ export class ChatView {
   }
 
   /** Relay one turn into the page; resolves to what ended it. */
-  async stream(text, user, reply) {
+  async stream(events, user, reply) {
     const started = performance.now();
     let firstToken = null;
     try {
-      const events = this.api.turn(this.conversation.id, text, this.controller.signal);
       for await (const { type, data } of events) {
         if (type === "meta") this.showMeta(data, user, reply);
         else if (type === "token") {
@@ -311,6 +325,12 @@ function bubble(role, content) {
   const who = el("span", { class: "visually-hidden", text: role === "user" ? "You: " : "Reply: " });
   const node = el("li", { class: `message ${role}`, "data-role": role }, who, text, about, state);
   return { node, text, about, state };
+}
+
+/** The parts of a bubble already on the page. */
+function bubbleOf(node) {
+  const part = (name) => node.querySelector(`.${name}`);
+  return { node, text: part("text"), about: part("about"), state: part("state") };
 }
 
 function storedBubble(message) {
