@@ -35,6 +35,7 @@ from memory.messages import (
 from server import idempotency
 from server.auth import resolve_user
 from server.chat import (
+    ChatTurnService,
     NothingToAnswer,
     PanelDelta,
     PanelDone,
@@ -74,6 +75,8 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _TURN = {"rate_limit": "turn", UNCOMPRESSED: True}
+# the routes that generate: one user's share of them is capped (`server.concurrency`)
+_GENERATES: dict[str, Any] = {"status_code": 200, "opt": _TURN, "middleware": [GenerationGuard]}
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -153,12 +156,7 @@ class ConversationsController(Controller):
         await _owned(pool, conversation_id, user)
         return await MessageStore(pool).page(conversation_id, before, limit)
 
-    @post(
-        "/conversations/{conversation_id:uuid}/messages",
-        status_code=200,
-        opt=_TURN,
-        middleware=[GenerationGuard],
-    )
+    @post("/conversations/{conversation_id:uuid}/messages", **_GENERATES)
     async def send(
         self,
         conversation_id: FromPath[uuid.UUID],
@@ -173,9 +171,7 @@ class ConversationsController(Controller):
         """
         resources = state.resources
         text = _message_text(data.content, resources.settings.max_message_chars)
-        chat = resources.chat
-        if chat is None:
-            raise EngineUnavailable("chat needs a chat engine and an embedding model")
+        chat = _chat(resources)
         conversation = await _owned(resources.pool, conversation_id, user)
         user_id = uuid.UUID(user.user_id)
         streamed = "text/event-stream" in request.headers.get("accept", "")
@@ -185,12 +181,7 @@ class ConversationsController(Controller):
         events = chat.turn(user_id, conversation_id, text, conversation.persona)
         return await _respond(events, claim, streamed, resources.settings.sse_keepalive_s)
 
-    @post(
-        "/conversations/{conversation_id:uuid}/regenerate",
-        status_code=200,
-        opt=_TURN,
-        middleware=[GenerationGuard],
-    )
+    @post("/conversations/{conversation_id:uuid}/regenerate", **_GENERATES)
     async def regenerate(
         self,
         conversation_id: FromPath[uuid.UUID],
@@ -202,9 +193,7 @@ class ConversationsController(Controller):
         the turn's events as ``send`` gives them, without storing the message again.
         409 when the last message already has a reply."""
         resources = state.resources
-        chat = resources.chat
-        if chat is None:
-            raise EngineUnavailable("chat needs a chat engine and an embedding model")
+        chat = _chat(resources)
         conversation = await _owned(resources.pool, conversation_id, user)
         streamed = "text/event-stream" in request.headers.get("accept", "")
         events = chat.regenerate(uuid.UUID(user.user_id), conversation_id, conversation.persona)
@@ -213,12 +202,7 @@ class ConversationsController(Controller):
         except NothingToAnswer as exc:
             raise ClientException(str(exc), status_code=409) from exc
 
-    @post(
-        "/conversations/{conversation_id:uuid}/panel",
-        status_code=200,
-        opt=_TURN,
-        middleware=[GenerationGuard],
-    )
+    @post("/conversations/{conversation_id:uuid}/panel", **_GENERATES)
     async def panel(
         self,
         conversation_id: FromPath[uuid.UUID],
@@ -231,9 +215,7 @@ class ConversationsController(Controller):
         with their persona, a ``reply`` as each finishes, ``done``; or all of it as JSON."""
         resources = state.resources
         text = _message_text(data.content, resources.settings.max_message_chars)
-        chat = resources.chat
-        if chat is None:
-            raise EngineUnavailable("chat needs a chat engine and an embedding model")
+        chat = _chat(resources)
         try:
             chat.panel_personas(data.personas)
         except UnknownPersona as exc:
@@ -277,6 +259,13 @@ class ConversationsController(Controller):
             lambda s: apply_verification(s, verification, minor=minor, now=now),
         )
         return Verification(verified=updated.age_verified)
+
+
+def _chat(resources: Any) -> ChatTurnService:
+    if resources.chat is None:
+        raise EngineUnavailable("chat needs a chat engine and an embedding model")
+    chat: ChatTurnService = resources.chat
+    return chat
 
 
 async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> Conversation:
