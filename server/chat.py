@@ -259,7 +259,9 @@ class ChatTurnService:
                 functools.partial(self._request, user_id, conversation_id, persona),
             ),
         )
-        user_message = unanswered or await self._store_user(user_id, conversation_id, text, clock)
+        user_message = unanswered or await self._store_user(
+            user_id, conversation_id, text, parts, clock
+        )
         clock.mark("prepare")
         yield self._meta(parts, persona, engine, tier)
         reply: list[str] = []
@@ -281,7 +283,11 @@ class ChatTurnService:
         answer = await clock.timed(
             "store_reply",
             self._log.append(
-                conversation_id, user_id, "assistant", "".join(reply), _route_metadata(parts)
+                conversation_id,
+                user_id,
+                "assistant",
+                "".join(reply),
+                _route_metadata(parts) | {"persona": persona.id, "model": engine.model_id},
             ),
         )
         clock.mark("total")
@@ -329,7 +335,7 @@ class ChatTurnService:
             requests[persona.id] = await clock.timed(
                 "fit", self._fitter.fit(engine, prompt, request_for)
             )
-        user_message = await self._store_user(user_id, conversation_id, text, clock)
+        user_message = await self._store_user(user_id, conversation_id, text, parts, clock)
         clock.mark("prepare")
         yield self._panel_meta(parts, personas)
         replies: list[PanelReply] = []
@@ -340,7 +346,11 @@ class ChatTurnService:
                     texts[persona_id].append(event.text)
                     yield PanelDelta(persona_id, event.text)
                     continue
-                metadata = _route_metadata(parts) | {"persona": persona_id, "panel": True}
+                metadata = _route_metadata(parts) | {
+                    "persona": persona_id,
+                    "model": engine.model_id,
+                    "panel": True,
+                }
                 stored = await self._log.append(
                     conversation_id, user_id, "assistant", "".join(texts[persona_id]), metadata
                 )
@@ -425,10 +435,18 @@ class ChatTurnService:
         await self._fitter.check_message(engine, request)
 
     async def _store_user(
-        self, user_id: uuid.UUID, conversation_id: uuid.UUID, text: str, clock: _Clock
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: str,
+        parts: TurnParts,
+        clock: _Clock,
     ) -> StoredMessage:
+        """The message, with how it was understood (the page shows it after a reload)."""
+        emotion = parts.emotion
+        understood = {"emotion": emotion.label, "emotion_confidence": round(emotion.confidence, 3)}
         return await clock.timed(
-            "store_user", self._log.append(conversation_id, user_id, "user", text)
+            "store_user", self._log.append(conversation_id, user_id, "user", text, understood)
         )
 
     async def _gather(
@@ -587,10 +605,12 @@ def _volatile_context(parts: TurnParts) -> str:
 
 
 def _route_metadata(parts: TurnParts) -> dict[str, Any]:
+    """What a stored reply keeps of its turn; the callers add who answered (``persona``,
+    ``model``): the route's persona is not always the one that answers."""
     decision = parts.decision
     return {
         "route": decision.route,
-        "persona": decision.persona,
+        "route_persona": decision.persona,
         "reasons": list(decision.reasons) + list(parts.content.reasons),
         "emotion": parts.emotion.label,
         "content_label": parts.content.label,

@@ -236,13 +236,35 @@ def test_sign_up_send_and_watch_the_reply_stream(
     expect(page.locator("#stat-completion")).to_have_text(re.compile(r"^[1-9]\d*$"))
     keep(page, artifacts, "desktop-chat")
 
-    # a reload keeps the session (sessionStorage) and shows the stored turn
+    live_reply = reply.locator(".about").inner_text()
+    live_feeling = user.locator(".about").inner_text()
+    assert "Mira" in live_reply and web_server.model_id in live_reply
+
+    # a reload keeps the session (sessionStorage) and shows the stored turn, labelled as it
+    # was live: the persona that answered by name, the model, the feeling (issue 25, item 2)
     page.reload()
     expect(page.locator(".message.done")).to_have_count(2)
     expect(page.locator(".message.user .text")).to_have_text(
         "I love hiking in the mountains with my dog."
     )
     expect(page.locator("#conversations li")).to_have_count(1)
+    expect(page.locator(".message.assistant .about")).to_have_text(live_reply)
+    expect(page.locator(".message.user .about")).to_have_text(live_feeling)
+
+    # a second conversation, a few messages: the page never grows taller than the window
+    # (the hidden "You:"/"Reply:" labels spilled out of the list: item 3), and a reload
+    # reopens the conversation that was open, not the newest (item 4)
+    first_title = page.locator("#chat-title").inner_text()
+    new_conversation(page)
+    for n in range(3):
+        send(page, f"Message {n}: tell me about the mountains.")
+        expect(page.locator(".message.assistant.done")).to_have_count(n + 1, timeout=WAIT_MS)
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight")
+    page.locator("#conversations button").last.click()  # the older one, listed last
+    expect(page.locator("#chat-title")).to_have_text(first_title)
+    page.reload()
+    expect(page.locator("#chat-title")).to_have_text(first_title)
+    expect(page.locator(".message.done")).to_have_count(2)
 
 
 def running_requests(client: httpx.Client) -> int:

@@ -64,6 +64,10 @@ async def test_a_conversation_over_json_and_sse(client: AsyncTestClient[Litestar
     history = (await client.get(url, headers=headers)).json()
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[1]["metadata"]["route"] == "normal"
+    # who answered, with which model, and how the message was understood (issue 25, item 2)
+    assert history[1]["metadata"]["persona"] == body["meta"]["persona"] == "companion"
+    assert history[1]["metadata"]["model"] == "tiny"
+    assert history[0]["metadata"]["emotion"] == body["meta"]["emotion"] == "joy"
 
 
 async def test_unverified_explicit_request_stays_normal(client: AsyncTestClient[Litestar]) -> None:

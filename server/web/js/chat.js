@@ -54,7 +54,9 @@ export class ChatView {
     this.describePersona();
     this.renderConversations(conversations);
     if (conversations.length) {
-      await this.open(conversations[0]);
+      // the conversation open before a reload (named in the address), else the newest
+      const wanted = decodeURIComponent(location.hash.slice(1));
+      await this.open(conversations.find((c) => c.id === wanted) ?? conversations[0]);
     } else {
       // nothing yet: the first message starts a conversation with the chosen persona
       byId("chat-title").textContent = "Say hello to start a conversation";
@@ -121,6 +123,7 @@ export class ChatView {
   async open(conversation) {
     if (this.controller) this.controller.abort();
     this.conversation = conversation;
+    history.replaceState(null, "", `#${encodeURIComponent(conversation.id)}`);
     this.lastSent = null;
     byId("retry").hidden = true;
     for (const button of byId("conversations").querySelectorAll("button")) {
@@ -147,7 +150,8 @@ export class ChatView {
       const path = `/api/v1/conversations/${conversation.id}/messages?${params}`;
       const messages = await this.api.request("GET", path);
       if (conversation !== this.conversation) return; // another conversation was opened meanwhile
-      byId("messages").prepend(...messages.map((m) => storedBubble(m)));
+      const name = (id) => this.personaName(id);
+      byId("messages").prepend(...messages.map((m) => storedBubble(m, name)));
       if (messages.length) this.oldestId = messages[0].id;
       byId("load-earlier").hidden = messages.length < PAGE;
       if (!before) this.offerRetry(messages);
@@ -239,7 +243,7 @@ export class ChatView {
   }
 
   showMeta(meta, user, reply) {
-    user.about.textContent = `feeling: ${meta.emotion} (${percent(meta.emotion_confidence)})`;
+    user.about.textContent = feelingLine(meta);
     user.about.hidden = false;
     reply.about.textContent = routeLine(meta, this.personaName(meta.persona));
     reply.about.hidden = false;
@@ -307,6 +311,7 @@ export class ChatView {
   clear() {
     this.controller?.abort();
     this.conversation = null;
+    history.replaceState(null, "", location.pathname);
     this.lastSent = null;
     byId("messages").replaceChildren();
     byId("conversations").replaceChildren();
@@ -333,16 +338,25 @@ function bubbleOf(node) {
   return { node, text: part("text"), about: part("about"), state: part("state") };
 }
 
-function storedBubble(message) {
+/** A stored message, labelled as it was live: who answered with which model, or how the
+ * user's message was understood. */
+function storedBubble(message, personaName) {
   const { node, about } = bubble(message.role, message.content);
   node.dataset.messageId = String(message.id);
   node.classList.add("done");
   const meta = message.metadata || {};
   if (message.role === "assistant" && meta.route) {
-    about.textContent = routeLine(meta, meta.persona) + (meta.emotion ? ` · you felt ${meta.emotion}` : "");
+    about.textContent = routeLine(meta, personaName(meta.persona));
+    about.hidden = false;
+  } else if (message.role === "user" && meta.emotion) {
+    about.textContent = feelingLine(meta);
     about.hidden = false;
   }
   return node;
+}
+
+function feelingLine(meta) {
+  return `feeling: ${meta.emotion} (${percent(meta.emotion_confidence)})`;
 }
 
 function routeLine(meta, personaName) {
