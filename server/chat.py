@@ -99,6 +99,7 @@ class TurnDone(msgspec.Struct):
     assistant_message_id: int
     usage: dict[str, int]
     timings: dict[str, float]
+    finish_reason: str = "stop"  # "length": the reply was cut at the persona's max_tokens
 
 
 class PanelMeta(msgspec.Struct):
@@ -266,6 +267,7 @@ class ChatTurnService:
         yield self._meta(parts, persona, engine, tier)
         reply: list[str] = []
         usage: dict[str, int] = {}
+        finish_reason = "stop"
         async with aclosing(engine.generate(request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -275,6 +277,7 @@ class ChatTurnService:
                     yield event
                 else:
                     usage = dataclasses.asdict(event.usage)
+                    finish_reason = event.finish_reason
                     clock.record("engine_ttft", event.timings.time_to_first_token_s or 0.0)
         if not reply:  # nothing generated (an immediate end): the first "token" is the end
             clock.mark("ttft")
@@ -287,12 +290,13 @@ class ChatTurnService:
                 user_id,
                 "assistant",
                 "".join(reply),
-                _route_metadata(parts) | {"persona": persona.id, "model": engine.model_id},
+                _route_metadata(parts)
+                | {"persona": persona.id, "model": engine.model_id, "finish_reason": finish_reason},
             ),
         )
         clock.mark("total")
         await self._queue_memory_work(user_id, conversation_id, answer.id, parts)
-        yield TurnDone(user_message.id, answer.id, usage, clock.report())
+        yield TurnDone(user_message.id, answer.id, usage, clock.report(), finish_reason)
 
     def panel_personas(self, persona_ids: list[str]) -> list[Persona]:
         """The personas of a panel request; `UnknownPersona` for bad ones."""

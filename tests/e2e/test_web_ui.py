@@ -210,8 +210,14 @@ def test_sign_up_send_and_watch_the_reply_stream(
     sign_up(page, web_server)
     expect(page.get_by_label("Persona")).to_contain_text("Mira")
     new_conversation(page)
+    # bad input says so (issue 25, item 7): an empty send, a message near the limit
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#composer-status")).to_have_text("Write a message first.")
+    page.get_by_label("Message", exact=True).fill("x" * 7800)
+    expect(page.locator("#composer-status")).to_have_text("200 of 8000 characters left.")
     record_reply_lengths(page)
     send(page, "I love hiking in the mountains with my dog.")
+    expect(page.locator("#composer-status")).to_have_text("")
 
     user = page.locator(".message.user").last
     expect(user.locator(".text")).to_have_text("I love hiking in the mountains with my dog.")
@@ -239,6 +245,17 @@ def test_sign_up_send_and_watch_the_reply_stream(
     live_reply = reply.locator(".about").inner_text()
     live_feeling = user.locator(".about").inner_text()
     assert "Mira" in live_reply and web_server.model_id in live_reply
+    # a reply cut at the persona's max_tokens says so (1,500 tokens: the tiny model's
+    # random text rarely ends by itself, but may)
+    with api(web_server, token_of(page)) as client:
+        conversation = client.get("/conversations").json()[0]["id"]
+        stored = client.get(f"/conversations/{conversation}/messages").json()
+    cut = stored[-1]["metadata"]["finish_reason"] == "length"
+    cut_note = page.locator(".message.assistant .state")
+    if cut:
+        expect(cut_note).to_have_text("This reply reached its length limit and was cut short.")
+    else:
+        expect(cut_note).to_be_hidden()
 
     # a reload keeps the session (sessionStorage) and shows the stored turn, labelled as it
     # was live: the persona that answered by name, the model, the feeling (issue 25, item 2)
@@ -250,6 +267,10 @@ def test_sign_up_send_and_watch_the_reply_stream(
     expect(page.locator("#conversations li")).to_have_count(1)
     expect(page.locator(".message.assistant .about")).to_have_text(live_reply)
     expect(page.locator(".message.user .about")).to_have_text(live_feeling)
+    if cut:
+        expect(cut_note).to_be_visible()
+    else:
+        expect(cut_note).to_be_hidden()
 
     # a second conversation, a few messages: the page never grows taller than the window
     # (the hidden "You:"/"Reply:" labels spilled out of the list: item 3), and a reload

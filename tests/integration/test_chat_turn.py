@@ -67,6 +67,8 @@ async def test_a_conversation_over_json_and_sse(client: AsyncTestClient[Litestar
     # who answered, with which model, and how the message was understood (issue 25, item 2)
     assert history[1]["metadata"]["persona"] == body["meta"]["persona"] == "companion"
     assert history[1]["metadata"]["model"] == "tiny"
+    assert history[1]["metadata"]["finish_reason"] == body["done"]["finish_reason"]
+    assert body["done"]["finish_reason"] in ("stop", "length")
     assert history[0]["metadata"]["emotion"] == body["meta"]["emotion"] == "joy"
 
 

@@ -31,6 +31,7 @@ export class ChatView {
       event.preventDefault();
       this.sendFromComposer();
     });
+    byId("composer-input").addEventListener("input", () => countCharacters());
     byId("composer-input").addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
@@ -172,11 +173,17 @@ export class ChatView {
   async sendFromComposer() {
     const input = byId("composer-input");
     const text = input.value.trim();
-    if (!text || this.controller) return;
+    if (this.controller) return;
+    if (!text) {
+      composerStatus("Write a message first.");
+      input.focus();
+      return;
+    }
     if (this.creating) await this.creating;
     if (!this.conversation) await this.create(byId("persona").value);
     if (!this.conversation) return; // creating it failed; the error is shown
     input.value = "";
+    composerStatus("");
     this.send(text);
   }
 
@@ -232,7 +239,7 @@ export class ChatView {
           reply.node.dataset.messageId = String(data.assistant_message_id);
           user.node.dataset.messageId = String(data.user_message_id);
           this.onReply(data, firstToken);
-          return { ended: "done" };
+          return { ended: "done", cut: data.finish_reason === "length" };
         } else if (type === "error") return { ended: "error", message: data.message };
       }
       return { ended: "error", message: "The reply ended before it was complete." };
@@ -253,6 +260,7 @@ export class ChatView {
   finish(outcome, reply) {
     if (outcome.ended === "done") {
       reply.node.classList.add("done");
+      if (outcome.cut) showCut(reply.state);
       return;
     }
     byId("retry").hidden = false;
@@ -322,6 +330,19 @@ export class ChatView {
   }
 }
 
+/** Says something about the message box, below it, to screen readers too. */
+function composerStatus(text) {
+  byId("composer-status").textContent = text;
+}
+
+/** Near the limit, how many characters are left: the box takes no more than its maxlength,
+ * and a longer paste is cut there, so "0 left" says why. */
+function countCharacters() {
+  const input = byId("composer-input");
+  const left = input.maxLength - input.value.length;
+  composerStatus(left <= 500 ? `${left} of ${input.maxLength} characters left.` : "");
+}
+
 /** A message in the list: its text node grows as tokens arrive. */
 function bubble(role, content) {
   const text = el("p", { class: "text", text: content });
@@ -341,18 +362,25 @@ function bubbleOf(node) {
 /** A stored message, labelled as it was live: who answered with which model, or how the
  * user's message was understood. */
 function storedBubble(message, personaName) {
-  const { node, about } = bubble(message.role, message.content);
+  const { node, about, state } = bubble(message.role, message.content);
   node.dataset.messageId = String(message.id);
   node.classList.add("done");
   const meta = message.metadata || {};
   if (message.role === "assistant" && meta.route) {
     about.textContent = routeLine(meta, personaName(meta.persona));
     about.hidden = false;
+    if (meta.finish_reason === "length") showCut(state);
   } else if (message.role === "user" && meta.emotion) {
     about.textContent = feelingLine(meta);
     about.hidden = false;
   }
   return node;
+}
+
+/** A reply that stopped at its length limit says so, instead of ending mid-word. */
+function showCut(state) {
+  state.textContent = "This reply reached its length limit and was cut short.";
+  state.hidden = false;
 }
 
 function feelingLine(meta) {
