@@ -114,9 +114,8 @@ class UserData:
         names = [str(user_id), *(str(c.id) for c in conversations)]
         try:
             removed_keys = await erase_jobs(self._redis, names)
-            keys = set()
-            for name in names:
-                keys |= {key async for key in self._redis.scan_iter(match=f"*{name}*")}
+            wanted = [name.encode() for name in names]  # one walk of the keyspace for all
+            keys = [key async for key in self._redis.scan_iter() if any(w in key for w in wanted)]
             removed_keys += int(await self._redis.delete(*keys)) if keys else 0
         except RedisError as exc:
             raise ErasureFailed(f"Redis is unreachable; nothing was erased: {exc}") from exc
