@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -83,6 +85,15 @@ def installed() -> list[str]:
     return found
 
 
+def usable(config: ChatEngineConfig) -> list[str]:
+    """The installed engines that can load ``config``'s model: a GGUF file either (vLLM
+    converts it, `models.convert`), a Hugging Face directory vLLM only."""
+    model = config.model_path
+    if model is not None and model.is_dir():
+        return [e for e in installed() if e == "vllm"]
+    return installed()
+
+
 def has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None
 
@@ -108,10 +119,26 @@ async def choose(
         return config
     choice = cached_choice(config)
     if choice is None:
-        choice = await decide(config, list(candidates or installed()))
         path = cache_file(config)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(msgspec.json.format(msgspec.json.encode(choice)))
+        lock = os.open(path.with_name(".engine-choice.lock"), os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            await _locked(lock)  # the workers of one `serve --workers N` measure once
+            choice = cached_choice(config)
+            if choice is None:
+                engines = list(candidates or usable(config))
+                if len(engines) > 1:
+                    log.warning(
+                        "measuring the chat engines once for this model, CPU and engine"
+                        " versions (minutes: each starts in a child process; then cached)",
+                        extra={"engines": engines},
+                    )
+                choice = await decide(config, engines)
+                partial = path.with_name(path.name + ".partial")
+                partial.write_bytes(msgspec.json.format(msgspec.json.encode(choice)))
+                partial.replace(path)  # a reader never sees half of it
+        finally:
+            os.close(lock)  # and with it the lock
     log.info(
         "chat engine chosen",
         extra={"backend": choice.backend, "reason": choice.reason},
@@ -119,11 +146,23 @@ async def choose(
     return dataclasses.replace(config, backend=choice.backend)
 
 
+async def _locked(lock: int) -> None:
+    """Take an exclusive lock on ``lock`` without blocking the event loop."""
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(0.5)
+
+
 async def decide(config: ChatEngineConfig, candidates: list[str]) -> Choice:
     """Probe ``candidates`` (each in a child process) and pick the faster."""
     stamp = fingerprint(config)
     if not candidates:
-        return Choice("llamacpp", "no engine installed", {}, {}, stamp, time.time())
+        return Choice(
+            "llamacpp", "no installed engine can load the model", {}, {}, stamp, time.time()
+        )
     if "vllm" in candidates and has_cuda():
         return Choice("vllm", "a CUDA GPU: vLLM without probing", {}, {}, stamp, time.time())
     if len(candidates) == 1:

@@ -24,6 +24,17 @@ https://huggingface.co) or, for ``backend = "remote"``,
 ``remote:UPSTREAM_MODEL`` (no weights here; the replicas are listed in
 ``urls = [...]``). Nothing is downloaded at run time: a model whose weights
 are not on disk does not resolve, and the service says so.
+
+Formats say which engines can load a chat model's weights: ``gguf`` (a GGUF
+file, llama.cpp) and ``hf`` (a Hugging Face safetensors directory, vLLM; for
+a GGUF source it means the file converts into one, see `models.convert`).
+``formats = ["gguf", "hf"]`` lists them; without it they follow from the
+source and the backend (a ``.gguf`` file is ``gguf``, and also ``hf`` under
+``backend = "vllm"``; another source under ``vllm`` is ``hf``). The backend
+``auto`` serves the model with the engine this machine chose
+(``COMPANION_CHAT_ENGINE=auto``, `inference.engine_choice`) when the formats
+allow it, else with the engine that can load it. The built-in chat model is
+``auto`` with both formats: its GGUF converts for vLLM.
 """
 
 from __future__ import annotations
@@ -40,7 +51,9 @@ from models.packaged import BUILTIN_MODELS, PackagedModel
 HUB_URL = "https://huggingface.co"
 _PULLED = ("url", "hf")
 ROLES = ("chat", "embedding", "emotion", "content", "guard")
-BACKENDS = ("llamacpp", "remote", "vllm", "sentence-transformers", "numpy")
+BACKENDS = ("auto", "llamacpp", "remote", "vllm", "sentence-transformers", "numpy")
+# which chat engine loads each weight format
+FORMAT_ENGINES = {"gguf": "llamacpp", "hf": "vllm"}
 
 
 class CatalogError(Exception):
@@ -59,10 +72,35 @@ class ModelSpec:
     license: str | None = None
     sha256: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    formats: tuple[str, ...] = ()  # empty: follows from the source and backend
 
     @property
     def source_kind(self) -> str:
         return self.source.partition(":")[0]
+
+    @property
+    def weight_formats(self) -> tuple[str, ...]:
+        """The formats the weights come in: the listed ones, else what source and backend say."""
+        if self.formats or self.backend not in ("auto", "llamacpp", "vllm"):
+            return self.formats
+        gguf = self.source.lower().endswith(".gguf")
+        if self.backend == "vllm":
+            return ("gguf", "hf") if gguf else ("hf",)
+        return ("gguf",) if gguf or self.backend == "llamacpp" else ()
+
+    def engines(self) -> tuple[str, ...]:
+        """The chat engines that can load this model, in the order of its formats."""
+        return tuple(FORMAT_ENGINES[f] for f in self.weight_formats if f in FORMAT_ENGINES)
+
+    def serving_backend(self, chosen: str) -> str | None:
+        """The engine to serve with: the declared one, or under ``auto`` the machine's
+        ``chosen`` engine where it can load the model, else one that can; None: none can."""
+        if self.backend != "auto":
+            return self.backend
+        engines = self.engines()
+        if chosen in engines:
+            return chosen
+        return engines[0] if engines else None
 
 
 class Catalog:
@@ -173,7 +211,7 @@ def _verify(spec: ModelSpec, path: Path) -> None:
 
 
 def _builtin_specs() -> list[ModelSpec]:
-    backends = {"chat": "llamacpp", "embedding": "sentence-transformers"}
+    backends = {"chat": "auto", "embedding": "sentence-transformers"}
     return [
         ModelSpec(
             id=model.id,
@@ -183,6 +221,7 @@ def _builtin_specs() -> list[ModelSpec]:
             context_length=8192 if model.role == "chat" else 256,
             quantization="Q4_1" if model.role == "chat" else None,
             license="Apache-2.0",
+            formats=("gguf", "hf") if model.role == "chat" else (),
         )
         for model in BUILTIN_MODELS
     ]
@@ -200,6 +239,7 @@ def _read_file(path: Path) -> dict[str, ModelSpec]:
 
 
 _FIELDS = ("role", "backend", "source", "context_length", "chat_template", "quantization")
+_OWN = (*_FIELDS, "license", "sha256", "formats")
 
 
 def _spec(path: Path, model_id: str, table: object) -> ModelSpec:
@@ -213,10 +253,18 @@ def _spec(path: Path, model_id: str, table: object) -> ModelSpec:
         **{key: table[key] for key in _FIELDS if key in table},
         license=table.get("license"),
         sha256=table.get("sha256"),
-        extra={k: v for k, v in table.items() if k not in (*_FIELDS, "license", "sha256")},
+        formats=_formats(path, model_id, table.get("formats", [])),
+        extra={k: v for k, v in table.items() if k not in _OWN},
     )
     _check(path, spec)
     return spec
+
+
+def _formats(path: Path, model_id: str, value: object) -> tuple[str, ...]:
+    known = ", ".join(FORMAT_ENGINES)
+    if not isinstance(value, list) or not all(f in FORMAT_ENGINES for f in value):
+        raise CatalogError(f"{path}: models.{model_id}: formats is a list of {known}")
+    return tuple(value)
 
 
 def _check(path: Path, spec: ModelSpec) -> None:
@@ -233,6 +281,13 @@ def _check(path: Path, spec: ModelSpec) -> None:
         raise CatalogError(f"{where}: hf: sources are hf:OWNER/REPO/FILE")
     if (spec.source_kind == "remote") != (spec.backend == "remote"):
         raise CatalogError(f'{where}: remote: sources go with backend = "remote"')
+    if spec.backend == "auto" and spec.role != "chat":
+        raise CatalogError(f'{where}: backend = "auto" is for chat models')
+    engines = spec.engines()
+    if spec.backend in FORMAT_ENGINES.values() and spec.backend not in engines:
+        raise CatalogError(f"{where}: {spec.backend} cannot load {' or '.join(spec.formats)}")
+    if spec.backend == "auto" and not engines:
+        raise CatalogError(f'{where}: backend = "auto" needs formats (gguf, hf)')
     if spec.source_kind in _PULLED and not spec.sha256:
         raise CatalogError(
             f"{where}: {spec.source_kind}: sources need a sha256 to verify the download"

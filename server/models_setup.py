@@ -120,13 +120,14 @@ def catalog_config(
             remote_model=spec.source.partition(":")[2],
             remote_flavor=str(extra.get("flavor", "openai")),
         )
-    path = catalog.resolve(spec.id) if spec.backend in ("llamacpp", "vllm") else None
-    if path is None:
+    backend = spec.serving_backend(settings.chat_engine.backend)
+    path = catalog.resolve(spec.id) if backend in ("llamacpp", "vllm") else None
+    if backend is None or path is None:
         return None
     n_ctx = _int(extra.get("n_ctx"), base.n_ctx)
     return dataclasses.replace(
         base,
-        backend=spec.backend,
+        backend=backend,
         model_path=path,
         n_ctx=min(n_ctx, spec.context_length or n_ctx),
         n_slots=_int(extra.get("n_slots"), base.n_slots),

@@ -30,6 +30,7 @@ from inference.classifiers.content import ContentClassifier
 from inference.classifiers.emotion import EmotionClassifier
 from inference.embedder import Runtime, SentenceEmbedder
 from inference.engine import Engine
+from inference.engine_choice import Choice, cached_choice
 from inference.gpu import GpuMetrics, read_gpus
 from inference.manager import ModelManager
 from memory.accounts import AccountStore
@@ -75,6 +76,7 @@ class Resources:
     rate_limiter: RateLimiter | None = None
     models: ModelManager | None = None  # every chat model; `engine` is its default one
     user_leases: UserLeases | None = None  # the per-user cap on generations in progress
+    engine_choice: Choice | None = None  # how COMPANION_CHAT_ENGINE=auto chose, when it did
 
     def sessions(self) -> SessionStore:
         """Session records with the configured TTL (cheap: nothing is sent to Redis)."""
@@ -134,8 +136,22 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         cap = settings.max_concurrent_per_user
         leases = UserLeases(redis, cap) if cap else None
         _freeze_startup_objects()
+        choice = (
+            cached_choice(settings.chat_engine) if settings.chat_engine.backend == "auto" else None
+        )
         yield Resources(
-            settings, pool, redis, engine, embedder, chat, probes, personas, limiter, models, leases
+            settings,
+            pool,
+            redis,
+            engine,
+            embedder,
+            chat,
+            probes,
+            personas,
+            limiter,
+            models,
+            leases,
+            choice,
         )
 
 

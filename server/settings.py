@@ -446,7 +446,7 @@ _FIELDS: tuple[_Field, ...] = (
         "chat_engine",
         "COMPANION_CHAT_ENGINE",
         _choice("llamacpp", "vllm", "auto", "remote", "none"),
-        "llamacpp",
+        "auto",
     ),
     _Field("chat_model", "COMPANION_CHAT_MODEL", _optional_model, ""),
     _Field("chat_small_model", "COMPANION_CHAT_SMALL_MODEL", _optional_file, ""),

@@ -3,7 +3,9 @@
 ``/v1/models`` answers the same question for OpenAI clients but takes API keys
 when keys are required; this endpoint takes the companion API's access
 tokens, and adds the chat engine's load (running and waiting requests, KV
-cache use, prefix-cache hit rate).
+cache use, prefix-cache hit rate), which engine serves each chat model, and,
+under ``COMPANION_CHAT_ENGINE=auto``, the figures it was chosen by
+(`inference.engine_choice`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
+from inference.engine_choice import Choice
 from inference.stats import EngineStats
 from memory.accounts import Caller
 from server.auth import resolve_user
@@ -24,6 +27,7 @@ from server.openai_api.service import EMBEDDING_MODEL_ID
 class ServedModel(msgspec.Struct):
     id: str
     role: Literal["chat", "embedding"]
+    engine: str | None = None  # a chat model's: "llamacpp", "vllm" or "remote"
 
 
 class EngineLoad(msgspec.Struct):
@@ -33,15 +37,44 @@ class EngineLoad(msgspec.Struct):
     prefix_hit_rate: float | None
 
 
+class EngineFigures(msgspec.Struct):
+    batched_tok_s: float
+    single_tpot_s: float
+    ready_s: float
+
+
+class EngineChoice(msgspec.Struct):
+    """How ``auto`` chose the default chat model's engine: the probe's figures per engine."""
+
+    engine: str
+    reason: str
+    measured_at: float  # Unix time
+    figures: dict[str, EngineFigures]
+    failed: dict[str, str]
+
+
 class ModelsStatus(msgspec.Struct):
     models: list[ServedModel]
     engine: EngineLoad | None
+    engine_choice: EngineChoice | None  # None: COMPANION_CHAT_ENGINE names the engine
 
 
 def _load(stats: EngineStats) -> EngineLoad:
     queried = stats.prefix_queried_tokens
     hit_rate = round(stats.prefix_hit_tokens / queried, 4) if queried else None
     return EngineLoad(stats.running, stats.waiting, round(stats.kv_usage, 4), hit_rate)
+
+
+def _choice(choice: Choice | None) -> EngineChoice | None:
+    if choice is None:
+        return None
+    figures = {
+        name: EngineFigures(
+            round(f.batched_tok_s, 1), round(f.single_tpot_s, 4), round(f.ready_s, 1)
+        )
+        for name, f in choice.figures.items()
+    }
+    return EngineChoice(choice.backend, choice.reason, choice.when, figures, dict(choice.failed))
 
 
 class StatusController(Controller):
@@ -52,9 +85,15 @@ class StatusController(Controller):
 
     @get("/models", cache=False)
     async def models(self, state: State, user: NamedDependency[Caller]) -> ModelsStatus:
-        """The chat and embedding models served here, and the chat engine's current load."""
-        engine, embedder = state.resources.engine, state.resources.embedder
-        models = [ServedModel(engine.model_id, "chat")] if engine else []
+        """The chat and embedding models served here, the chat engine's current load, and
+        how its engine was chosen."""
+        resources = state.resources
+        engine, embedder, manager = resources.engine, resources.embedder, resources.models
+        models = []
+        if engine is not None:
+            served_by = manager.state(engine.model_id).backend if manager else None
+            models.append(ServedModel(engine.model_id, "chat", served_by))
         if embedder is not None:
             models.append(ServedModel(EMBEDDING_MODEL_ID, "embedding"))
-        return ModelsStatus(models, _load(engine.stats()) if engine else None)
+        load = _load(engine.stats()) if engine else None
+        return ModelsStatus(models, load, _choice(resources.engine_choice))

@@ -37,9 +37,20 @@ def free_port() -> int:
 
 
 def companion_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """This process's environment without database URLs, plus a data dir and ``extra``."""
+    """This process's environment without database URLs, plus a data dir and ``extra``.
+
+    The chat engine is llama.cpp unless ``extra`` says otherwise: the default, ``auto``,
+    measures every installed engine on a fresh data dir (minutes with vLLM installed),
+    which the zero-setup test in test_serve.py does once for the suite.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    return {**env, "COMPANION_DATA_DIR": str(data_dir), "COMPANION_LOG_LEVEL": "warning", **extra}
+    return {
+        **env,
+        "COMPANION_DATA_DIR": str(data_dir),
+        "COMPANION_LOG_LEVEL": "warning",
+        "COMPANION_CHAT_ENGINE": "llamacpp",
+        **extra,
+    }
 
 
 def admin_key(env: dict[str, str]) -> str:

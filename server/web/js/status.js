@@ -19,13 +19,14 @@ export class StatusPanel {
     }
   }
 
-  renderModels({ models, engine }) {
+  renderModels({ models, engine, engine_choice: choice }) {
     const list = byId("models");
     list.replaceChildren(
-      ...models.map((m) => el("li", { text: `${m.id} (${m.role})`, "data-role": m.role })),
+      ...models.map((m) => el("li", { text: describeModel(m), "data-role": m.role })),
     );
     if (models.length === 0) list.append(el("li", { text: "No model is loaded." }));
     byId("engine-load").textContent = engine ? describeLoad(engine) : "";
+    byId("engine-choice").textContent = choice ? describeChoice(choice) : "";
   }
 
   /** The last reply's `done` event, and the time to its first token as the page saw it. */
@@ -45,6 +46,7 @@ export class StatusPanel {
   clear() {
     byId("models").replaceChildren();
     byId("engine-load").textContent = "";
+    byId("engine-choice").textContent = "";
     for (const id of ["stat-speed", "stat-ttft", "stat-cached", "stat-completion"]) {
       byId(id).textContent = "–";
     }
@@ -65,4 +67,28 @@ function describeLoad(engine) {
   ];
   if (engine.prefix_hit_rate !== null) parts.push(`prefix cache hits ${percent(engine.prefix_hit_rate)}`);
   return parts.join(" · ");
+}
+
+const ENGINE_NAMES = { llamacpp: "llama.cpp", vllm: "vLLM", remote: "a remote server" };
+
+function engineName(engine) {
+  return ENGINE_NAMES[engine] ?? engine;
+}
+
+function describeModel(model) {
+  const on = model.engine ? `, on ${engineName(model.engine)}` : "";
+  return `${model.id} (${model.role}${on})`;
+}
+
+/** How the engine was chosen on this machine: each engine's measured speed, or why not. */
+function describeChoice(choice) {
+  const measured = Object.entries(choice.figures).map(
+    ([engine, f]) =>
+      `${engineName(engine)} ${f.batched_tok_s.toFixed(1)} tokens/s on concurrent turns, ` +
+      `${(f.single_tpot_s * 1000).toFixed(0)} ms per token alone`,
+  );
+  const failed = Object.keys(choice.failed).map((engine) => `${engineName(engine)} failed to start`);
+  const when = new Date(choice.measured_at * 1000).toLocaleDateString();
+  const how = measured.length ? `measured ${when}: ${[...measured, ...failed].join("; ")}` : choice.reason;
+  return `Engine chosen for this machine: ${engineName(choice.engine)} (${how}).`;
 }
