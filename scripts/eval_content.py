@@ -1,13 +1,24 @@
-"""Evaluate the content classifier (rules + prototypes) on a JSONL file of labelled messages.
+"""Evaluate the content classifier (rules + prototypes) on JSONL files of labelled messages.
 
     .venv/bin/python scripts/eval_content.py --data tests/data/content.jsonl \
+        --data tests/data/content_adversarial.jsonl --data tests/data/everyday.jsonl \
         --json artifacts/content-eval.json
 
 One ``{"text", "label"}`` object per line; a label the classifier does not
-know is an error (exit status 2, naming the line). Prints per-label
-precision and recall, how many rows each layer decided, and latency: ms per
-message for layers 1-3 after the embedding (mean and p95) and with the
-embedding, one message per call. The LLM judge is not used here.
+know is an error (exit status 2, naming the line). Each file is reported on
+its own: per-label precision and recall, how many rows each layer decided,
+and latency (ms per message for layers 1-3 after the embedding, mean and
+p95, and with the embedding, one message per call). The LLM judge is not
+used here.
+
+Routing false alarms: every row labelled ``safe`` is routed as the first
+message of a fresh, unverified session with `server.routing.decide_route`
+(the service's own decision, with the minor flag a declared age would set);
+a safe row that lands anywhere but the plain normal route (the adult age
+prompt, a refusal, the crisis route or the hard block) is a false alarm.
+
+``--json``: one file gives ``{"per_label", "ms", "routing"}``; several give
+``{"files": {path: that object}}``.
 """
 
 from __future__ import annotations
@@ -16,7 +27,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -24,6 +37,7 @@ import numpy as np
 from inference.classifiers.content import ContentClassifier, ContentResult
 from inference.classifiers.content_rules import CONTENT_LABELS
 from inference.embedder import SentenceEmbedder
+from server.routing import RouteDecision, decide_route
 
 
 class Row(msgspec.Struct, frozen=True):
@@ -33,6 +47,17 @@ class Row(msgspec.Struct, frozen=True):
 
 class DataError(Exception):
     """The data file is malformed or uses a label the classifier does not know."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirstMessage:
+    """The routing fields of a session nobody has written to yet (`RoutingSession`)."""
+
+    age_verified: bool = False
+    route: str | None = None
+    route_lock_remaining: int = 0
+    explicit_attempts: int = 0
+    crisis_remaining: int = 0
 
 
 def read_rows(path: Path) -> list[Row]:
@@ -64,6 +89,28 @@ def per_label(gold: list[str], predicted: list[str]) -> dict[str, dict[str, floa
             "support": float(gold_n),
         }
     return table
+
+
+def first_message_route(result: ContentResult) -> RouteDecision:
+    """How the service routes ``result`` as the first message of a fresh session."""
+    return decide_route(FirstMessage(), result, minor=result.declares_minor)
+
+
+def false_alarm(decision: RouteDecision) -> bool:
+    """A safe message must get the plain normal route: no age prompt, refusal, crisis or block."""
+    return decision.route != "normal" or decision.needs_verification or decision.refused
+
+
+def routing_false_alarms(
+    rows: list[Row], results: list[ContentResult]
+) -> list[tuple[Row, ContentResult, RouteDecision]]:
+    """The safe rows that a fresh session would route anywhere but plain normal."""
+    alarms = []
+    for row, result in zip(rows, results, strict=True):
+        decision = first_message_route(result)
+        if row.label == "safe" and false_alarm(decision):
+            alarms.append((row, result, decision))
+    return alarms
 
 
 def latency(classifier: ContentClassifier, texts: list[str]) -> dict[str, float]:
@@ -106,45 +153,70 @@ def report(
     print(f"  unsure (would ask the judge): {sum(x.unsure for x in results)}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--json", type=Path, help="write {'per_label': {label: {...}}} here")
-    parser.add_argument("--limit", type=int, help="only the first N rows")
-    parser.add_argument("--timed", type=int, default=100, help="messages timed one by one")
-    parser.add_argument("--errors", action="store_true", help="print the misclassified rows")
-    args = parser.parse_args()
-    try:
-        rows = read_rows(args.data)[: args.limit]
-    except (DataError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def report_routing(rows: list[Row], alarms: list[tuple[Row, ContentResult, RouteDecision]]) -> None:
+    safe = sum(row.label == "safe" for row in rows)
+    rate = len(alarms) / safe if safe else 0.0
+    print(f"routing false alarms: {len(alarms)} of {safe} safe rows ({rate:.3f})")
+    for row, result, decision in alarms:
+        where = "age prompt" if decision.needs_verification else decision.route
+        print(f"  {where:<10} {result.label} {result.confidence:.2f}  {row.text}")
+
+
+def evaluate(classifier: ContentClassifier, path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Classify, print and summarise one file."""
+    rows = read_rows(path)[: args.limit]
     if not rows:
-        print(f"error: {args.data} has no rows", file=sys.stderr)
-        return 2
-    embedder = SentenceEmbedder()
-    classifier = ContentClassifier(embedder)
+        raise DataError(f"{path} has no rows")
     texts = [row.text for row in rows]
     results = classifier.classify_batch(texts)
     table = per_label([r.label for r in rows], [x.label for x in results])
-    print(f"{args.data}  rows {len(rows)}")
+    print(f"\n{path}  rows {len(rows)}")
     report(rows, results, table)
+    alarms = routing_false_alarms(rows, results)
+    report_routing(rows, alarms)
     if args.errors:
         for row, result in zip(rows, results, strict=True):
             if row.label != result.label:
                 print(f"  {row.label:>14} -> {result.label:<14} {result.layer:<10} {row.text}")
-    timings = latency(classifier, texts[: args.timed])
+    timings = latency(classifier, texts[: args.timed]) if args.timed else {}
     print(" ".join(f"{name} {value:.2f} ms" for name, value in timings.items()))
+    return {
+        "per_label": {
+            label: {"precision": v["precision"], "recall": v["recall"]}
+            for label, v in table.items()
+        },
+        "ms": timings,
+        "routing": {
+            "safe_rows": sum(row.label == "safe" for row in rows),
+            "false_alarms": len(alarms),
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, action="append")
+    parser.add_argument("--json", type=Path, help="write the summary (module docstring) here")
+    parser.add_argument("--limit", type=int, help="only the first N rows of each file")
+    parser.add_argument("--timed", type=int, default=100, help="messages timed one by one")
+    parser.add_argument("--errors", action="store_true", help="print the misclassified rows")
+    args = parser.parse_args()
+    try:
+        for path in args.data:
+            read_rows(path)  # fail on a bad file before loading the model
+    except (DataError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    classifier = ContentClassifier(SentenceEmbedder())
+    try:
+        summaries = {str(path): evaluate(classifier, path, args) for path in args.data}
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
-            "per_label": {
-                label: {"precision": v["precision"], "recall": v["recall"]}
-                for label, v in table.items()
-            },
-            "ms": timings,
-        }
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        out = next(iter(summaries.values())) if len(summaries) == 1 else {"files": summaries}
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

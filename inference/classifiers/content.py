@@ -1,9 +1,16 @@
 """The content classifier: what kind of message this is, for routing; cheapest layer first.
 
-1. ``rules``: `content_rules.match_content_rules`, phrases and stated ages.
+1. ``rules``: `content_rules.match_content_rules`, phrases, stated ages and
+   age signals without a number (school grades, child roles, parents and
+   bedtimes); any of these with a sexual or romantic label, from the rules
+   or the prototypes, gives ``minor_sexual``.
 2. ``prototypes``: nearest labelled seeds (`content_seeds.SEEDS`) in MiniLM
    space; the mean cosine of a label's ``k`` nearest seeds is its score,
-   softmax over labels gives a probability per label. Chosen over a trained
+   softmax over labels gives a probability per label. Alone, an unsure
+   prototype guess opens the adult age prompt or the crisis persona only
+   when that route's labels hold most of the probability (small talk near
+   a self-harm or fetish seed stays on the normal route), and a
+   minor_sexual guess with no age signal needs to be sure and sexual. Chosen over a trained
    head: no training data beyond a few hundred hand-written examples exists,
    prototypes are inspectable and extended by adding a sentence, and they
    cost one [1 x 384] @ [384 x ~100] product after the embedding.
@@ -46,6 +53,8 @@ Layer = Literal["rules", "prototypes", "context", "judge"]
 # Labels a rule decides even when the prototypes disagree: missing them costs too much.
 CRITICAL_LABELS = frozenset({"minor_sexual", "self_harm", "violent_threat", "hate"})
 EXPLICIT_ROUTES = frozenset({"explicit", "fetish"})
+# Labels that move a first message off the normal route: the adult age prompt, the crisis persona.
+ROUTE_OPENING = frozenset({"explicit", "fetish", "self_harm"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +64,11 @@ class ContentResult:
     ``unsure`` says the cheap layers disagreed or were not confident (what
     sends a message to the judge); ``scores`` are the prototype probabilities.
     ``declared_age`` is ``age`` when the writer sincerely claims it as their
-    own (`content_rules.declared_age`); ``de_escalation`` says the message
-    clearly reports a crisis easing (routing ends a crisis window on it).
+    own (`content_rules.declared_age`); ``minor_cue`` names an age signal
+    without a number (`content_rules.minor_cue`: a school grade, a child
+    role, parents or a bedtime), which makes sexual content ``minor_sexual``
+    as a stated minor age does; ``de_escalation`` says the message clearly
+    reports a crisis easing (routing ends a crisis window on it).
     """
 
     label: str
@@ -68,6 +80,12 @@ class ContentResult:
     scores: dict[str, float]
     declared_age: int | None = None
     de_escalation: bool = False
+    minor_cue: str | None = None
+
+    @property
+    def minor_signal(self) -> bool:
+        """The message states an age under 18 or carries an age signal without a number."""
+        return self.minor_cue is not None or (self.age is not None and self.age < ADULT_AGE)
 
     @property
     def declares_minor(self) -> bool:
@@ -227,31 +245,17 @@ class ContentClassifier:
             reasons=(*result.reasons, f"judge: {label}"),
             unsure=False,
         )
-        # The judge may sharpen a label, but the stated-age rule still holds.
-        return _minor_if_underage(judged, result.age, "judge")
+        # The judge may sharpen a label, but the stated-age and minor-cue rule still holds.
+        return _minor_if_underage(judged, "judge")
 
 
 def combine_layers(rule: RuleMatch, scores: dict[str, float], unsure_below: float) -> ContentResult:
     """Layers 1 and 2: a rule decides, the prototypes fill in; disagreement marks it unsure."""
-    top = _prototype_top(scores, rule.age)
-    proto_reason = f"prototypes: {top} {scores[top]:.2f}"
+    age_known = rule.age is not None or rule.minor_cue is not None
+    top = _prototype_top(scores, age_known, unsure_below)
     if rule.label is None:
-        # minor_sexual from prototypes alone, with no stated age, is a guess for the judge.
-        unsure = scores[top] < unsure_below or (top == "minor_sexual" and rule.age is None)
-        reasons = (*rule.reasons, proto_reason)
-        calmer = rule.de_escalation and top != "self_harm"
-        result = ContentResult(
-            top,
-            scores[top],
-            "prototypes",
-            reasons,
-            rule.age,
-            unsure,
-            scores,
-            rule.declared_age,
-            calmer,
-        )
-        return _minor_if_underage(result, rule.age, "rules")
+        return _prototypes_decide(rule, scores, top, unsure_below)
+    proto_reason = f"prototypes: {top} {scores[top]:.2f}"
     agree = top == rule.label or scores[top] < unsure_below
     # A critical rule is trusted even against confident prototypes; a mild one is not.
     unsure = not agree and rule.label not in CRITICAL_LABELS
@@ -267,20 +271,74 @@ def combine_layers(rule: RuleMatch, scores: dict[str, float], unsure_below: floa
         scores,
         rule.declared_age,
         rule.de_escalation,
+        rule.minor_cue,
     )
 
 
-def _prototype_top(scores: dict[str, float], age: int | None) -> str:
-    """The prototypes' label; with a stated age, minor_sexual is left to the age rule.
+def _prototypes_decide(
+    rule: RuleMatch, scores: dict[str, float], top: str, unsure_below: float
+) -> ContentResult:
+    """Layer 2 alone (no rule phrase matched); the minor rule still applies to its label."""
+    reasons = (*rule.reasons, f"prototypes: {top} {scores[top]:.2f}")
+    # minor_sexual from prototypes alone, with no age signal, is a guess for the judge.
+    age_known = rule.age is not None or rule.minor_cue is not None
+    guessed_minor = max(scores, key=scores.__getitem__) == "minor_sexual" and not age_known
+    unsure = scores[top] < unsure_below or guessed_minor
+    label = top
+    if (
+        unsure
+        and top in ROUTE_OPENING
+        and not rule.minor_signal
+        and not _route_majority(scores, top)
+    ):
+        # An unsure nearest-seed guess opens the adult age prompt or the crisis persona
+        # only when that route's labels hold most of the probability ("my back hurts"
+        # lands near the self-harm seeds, a bedtime story near everything): otherwise
+        # the message stays on the normal route, still unsure (the judge's to sharpen),
+        # and after a self-harm message the context layer keeps it self-harm.
+        label = max(("safe", "romantic"), key=scores.__getitem__)
+        reasons = (*reasons, f"prototypes unsure: {top} does not open a route")
+    result = ContentResult(
+        label,
+        scores[label],
+        "prototypes",
+        reasons,
+        rule.age,
+        unsure,
+        scores,
+        rule.declared_age,
+        rule.de_escalation and label != "self_harm",
+        rule.minor_cue,
+    )
+    return _minor_if_underage(result, "rules")
 
-    The minor_sexual seeds all state an age, so any message stating one lands
-    near them ("I'm 16 and want to talk about school"). When the age is known,
-    the best other label says whether the message is sexual at all.
+
+def _route_majority(scores: dict[str, float], label: str) -> bool:
+    """Whether the labels sharing ``label``'s route hold more than half the probability."""
+    group = EXPLICIT_ROUTES if label in EXPLICIT_ROUTES else frozenset({label})
+    return sum(scores.get(name, 0.0) for name in group) > 0.5
+
+
+def _prototype_top(scores: dict[str, float], age_known: bool, unsure_below: float) -> str:
+    """The prototypes' label; with an age signal, minor_sexual is left to the minor rule.
+
+    The minor_sexual seeds all state an age or a school grade, so any message
+    stating one lands near them ("I'm 16 and want to talk about school"). When
+    the rules read an age or a minor cue, the best other label says whether
+    the message is sexual at all, and `_minor_if_underage` does the rest.
     """
     top = max(scores, key=scores.__getitem__)
-    if top != "minor_sexual" or age is None:
+    if top != "minor_sexual":
         return top
-    return max((label for label in scores if label != top), key=scores.__getitem__)
+    other = max((label for label in scores if label != top), key=scores.__getitem__)
+    if age_known:
+        return other
+    # No age signal the rules can read: the same seeds also sit near talk *about*
+    # children and school (a parent, a teacher, a memory). Only a confident guess
+    # with a sexual runner-up keeps the block; otherwise the runner-up decides (and
+    # the result stays unsure).
+    sure = scores[top] >= unsure_below
+    return top if sure and other in SEXUAL_LABELS else other
 
 
 def apply_context(result: ContentResult, context: ContentContext) -> ContentResult:
@@ -309,10 +367,11 @@ def _relabel(result: ContentResult, label: str, reason: str) -> ContentResult:
     return replace(result, label=label, confidence=confidence, layer="context", reasons=reasons)
 
 
-def _minor_if_underage(result: ContentResult, age: int | None, layer: Layer) -> ContentResult:
-    if age is None or age >= ADULT_AGE or result.label not in SEXUAL_LABELS:
+def _minor_if_underage(result: ContentResult, layer: Layer) -> ContentResult:
+    if not result.minor_signal or result.label not in SEXUAL_LABELS:
         return result
-    reason = f"{layer}: sexual or romantic content with a stated age of {age}"
+    signal = result.minor_cue if result.minor_cue is not None else f"a stated age of {result.age}"
+    reason = f"{layer}: sexual or romantic content with {signal}"
     return replace(
         result,
         label="minor_sexual",

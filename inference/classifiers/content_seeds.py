@@ -2,8 +2,11 @@
 
 Each label's seeds are embedded once with MiniLM; a message is scored by its
 nearest seeds per label (`content.PrototypeIndex`). These are kept apart from
-the evaluation set (tests/data/content.jsonl, written separately, with no
-sentence in common) so that the reported precision and recall are honest.
+the evaluation sets (tests/data/content*.jsonl and everyday*.jsonl, written
+separately, with no sentence in common; tests check it). The safe seeds are
+kinds of everyday chat, one sentence per kind, chosen where small talk shares
+words with a sensitive label; the everyday sets were used to find those
+kinds, so their false-alarm counts are not held-out (docs/understanding.md).
 Every seed is deliberately non-graphic: explicit and fetish seeds are
 euphemistic requests, minor_sexual seeds pair a stated minor age with a
 romantic or sexual request.
@@ -31,6 +34,64 @@ SEEDS: dict[str, tuple[str, ...]] = {
         "I had an argument with my roommate about the dishes.",
         "I'm 34 and thinking about changing careers.",
         "This video game boss is killing me, I've died twenty times.",
+        # Everyday chat, one seed per kind of small talk a first-time user writes (a safe
+        # message far from every seed is safe anyway; these hold the ones that share a
+        # word with a sensitive label: pets, bodies, beds, sadness, orders, kids).
+        # Introductions and the user's job
+        "Hello, I'm Jordan, I'm new here and just wanted to say hi.",
+        "Hey, my name's Mia and I live in a small town by the sea.",
+        "I'm a teacher and I have a golden retriever named Bo.",
+        "I work as an engineer and I just moved to a new city.",
+        "I work in a hospital as a nurse, mostly night shifts.",
+        "I'm a vet and I spend my days with cats and dogs.",
+        "My job is in sales and I travel a lot for work.",
+        # Pets
+        "I just adopted a kitten from the shelter, she's tiny and fluffy.",
+        "My dog keeps barking at the mailman every morning.",
+        "What should I feed my new puppy?",
+        # Remembering things about the user
+        "Do you remember what I told you about my family?",
+        "Can you remember my dog's name for next time?",
+        "Did I already tell you where I work?",
+        # Feelings that are not a crisis
+        "I'm a bit sad today because it rained on my day off.",
+        "I miss my friends from my old job.",
+        "I'm really happy, I passed my exam!",
+        "I've been crying at sad movies all week, I'm so sentimental.",
+        # Health and the body, everyday
+        "I have a sore throat and a runny nose.",
+        "My shoulder aches from carrying groceries.",
+        "I'm recovering from the flu, still a bit weak.",
+        "My doctor told me to exercise more and eat less salt.",
+        "I pulled a muscle at the gym.",
+        "I banged my elbow on the door and it really hurts.",
+        "I keep waking up in the middle of the night and can't get back to sleep.",
+        "I'm exhausted, the baby kept us up all night.",
+        "My therapist says I'm too hard on myself when I make mistakes.",
+        "I'm a bit lonely this evening, can we just chat for a while?",
+        "Can we talk about something easy? My week was exhausting.",
+        "I had an operation last week and I'm stuck in bed, so bored.",
+        # Home, weather, plans
+        "It's boiling hot today and my flat has no air conditioning.",
+        "I'm rearranging the furniture in my bedroom this weekend.",
+        "I'm making pasta tonight, any sauce ideas?",
+        # Family and kids, everyday
+        "My kids have a school play tomorrow and I'm making costumes.",
+        "My son needs help with his maths homework.",
+        "My parents are visiting and I need to tidy the house.",
+        "My husband and I are planning a trip for our anniversary.",
+        # Young people talking about school: an age or a grade alone is not a request
+        "I'm 15 and I have a history test tomorrow, can you quiz me?",
+        "I'm in 9th grade and nervous about starting at a new school.",
+        "I'm 17 and trying to choose which universities to apply to.",
+        "I'm a high school student and my chemistry homework is confusing.",
+        # Idioms that borrow strong words
+        "I'm dying to try that new restaurant.",
+        "My manager is strict about every little rule at work.",
+        "I'm so obsessed with this show, I watched the whole season.",
+        "I could eat a whole pizza right now.",
+        "My cat rules the house and I just obey.",
+        "I'm so hot and tired after working in the garden.",
     ),
     "romantic": (
         "I really like talking to you, you make me smile.",
