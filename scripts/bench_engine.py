@@ -395,6 +395,9 @@ class PlainBackend:
     def _load(self) -> Any:
         import llama_cpp
 
+        from inference.engines.llamacpp.backends import load_cpu_backend
+
+        load_cpu_backend()  # a portable build registers no CPU backend until asked
         o = self._options
         return llama_cpp.Llama(
             str(o.model),

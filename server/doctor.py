@@ -2,8 +2,9 @@
 
 It never starts anything: embedded servers are reported as such (and pinged
 when one is already running); configured URLs are connected to. The exit
-status is non-zero when a configured service is unreachable, or when a
-production configuration would be refused.
+status is non-zero when a configured service is unreachable, when a
+production configuration would be refused, or when the installed llama.cpp
+build cannot run on this CPU.
 """
 
 from __future__ import annotations
@@ -41,40 +42,61 @@ async def run_doctor(settings: Settings, echo: Echo) -> bool:
     ):
         echo(f"  {name:<24} {'ok  ' if ok else 'FAIL'} {text}")
         healthy = healthy and ok
-    _report_engine(settings, echo)
+    healthy = _report_engine(settings, echo) and healthy
     return _report_models(settings, echo) and healthy
 
 
-def _report_engine(settings: Settings, echo: Echo) -> None:
-    """How the llama.cpp engine will run here: its process and the weight-repacking answer."""
+def _report_engine(settings: Settings, echo: Echo) -> bool:
+    """How the llama.cpp engine will run here: its process, CPU kernels and repacking answer.
+
+    False when the llama.cpp build cannot run on this CPU.
+    """
     config = settings.chat_engine
     if config.backend == "auto":
         config = _report_choice(settings, echo)
     if config.backend == "vllm":
         _report_vllm(settings, echo)
-        return
-    if config.backend != "llamacpp":
-        return
+        return True
+    if config.backend not in ("llamacpp", "auto"):  # auto: not chosen yet, llama.cpp may be
+        return True
     from inference.engines.llamacpp.repack import cached_probe
     from models.packaged import packaged_path
 
     echo("Chat engine:")
     echo(f"  {'process':<24} {config.process}")
+    runs = _report_cpu_backend(echo)
     try:
         model = config.model_path or packaged_path("chat")
     except FileNotFoundError as exc:
         echo(f"  {'repacking':<24} {config.repack} (no model: {exc})")
-        return
+        return runs
     if config.repack != "auto":
         echo(f"  {'repacking':<24} {config.repack} (set)")
-        return
+        return runs
     probed = cached_probe(model, config.state_dir)
     if probed is None:
         echo(f"  {'repacking':<24} auto: not probed yet on this CPU (at the next start)")
-        return
+        return runs
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(probed.when))
     answer = "on" if probed.repack else "off"
     echo(f"  {'repacking':<24} auto: {answer} (probe {probed.outcome}, {probed.cpu}, {when})")
+    return runs
+
+
+def _report_cpu_backend(echo: Echo) -> bool:
+    """The CPU kernels llama.cpp picks here, found in a child (a wrong build dies of SIGILL)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        echo(f"  {'cpu backend':<24} llama-cpp-python is not installed (the cpu extra)")
+        return True
+    from inference.engines.llamacpp.backends import probe_cpu_backend
+
+    found = probe_cpu_backend()
+    if isinstance(found, str):
+        echo(f"  {'cpu backend':<24} FAIL {found}: rebuild llama-cpp-python for this CPU")
+        echo(f"  {'':<24} (COMPANION_LLAMA_BUILD=portable scripts/install, docs/inference.md)")
+        return False
+    echo(f"  {'cpu backend':<24} {found.describe()}")
+    return True
 
 
 def _report_choice(settings: Settings, echo: Echo) -> ChatEngineConfig:

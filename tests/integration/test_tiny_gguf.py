@@ -15,7 +15,14 @@ import gguf
 import llama_cpp
 import pytest
 
+from inference.engines.llamacpp.backends import load_cpu_backend
+
 TEXT = "Hello, world! 你好"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cpu_backend() -> None:
+    load_cpu_backend()  # a portable build registers no CPU backend until asked (backends.py)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference.engines.llamacpp.backends import load_cpu_backend
 from inference.engines.llamacpp.model import BatchItem, ContextShape, LlamaModel, default_threads
 from inference.engines.llamacpp.repack import resolve_repack
 from inference.errors import (
@@ -169,7 +170,9 @@ class LlamaCppEngine:
     def _load(self, shape: ContextShape) -> LlamaModel:
         path = self.config.model_path
         repack = resolve_repack(self.config.repack, path, self.config.state_dir)
-        return LlamaModel(path, shape, repack=repack)
+        model = LlamaModel(path, shape, repack=repack)
+        log.info("llama.cpp CPU backend: %s", load_cpu_backend().describe())
+        return model
 
     async def close(self) -> None:
         thread = self._thread

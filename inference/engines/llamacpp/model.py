@@ -20,6 +20,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from inference.engines.llamacpp.backends import load_cpu_backend
 from inference.errors import EngineUnavailable, InvalidRequest
 from inference.types import ChatMessage, SamplingParams
 
@@ -47,10 +48,12 @@ class LlamaModel:
 
     def __init__(self, path: Path, shape: ContextShape, *, repack: bool = True) -> None:
         global _backend_ready
+        llama_cpp.llama_log_set(_silent_log, ctypes.c_void_p(0))
         if not _backend_ready:
+            # portable builds: the CPU variant for this machine (a native build: no-op)
+            load_cpu_backend()
             llama_cpp.llama_backend_init()
             _backend_ready = True
-        llama_cpp.llama_log_set(_silent_log, ctypes.c_void_p(0))
         self.path = path
         self.shape = shape
         self._model = self._load_model(path, repack)
