@@ -80,11 +80,25 @@ MESSAGE_COLUMNS = (
     "id, conversation_id, user_id, role, content, created_at, token_count, metadata::text"
 )
 
+# Also names an untitled conversation after its first user message ($3; NULL for others).
 _LOCK_CONVERSATION = """
-UPDATE conversations SET updated_at = now()
+UPDATE conversations SET updated_at = now(), title = COALESCE(title, $3)
 WHERE id = $1 AND user_id = $2
 RETURNING id
 """
+
+TITLE_CHARS = 60
+
+
+def title_from(message: str) -> str:
+    """A conversation's automatic title: the first line of its first message, whitespace
+    collapsed, cut at a word boundary near `TITLE_CHARS` with an ellipsis."""
+    line = " ".join(message.strip().split("\n", 1)[0].split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    cut = line[:TITLE_CHARS].rsplit(" ", 1)[0] if " " in line[:TITLE_CHARS] else ""
+    return (cut or line[:TITLE_CHARS]).rstrip(" ,.;:-") + "…"
+
 
 # A statement of its own, after the lock: under READ COMMITTED it takes a new
 # snapshot, so it sees the message committed by the previous lock holder. The
@@ -160,6 +174,32 @@ class ConversationStore:
         check_owner(conversation_id, conversation.user_id, user_id)
         return conversation
 
+    async def rename(
+        self, conversation_id: uuid.UUID, user_id: uuid.UUID, title: str
+    ) -> Conversation:
+        """Set the conversation's title; the same errors as `get`, and nothing changes then."""
+        row = await self._pool.fetchrow(
+            "UPDATE conversations SET title = $3 WHERE id = $1 AND user_id = $2"
+            " RETURNING id, user_id, persona, title, created_at, updated_at",
+            conversation_id,
+            user_id,
+            title,
+        )
+        if row is None:
+            return await self.get(conversation_id, user_id)  # raises: missing or another's
+        return Conversation(**dict(row))
+
+    async def delete(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Delete the conversation with its messages and summary. Memories drawn from it
+        stay (unlinked): they are the user's, listed and forgotten one by one."""
+        deleted = await self._pool.fetchval(
+            "DELETE FROM conversations WHERE id = $1 AND user_id = $2 RETURNING id",
+            conversation_id,
+            user_id,
+        )
+        if deleted is None:
+            await self.get(conversation_id, user_id)  # raises: missing or another user's
+
 
 class MessageStore:
     """Append-only message log over the asyncpg pool."""
@@ -202,7 +242,8 @@ class MessageStore:
         """
         encoded = msgspec.json.encode(metadata or {}).decode()
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(_LOCK_CONVERSATION, conversation_id, user_id) is None:
+            title = title_from(content) if role == "user" and content.strip() else None
+            if await conn.fetchval(_LOCK_CONVERSATION, conversation_id, user_id, title) is None:
                 await self._raise_missing_or_foreign(conn, conversation_id, user_id)
             row = await conn.fetchrow(
                 _INSERT, conversation_id, user_id, role, content, token_count, encoded

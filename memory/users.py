@@ -30,7 +30,13 @@ from redis.exceptions import RedisError
 from memory.errors import MemoryTierError
 from memory.jobs import erase_jobs
 from memory.longterm import LongTermMemory, Memory
-from memory.messages import MESSAGE_COLUMNS, Conversation, StoredMessage, message_from_row
+from memory.messages import (
+    MESSAGE_COLUMNS,
+    Conversation,
+    ConversationStore,
+    StoredMessage,
+    message_from_row,
+)
 from memory.profile import Goal, ProfileStore, StoredObservation, TraitEstimate
 from memory.session import SessionState, SessionStore
 from memory.summaries import StoredSummary, SummaryStore
@@ -111,14 +117,9 @@ class UserData:
     async def erase(self, user_id: uuid.UUID) -> ErasureReport:
         """Remove every trace of ``user_id``; raise `ErasureFailed` if a store is unreachable."""
         conversations = await self._conversations(user_id)
-        names = [str(user_id), *(str(c.id) for c in conversations)]
-        try:
-            removed_keys = await erase_jobs(self._redis, names)
-            wanted = [name.encode() for name in names]  # one walk of the keyspace for all
-            keys = [key async for key in self._redis.scan_iter() if any(w in key for w in wanted)]
-            removed_keys += int(await self._redis.delete(*keys)) if keys else 0
-        except RedisError as exc:
-            raise ErasureFailed(f"Redis is unreachable; nothing was erased: {exc}") from exc
+        removed_keys = await drop_redis_state(
+            self._redis, [str(user_id), *(str(c.id) for c in conversations)]
+        )
         async with self._pool.acquire() as conn, conn.transaction():
             messages = await conn.fetchval(
                 "SELECT count(*) FROM messages WHERE user_id = $1", user_id
@@ -131,6 +132,15 @@ class UserData:
         return ErasureReport(
             len(conversations), int(messages), int(memories), removed_keys, int(goals)
         )
+
+    async def delete_conversation(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """One conversation: its Redis state (session, buffer, pending memory jobs), then its
+        rows (`ConversationStore.delete`). Raises like `ConversationStore.get` when it is
+        missing or another user's, before anything is removed."""
+        store = ConversationStore(self._pool)
+        await store.get(conversation_id, user_id)
+        await drop_redis_state(self._redis, [str(conversation_id)])
+        await store.delete(conversation_id, user_id)
 
     async def _conversations(self, user_id: uuid.UUID) -> list[Conversation]:
         rows = await self._pool.fetch(
@@ -163,3 +173,16 @@ class UserData:
             user_id,
         )
         return [dict(row) for row in rows]
+
+
+async def drop_redis_state(redis: Redis, names: list[str]) -> int:
+    """Delete the queued memory jobs and every key that names one of ``names`` (user or
+    conversation ids), in one walk of the keyspace; how many went. Raises `ErasureFailed`
+    when Redis is unreachable, before the database is touched."""
+    try:
+        removed = await erase_jobs(redis, names)
+        wanted = [name.encode() for name in names]
+        keys = [key async for key in redis.scan_iter() if any(w in key for w in wanted)]
+        return removed + (int(await redis.delete(*keys)) if keys else 0)
+    except RedisError as exc:
+        raise ErasureFailed(f"Redis is unreachable; nothing was erased: {exc}") from exc

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
@@ -32,6 +32,7 @@ from memory.messages import (
     MessageStore,
     StoredMessage,
 )
+from memory.users import UserData
 from server import idempotency
 from server.auth import resolve_user
 from server.chat import (
@@ -49,6 +50,7 @@ from server.chat import (
 from server.concurrency import GenerationGuard
 from server.errors import BACKING_SERVICE_ERRORS
 from server.idempotency import TurnEvents, TurnReply
+from server.memories_api import long_term_memory
 from server.personas import PersonaCard, cards
 from server.routing import InvalidDateOfBirth, apply_verification
 from server.routing import verify_age as check_age
@@ -60,6 +62,10 @@ log = logging.getLogger(__name__)
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
     persona: str = "companion"
     title: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class ConversationChange(msgspec.Struct, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(max_length=200)]
 
 
 class DateOfBirth(msgspec.Struct, forbid_unknown_fields=True):
@@ -142,6 +148,37 @@ class ConversationsController(Controller):
     ) -> list[ConversationBody]:
         store = ConversationStore(state.resources.pool)
         return [_body(c) for c in await store.list_for(uuid.UUID(user.user_id))]
+
+    @patch("/conversations/{conversation_id:uuid}")
+    async def rename(
+        self,
+        conversation_id: FromPath[uuid.UUID],
+        data: JSONBody[ConversationChange],
+        state: State,
+        user: NamedDependency[Caller],
+    ) -> ConversationBody:
+        """A new title (untitled conversations are named after their first message)."""
+        title = " ".join(data.title.split())
+        if not title:
+            raise ValidationException("title must not be blank")
+        store = ConversationStore(state.resources.pool)
+        try:
+            return _body(await store.rename(conversation_id, uuid.UUID(user.user_id), title))
+        except (ConversationNotFoundError, ConversationOwnerError) as exc:
+            raise NotFoundException("conversation not found") from exc
+
+    @delete("/conversations/{conversation_id:uuid}", status_code=204)
+    async def delete_conversation(
+        self, conversation_id: FromPath[uuid.UUID], state: State, user: NamedDependency[Caller]
+    ) -> None:
+        """The conversation, its messages, summary and session state. What was remembered
+        from it stays in the user's memories, each of which can be forgotten."""
+        resources = state.resources
+        data = UserData(resources.pool, resources.redis, long_term_memory(state))
+        try:
+            await data.delete_conversation(conversation_id, uuid.UUID(user.user_id))
+        except (ConversationNotFoundError, ConversationOwnerError) as exc:
+            raise NotFoundException("conversation not found") from exc
 
     @get("/conversations/{conversation_id:uuid}/messages")
     async def messages(

@@ -1,19 +1,22 @@
-"""What the companion remembers about the signed-in user: list, search, forget."""
+"""What the companion remembers about the signed-in user: list, search, forget, and
+remember one in their own words (the web UI's Undo after Forget saves it again this way)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
-from litestar import Controller, delete, get
+from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import JSONBody, Parameter
 
+from inference.errors import EngineUnavailable
 from memory.accounts import Caller
 from memory.db import BIGINT_MAX
 from memory.longterm import LongTermMemory, Memory
@@ -37,6 +40,16 @@ def long_term_memory(state: State) -> LongTermMemory:
     return LongTermMemory(resources.pool, resources.embedder or _NoEmbedder())
 
 
+class NewMemory(msgspec.Struct, forbid_unknown_fields=True):
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    kind: Literal["semantic", "episodic"] = "semantic"
+    importance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+
+
+class Remembered(msgspec.Struct):
+    id: int
+
+
 class MemoriesController(Controller):
     path = "/api/v1/memories"
     tags = ["memories"]
@@ -57,6 +70,21 @@ class MemoriesController(Controller):
         if text and text.strip():
             return list(await memories.search(user_id, text, limit))
         return list(await memories.list(user_id, limit=limit))
+
+    @post("/", status_code=201)
+    async def remember(
+        self, data: JSONBody[NewMemory], state: State, user: NamedDependency[Caller]
+    ) -> Remembered:
+        """Store a memory the user wrote (no source messages, no conversation)."""
+        if state.resources.embedder is None:
+            raise EngineUnavailable("remembering needs the embedding model (COMPANION_EMBEDDER)")
+        content = " ".join(data.content.split())
+        if not content:
+            raise ValidationException("content must not be blank")
+        memory_id = await long_term_memory(state).add(
+            uuid.UUID(user.user_id), data.kind, content, data.importance, []
+        )
+        return Remembered(memory_id)
 
     @delete("/{memory_id:int}")
     async def forget(

@@ -142,7 +142,7 @@ async def open_engine(config: ChatEngineConfig, redis: Redis, cache_ttl_s: int) 
         raise EngineUnavailable(f"no engine for {config.model_id}")
     await engine.start()
     task = asyncio.create_task(_publish_stats(engine, metrics), name="engine-metrics")
-    served: Engine = ResponseCache(engine, redis, cache_ttl_s) if cache_ttl_s > 0 else engine
+    served: Engine = ResponseCache(engine, redis, cache_ttl_s)  # TTL 0: counts, caches nothing
 
     async def close() -> None:
         task.cancel()

@@ -16,7 +16,9 @@ parameter, the JSON schema or grammar), so:
 - Redis trouble never fails a request: the cache is skipped (and counted).
 
 Wrapping the `Engine` protocol puts the cache in one place for the OpenAI
-API, the chat turn and the background jobs.
+API, the chat turn and the background jobs. Being the one place every request
+passes, it also counts the background requests (memory jobs) in flight, so the
+web UI's status can say how much of the engine's load is not the user's turn.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from inference.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    Priority,
     PromptSize,
     StreamEvent,
     TextDelta,
@@ -90,6 +93,7 @@ class ResponseCache:
         self.engine = engine
         self._redis = redis
         self._ttl_s = ttl_s
+        self.background = 0  # background requests (memory jobs) in flight, waiting or running
 
     @property
     def model_id(self) -> str:
@@ -117,7 +121,16 @@ class ResponseCache:
         await self.engine.health()
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
-        if not is_deterministic(request):
+        background = request.priority == Priority.BACKGROUND
+        self.background += background
+        try:
+            async for event in self._generate(request):
+                yield event
+        finally:
+            self.background -= background
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        if self._ttl_s <= 0 or not is_deterministic(request):  # TTL 0: caching is off
             async for event in self.engine.generate(request):
                 yield event
             return

@@ -17,11 +17,12 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
+from inference.engine import Engine
 from inference.engine_choice import Choice
-from inference.stats import EngineStats
 from memory.accounts import Caller
 from server.auth import resolve_user
 from server.openai_api.service import EMBEDDING_MODEL_ID
+from server.response_cache import ResponseCache
 
 
 class ServedModel(msgspec.Struct):
@@ -35,6 +36,7 @@ class EngineLoad(msgspec.Struct):
     waiting: int
     kv_usage: float
     prefix_hit_rate: float | None
+    background: int  # of running + waiting: memory jobs of this process, not anyone's turn
 
 
 class EngineFigures(msgspec.Struct):
@@ -59,10 +61,15 @@ class ModelsStatus(msgspec.Struct):
     engine_choice: EngineChoice | None  # None: COMPANION_CHAT_ENGINE names the engine
 
 
-def _load(stats: EngineStats) -> EngineLoad:
+def _load(engine: Engine) -> EngineLoad:
+    stats = engine.stats()
     queried = stats.prefix_queried_tokens
     hit_rate = round(stats.prefix_hit_tokens / queried, 4) if queried else None
-    return EngineLoad(stats.running, stats.waiting, round(stats.kv_usage, 4), hit_rate)
+    background = engine.background if isinstance(engine, ResponseCache) else 0
+    in_flight = stats.running + stats.waiting
+    return EngineLoad(
+        stats.running, stats.waiting, round(stats.kv_usage, 4), hit_rate, min(background, in_flight)
+    )
 
 
 def _choice(choice: Choice | None) -> EngineChoice | None:
@@ -95,5 +102,5 @@ class StatusController(Controller):
             models.append(ServedModel(engine.model_id, "chat", served_by))
         if embedder is not None:
             models.append(ServedModel(EMBEDDING_MODEL_ID, "embedding"))
-        load = _load(engine.stats()) if engine else None
+        load = _load(engine) if engine else None
         return ModelsStatus(models, load, _choice(resources.engine_choice))

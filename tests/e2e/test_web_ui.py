@@ -163,7 +163,7 @@ def send(page: Page, text: str) -> None:
 
 
 def last_reply_length(page: Page) -> int:
-    return len(page.locator(".message.assistant .text").last.inner_text())
+    return len(page.locator(".message.assistant .text").last.text_content() or "")
 
 
 def wait_reply_longer_than(page: Page, length: int) -> None:
@@ -224,9 +224,10 @@ def test_sign_up_send_and_watch_the_reply_stream(
     wait_reply_longer_than(page, 0)
     expect(page.get_by_role("button", name="Stop")).to_be_enabled()
     expect(page.locator(".message.assistant.done")).to_have_count(1, timeout=WAIT_MS)
-    # the reply grew in many steps as tokens arrived, not in one piece at the end
+    # the reply grew in many steps as tokens arrived, not in one piece at the end (not
+    # strictly: a Markdown marker closing turns "**" into bold and shortens the text)
     lengths = [n for n in page.evaluate("window.replyLengths") if n > 0]
-    assert len(set(lengths)) >= 10 and lengths == sorted(lengths)
+    assert len(set(lengths)) >= 10 and lengths[0] < lengths[-1] / 2
     assert lengths[-1] == last_reply_length(page)
 
     expect(user.locator(".about")).to_contain_text(re.compile(r"feeling: \w+ \(\d+%\)"))
@@ -281,7 +282,7 @@ def test_sign_up_send_and_watch_the_reply_stream(
         send(page, f"Message {n}: tell me about the mountains.")
         expect(page.locator(".message.assistant.done")).to_have_count(n + 1, timeout=WAIT_MS)
     assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight")
-    page.locator("#conversations button").last.click()  # the older one, listed last
+    page.locator("#conversations button.open").last.click()  # the older one, listed last
     expect(page.locator("#chat-title")).to_have_text(first_title)
     page.reload()
     expect(page.locator("#chat-title")).to_have_text(first_title)
@@ -328,7 +329,8 @@ def test_stop_ends_the_reply_and_keeps_the_message_then_verify_age(
         conversation = client.get("/conversations").json()[0]["id"]
         stored = client.get(f"/conversations/{conversation}/messages").json()
     assert [(m["role"], m["content"]) for m in stored] == [("user", "Talk dirty to me.")]
-    page.get_by_role("button", name=re.compile("^Mira")).click()
+    # named after its first message now; reopening it shows the message alone
+    page.get_by_role("button", name=re.compile("^Talk dirty to me")).click()
     expect(page.locator(".message")).to_have_count(1)
     expect(page.locator(".message.user .text")).to_have_text("Talk dirty to me.")
 
@@ -409,9 +411,25 @@ def test_memory_panel_search_forget_export_and_erase(
     expect(memories.locator("li")).to_have_count(2)
     keep(page, artifacts, "desktop-memories")
 
-    page.get_by_role("button", name="Forget: Has a dog called Biscuit").click()
+    # Forget asks first (a second click), then offers Undo for a few seconds (item 5)
+    forget = page.get_by_role("button", name="Forget: Has a dog called Biscuit")
+    forget.click()
+    expect(forget).to_have_text("Really forget?")
+    expect(memories.locator("li")).to_have_count(2)  # nothing forgotten yet
+    forget.click()
     expect(memories.locator("li")).to_have_count(1)
-    expect(page.locator("#notice")).to_have_text('Forgotten: "Has a dog called Biscuit"')
+    expect(page.locator("#notice-text")).to_have_text("Forgotten.")
+    page.get_by_role("button", name="Undo").click()
+    expect(memories.locator("li")).to_have_count(2)
+    expect(memories).to_contain_text("Has a dog called Biscuit")
+    expect(page.locator("#notice-text")).to_have_text("Remembered again.")
+    page.get_by_role("button", name="Dismiss the notice").click()
+    expect(page.locator("#notice")).to_be_hidden()
+    forget = page.get_by_role("button", name="Forget: Has a dog called Biscuit")
+    forget.click()
+    forget.click()
+    expect(memories.locator("li")).to_have_count(1)
+    expect(page.locator("#notice")).to_be_hidden(timeout=15_000)  # a notice goes by itself
     with api(web_server, token) as client:
         left = [m["content"] for m in client.get("/memories").json()]
     assert left == ["Likes strong black coffee"]
@@ -430,7 +448,7 @@ def test_memory_panel_search_forget_export_and_erase(
     expect(erase).to_be_disabled()
     dialog.get_by_label("Type your username to confirm").fill(username)
     erase.click()
-    expect(page.locator("#notice")).to_have_text(
+    expect(page.locator("#notice-text")).to_have_text(
         "Your account and everything stored about it were erased."
     )
     expect(page.get_by_role("button", name="Log in")).to_be_visible()
@@ -482,7 +500,7 @@ def test_errors_are_shown_in_words(desktop: Page, web_server: WebServer, artifac
     page = desktop
     username = sign_up(page, web_server)
     page.get_by_role("button", name="Log out").click()
-    expect(page.locator("#notice")).to_have_text("You are signed out.")
+    expect(page.locator("#notice-text")).to_have_text("You are signed out.")
 
     page.get_by_label("Username", exact=True).fill(username)
     page.get_by_label("Password", exact=True).fill("not the password")
@@ -497,7 +515,9 @@ def test_errors_are_shown_in_words(desktop: Page, web_server: WebServer, artifac
     # a forged token: the page says the session ended instead of showing nothing
     page.evaluate("sessionStorage.setItem('companion.token', 'forged')")
     page.reload()
-    expect(page.locator("#notice")).to_have_text("Your session has ended. Please sign in again.")
+    expect(page.locator("#notice-text")).to_have_text(
+        "Your session has ended. Please sign in again."
+    )
     expect(page.get_by_role("button", name="Log in")).to_be_visible()
 
 
@@ -507,3 +527,140 @@ def test_unknown_api_paths_stay_json(web_server: WebServer) -> None:
     missing = httpx.get(web_server.base_url + "/api/v1/nothing-here")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
+
+
+MARKDOWN_CASES = [
+    (
+        "**bold** and *it* and `x<y`",
+        "<p><strong>bold</strong> and <em>it</em> and <code>x&lt;y</code></p>",
+    ),
+    ("a\nb\n\nc", "<p>a<br>b</p><p>c</p>"),
+    (
+        "- one\n- **two**\n\n1. first\n2. second",
+        "<ul><li>one</li><li><strong>two</strong></li></ul><ol><li>first</li><li>second</li></ol>",
+    ),
+    ("```py\nprint('<b>')\n```", "<pre><code data-language=\"py\">print('&lt;b&gt;')</code></pre>"),
+    (
+        "# Title\n> quoted",
+        '<p class="md-heading"><strong>Title</strong></p><blockquote><p>quoted</p></blockquote>',
+    ),
+    (
+        "[site](https://example.org)",
+        '<p><a href="https://example.org" rel="noopener noreferrer nofollow"'
+        ' target="_blank">site</a></p>',
+    ),
+    # what must stay text: markup, script links, unclosed markers of a reply still streaming
+    (
+        "<img src=x onerror=alert(1)> <script>x</script>",
+        "<p>&lt;img src=x onerror=alert(1)&gt; &lt;script&gt;x&lt;/script&gt;</p>",
+    ),
+    ("[click](javascript:alert(1))", "<p>[click](javascript:alert(1))</p>"),
+    ("**not yet closed and 2*3*4", "<p>**not yet closed and 2*3*4</p>"),
+    ("```\nstill streaming", "<pre><code>still streaming</code></pre>"),
+]
+
+
+FIRST = "Hi! My name is Alice and I just adopted a cat called Miso."
+
+
+def test_markdown_copy_jump_theme_and_conversation_tools(
+    desktop: Page, web_server: WebServer, artifacts: Path
+) -> None:
+    """Issue 25's expected features: Markdown replies (safe), Copy, Jump to latest, the
+    theme switch, and conversations named after their first message, renamed, searched
+    and deleted."""
+    page = desktop
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    sign_up(page, web_server)
+    # the renderer, in this browser, on what models write and what must stay text
+    rendered = page.evaluate(
+        """async (cases) => {
+          const { renderMarkdown } = await import('/ui/js/markdown.js');
+          return cases.map(([source]) => {
+            const box = document.createElement('div');
+            renderMarkdown(box, source);
+            return box.innerHTML;
+          });
+        }""",
+        MARKDOWN_CASES,
+    )
+    assert rendered == [html for _, html in MARKDOWN_CASES]
+
+    # a harmless first message brings no age prompt (issue 25, item 1: these words were
+    # labelled fetish and opened the date-of-birth form)
+    send(page, f"{FIRST}\nI work as a nurse, do you remember my cat's name?")
+    expect(page.locator(".message.assistant.done")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator(".verify")).to_have_count(0)
+    expect(page.locator(".message.assistant .about")).to_contain_text("route: normal")
+    reply = page.locator(".message.assistant").last
+    expect(reply.locator("div.text > p").first).to_be_visible()  # rendered, not raw text
+    reply.get_by_role("button", name="Copy").click()
+    expect(reply.get_by_role("button", name="Copied")).to_be_visible()
+    with api(web_server, token_of(page)) as client:
+        conversation = client.get("/conversations").json()[0]
+        stored = client.get(f"/conversations/{conversation['id']}/messages").json()
+    assert page.evaluate("navigator.clipboard.readText()") == stored[-1]["content"]
+    # untitled: named after its first line
+    assert conversation["title"] == FIRST
+
+    # scrolled up, the list stops following and offers the way back
+    jump = page.get_by_role("button", name="Jump to latest")
+    expect(jump).to_be_hidden()
+    page.locator("#messages").evaluate("list => { list.scrollTop = 0; }")
+    expect(jump).to_be_visible()
+    jump.click()
+    expect(jump).to_be_hidden()
+    assert page.locator("#messages").evaluate(
+        "l => l.scrollHeight - l.scrollTop - l.clientHeight < 40"
+    )
+
+    # the theme: chosen here, kept across a reload, back to the system's
+    theme = page.get_by_label("Theme")
+    theme.select_option("dark")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    background = "getComputedStyle(document.body).backgroundColor"
+    assert page.evaluate(background) == "rgb(22, 24, 27)"
+    keep(page, artifacts, "desktop-dark")
+    page.reload()
+    expect(page.locator(".message.done")).to_have_count(2)
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    page.get_by_label("Theme").select_option("light")
+    assert page.evaluate(background) == "rgb(246, 245, 242)"
+    page.get_by_label("Theme").select_option("system")
+    assert page.evaluate("document.documentElement.dataset.theme") is None
+
+    # a reload named the open conversation after its first message
+    conversations = page.locator("#conversations li")
+    expect(conversations.first).to_contain_text(FIRST)
+    expect(page.locator("#chat-title")).to_contain_text(FIRST)
+    page.get_by_role("button", name=f"Rename {FIRST}").click()
+    title = page.get_by_label("New title")
+    title.fill("Lisbon in May")
+    title.press("Enter")
+    expect(conversations.first).to_contain_text("Lisbon in May")
+    expect(page.locator("#chat-title")).to_contain_text("Lisbon in May")
+    new_conversation(page)
+    send(page, "Recipes for a rainy day")
+    expect(page.locator(".message.assistant.done")).to_have_count(1, timeout=WAIT_MS)
+    page.reload()
+    expect(conversations).to_have_count(2)
+    search = page.get_by_role("searchbox", name="Search conversations")
+    search.fill("lisbon")
+    expect(conversations).to_have_count(1)
+    expect(conversations.first).to_contain_text("Lisbon in May")
+    search.fill("nothing like this")
+    expect(page.locator("#no-conversations")).to_have_text("No conversation matches.")
+    search.fill("")
+    expect(conversations).to_have_count(2)
+    conversations.filter(has_text="Lisbon in May").hover()  # its tools show on hover
+    delete = page.get_by_role("button", name="Delete Lisbon in May")
+    delete.click()
+    expect(delete).to_have_text("Delete for good?")
+    expect(conversations).to_have_count(2)
+    delete.click()
+    expect(conversations).to_have_count(1)
+    expect(page.locator("#notice-text")).to_have_text('Deleted "Lisbon in May".')
+    with api(web_server, token_of(page)) as client:
+        assert [c["title"] for c in client.get("/conversations").json()] == [
+            "Recipes for a rainy day"
+        ]

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
 
 from memory.messages import MessageStore
 from server.app import create_app
@@ -117,3 +118,60 @@ async def test_undecodable_bodies_get_the_services_own_words(
         assert refused.status_code == 400, body
         assert refused.json()["error"]["message"] == message, body
     assert (await client.get(url, headers=headers)).json() == []
+
+
+async def test_untitled_conversations_are_named_after_their_first_message(
+    client: AsyncTestClient[Litestar], pool: asyncpg.Pool
+) -> None:
+    headers, user_id = await user(client)
+    created = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    assert created["title"] is None
+    store = MessageStore(pool)
+    first = "  Planning   a trip to Lisbon in May with my sister, who has never flown before\nok"
+    for content in (first, "And a second message that is not the title"):
+        await store.append(uuid.UUID(created["id"]), uuid.UUID(user_id), "user", content)
+    listed = (await client.get("/api/v1/conversations", headers=headers)).json()
+    # the first line, whitespace collapsed, cut at a word near 60 characters
+    assert listed[0]["title"] == "Planning a trip to Lisbon in May with my sister, who has…"
+    named = (
+        await client.post("/api/v1/conversations", json={"title": "Mine"}, headers=headers)
+    ).json()
+    await store.append(uuid.UUID(named["id"]), uuid.UUID(user_id), "user", "hello")
+    titles = {
+        c["id"]: c["title"]
+        for c in (await client.get("/api/v1/conversations", headers=headers)).json()
+    }
+    assert titles[named["id"]] == "Mine"  # a title given is kept
+
+
+async def test_rename_and_delete_only_ones_own_conversations(
+    client: AsyncTestClient[Litestar], pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    headers, user_id = await user(client)
+    other, _ = await user(client)
+    created = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{created['id']}"
+    await MessageStore(pool).append(uuid.UUID(created["id"]), uuid.UUID(user_id), "user", "hi")
+    await shared_redis.set(f"companion:test:{created['id']}", "session state of it")
+
+    renamed = await client.patch(url, json={"title": "  Cats \n and  dogs "}, headers=headers)
+    assert renamed.status_code == 200 and renamed.json()["title"] == "Cats and dogs"
+    for bad in ({"title": "   "}, {"title": "x" * 201}, {"name": "x"}, {}):
+        assert (await client.patch(url, json=bad, headers=headers)).status_code == 400, bad
+    # another user's conversation does not exist for them: 404, and nothing changes
+    assert (await client.patch(url, json={"title": "Mine now"}, headers=other)).status_code == 404
+    assert (await client.delete(url, headers=other)).status_code == 404
+    listed = (await client.get("/api/v1/conversations", headers=headers)).json()
+    assert [c["title"] for c in listed] == ["Cats and dogs"]
+
+    assert (await client.delete(url, headers=headers)).status_code == 204
+    assert (await client.get("/api/v1/conversations", headers=headers)).json() == []
+    assert (await client.get(f"{url}/messages", headers=headers)).status_code == 404
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE conversation_id = $1", uuid.UUID(created["id"])
+        )
+        == 0
+    )
+    assert await shared_redis.exists(f"companion:test:{created['id']}") == 0
+    assert (await client.delete(url, headers=headers)).status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -89,3 +90,37 @@ async def test_age_verification_and_the_permanent_minor_flag(
     assert future.status_code == 400
     strangers = await client.post(url, json={"date_of_birth": years_ago(30)}, headers=adult)
     assert strangers.status_code == 404
+
+
+async def test_a_memory_written_by_the_user_is_stored_embedded_and_theirs(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """What the web UI's Undo after Forget sends: the memory saved again, searchable by
+    meaning (so embedded), for this user only; bad input changes nothing."""
+    with_embedder = dataclasses.replace(settings, embedder="minilm")
+    async with AsyncTestClient(create_app(with_embedder), timeout=120) as client:
+        headers, user_id = await signed_in(client)
+        other, _ = await signed_in(client)
+        for bad in (
+            {"content": "   "},
+            {"content": ""},
+            {"content": "x" * 1001},
+            {"content": "ok", "kind": "secret"},
+            {"content": "ok", "importance": 2},
+            {"content": "ok", "user_id": str(uuid.uuid4())},
+        ):
+            refused = await client.post("/api/v1/memories", json=bad, headers=headers)
+            assert refused.status_code == 400, bad
+        body = {"content": "Has a  cat called Miso", "kind": "semantic", "importance": 0.8}
+        created = await client.post("/api/v1/memories", json=body, headers=headers)
+        assert created.status_code == 201
+        listed = (await client.get("/api/v1/memories", headers=headers)).json()
+        assert [(m["id"], m["content"]) for m in listed] == [
+            (created.json()["id"], "Has a cat called Miso")
+        ]
+        assert listed[0]["importance"] == pytest.approx(0.8)
+        assert (await client.get("/api/v1/memories", headers=other)).json() == []
+    owner, embedded = await pool.fetchrow(
+        "SELECT user_id, embedding IS NOT NULL FROM memories WHERE id = $1", created.json()["id"]
+    )
+    assert owner == user_id and embedded

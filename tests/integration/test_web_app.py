@@ -5,10 +5,13 @@ Also ``/api/v1/models``, the status endpoint the page reads with an access token
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
+import threading
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 import httpx
@@ -18,6 +21,7 @@ from litestar.testing import AsyncTestClient
 
 from inference.config import ChatEngineConfig
 from inference.engine_choice import choose
+from inference.types import ChatMessage, GenerationRequest, Priority, SamplingParams, TextDelta
 from server.app import create_app
 from server.settings import Settings
 from server.web_ui import WEB_DIR
@@ -133,3 +137,44 @@ async def test_models_status_names_the_engine_auto_chose_and_why(
     choice = status["engine_choice"]
     assert choice["engine"] == "llamacpp" and choice["reason"] == "the only engine installed"
     assert choice["figures"] == {} and choice["failed"] == {}
+
+
+async def test_models_status_tells_background_jobs_apart(
+    chat_client: AsyncTestClient[Litestar],
+) -> None:
+    """A memory job on the chat engine shows as background load, not as someone's turn."""
+    credentials = {"username": f"u{uuid.uuid4().hex[:10]}", "password": "long enough"}
+    assert (await chat_client.post("/api/v1/auth/register", json=credentials)).status_code == 201
+    login = await chat_client.post("/api/v1/auth/login", json=credentials)
+    auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    engine = chat_client.app.state.resources.engine
+    job = GenerationRequest(
+        request_id=f"job-{uuid.uuid4().hex}",
+        user_id=str(uuid.uuid4()),
+        messages=[ChatMessage("user", "Summarise our conversation so far.")],
+        sampling=SamplingParams(max_tokens=1000, ignore_eos=True),
+        priority=Priority.BACKGROUND,
+    )
+    generating, done = threading.Event(), threading.Event()
+
+    async def run_job() -> None:  # on the app's event loop, where its engine lives
+        async with aclosing(engine.generate(job)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    generating.set()
+                    while not done.is_set():
+                        await asyncio.sleep(0.05)
+                    return
+
+    finished = chat_client.blocking_portal.start_task_soon(run_job)
+    try:
+        assert await asyncio.to_thread(generating.wait, 120), "the job never generated"
+        status = await chat_client.get("/api/v1/models", headers=auth)
+        load = status.json()["engine"]
+        assert load["background"] == 1, load
+        assert load["running"] + load["waiting"] >= 1
+    finally:
+        done.set()
+        await asyncio.wrap_future(finished)
+    load = (await chat_client.get("/api/v1/models", headers=auth)).json()["engine"]
+    assert load["background"] == 0

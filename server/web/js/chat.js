@@ -1,15 +1,21 @@
-// Conversations and the chat view: the list, a new conversation with a persona, the history,
-// and a turn streamed token by token with Stop (aborts the request, which stops generation on
-// the server) and Retry (asks for a reply to the last message again, without sending it twice).
+// Conversations and the chat view: the list (searched by title, renamed, deleted after a
+// confirming second click), a new conversation with a persona, the history, and a turn
+// streamed token by token with Stop (aborts the request, which stops generation on the
+// server) and Retry (asks for a reply to the last message again, without sending it twice).
+// The view follows a streaming reply only while it is scrolled to the end; scrolled up, a
+// "Jump to latest" button brings it back.
 
 import { byId, el, percent, when } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
 
 const PAGE = 50;
 
 export class ChatView {
-  constructor(api, { showError, onReply, onOpened }) {
+  constructor(api, { showError, notify, onReply, onOpened }) {
     this.api = api;
     this.showError = showError;
+    this.notify = notify;
+    this.conversations = [];
     this.onReply = onReply;
     this.onOpened = onOpened;
     this.personas = new Map();
@@ -41,6 +47,12 @@ export class ChatView {
     byId("stop").addEventListener("click", () => this.controller?.abort());
     byId("retry").addEventListener("click", () => this.retry());
     byId("load-earlier").addEventListener("click", () => this.loadEarlier());
+    byId("conversation-filter").addEventListener("input", () => this.renderConversations());
+    byId("messages").addEventListener("scroll", () => {
+      following = atEnd();
+      byId("jump-latest").hidden = following;
+    });
+    byId("jump-latest").addEventListener("click", () => scrollToEnd(true));
   }
 
   async start() {
@@ -82,24 +94,130 @@ export class ChatView {
     }
   }
 
-  renderConversations(conversations) {
-    const items = conversations.map((c) => {
-      const label = c.title || this.personaName(c.persona);
+  renderConversations(conversations = this.conversations) {
+    this.conversations = conversations;
+    const query = byId("conversation-filter").value.trim().toLowerCase();
+    const label = (c) => c.title || this.personaName(c.persona);
+    const shown = conversations.filter((c) => !query || label(c).toLowerCase().includes(query));
+    const items = shown.map((c) => {
+      const current = c.id === this.conversation?.id;
       const button = el(
         "button",
         {
           type: "button",
+          class: "open",
           "data-conversation-id": c.id,
-          "aria-current": c.id === this.conversation?.id ? "true" : "false",
+          "aria-current": current ? "true" : "false",
           onclick: () => this.open(c),
         },
-        label,
-        el("small", { text: when(c.updated_at) }),
+        label(c),
+        el("small", { text: `${this.personaName(c.persona)} · ${when(c.updated_at)}` }),
       );
-      return el("li", {}, button);
+      const item = el("li", { class: current ? "current" : "" }, button);
+      item.append(this.conversationTools(c, item, label(c)));
+      return item;
     });
     byId("conversations").replaceChildren(...items);
-    byId("no-conversations").hidden = conversations.length > 0;
+    const empty = byId("no-conversations");
+    empty.textContent = query && conversations.length ? "No conversation matches." : "No conversations yet.";
+    empty.hidden = shown.length > 0;
+  }
+
+  /** Rename (in place) and Delete (a second click confirms) for one conversation. */
+  conversationTools(conversation, item, label) {
+    const rename = el("button", {
+      type: "button",
+      text: "Rename",
+      "aria-label": `Rename ${label}`,
+      onclick: () => this.startRename(conversation, item),
+    });
+    const remove = el("button", {
+      type: "button",
+      class: "danger",
+      text: "Delete",
+      "aria-label": `Delete ${label}`,
+    });
+    remove.addEventListener("click", () => {
+      if (remove.dataset.armed === "true") {
+        this.remove(conversation);
+        return;
+      }
+      remove.dataset.armed = "true";
+      remove.textContent = "Delete for good?";
+      setTimeout(() => {
+        remove.dataset.armed = "false";
+        remove.textContent = "Delete";
+      }, 5000);
+    });
+    return el("div", { class: "tools" }, rename, remove);
+  }
+
+  startRename(conversation, item) {
+    const input = el("input", {
+      type: "text",
+      maxlength: "200",
+      "aria-label": "New title",
+      value: conversation.title || this.personaName(conversation.persona),
+    });
+    const form = el(
+      "form",
+      { class: "rename" },
+      input,
+      el("button", { type: "submit", class: "primary", text: "Save" }),
+    );
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const title = input.value.trim();
+      if (!title) return;
+      try {
+        const path = `/api/v1/conversations/${conversation.id}`;
+        const renamed = await this.api.request("PATCH", path, { title });
+        if (this.conversation?.id === renamed.id) {
+          this.conversation = renamed;
+          this.showTitle();
+        }
+      } catch (error) {
+        this.showError(error);
+      }
+      await this.refreshConversations();
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") this.renderConversations();
+    });
+    item.replaceChildren(form);
+    input.focus();
+    input.select();
+  }
+
+  async remove(conversation) {
+    try {
+      await this.api.request("DELETE", `/api/v1/conversations/${conversation.id}`);
+    } catch (error) {
+      this.showError(error);
+      return;
+    }
+    const label = conversation.title || this.personaName(conversation.persona);
+    this.notify(`Deleted "${label}".`);
+    const rest = this.conversations.filter((c) => c.id !== conversation.id);
+    if (this.conversation?.id === conversation.id) {
+      this.controller?.abort();
+      this.conversation = null;
+      byId("messages").replaceChildren();
+      if (rest.length) await this.open(rest[0]);
+      else {
+        history.replaceState(null, "", location.pathname);
+        byId("chat-title").textContent = "Say hello to start a conversation";
+      }
+    }
+    await this.refreshConversations();
+  }
+
+  showTitle() {
+    const conversation = this.conversation;
+    const persona = this.personaName(conversation.persona);
+    byId("chat-title").textContent = conversation.title
+      ? `${conversation.title} · ${persona}`
+      : `${persona} · started ${when(conversation.created_at)}`;
   }
 
   /** Start a conversation and open it; a second call while one is being made shares it. */
@@ -127,11 +245,12 @@ export class ChatView {
     history.replaceState(null, "", `#${encodeURIComponent(conversation.id)}`);
     this.lastSent = null;
     byId("retry").hidden = true;
-    for (const button of byId("conversations").querySelectorAll("button")) {
-      button.setAttribute("aria-current", String(button.dataset.conversationId === conversation.id));
+    for (const button of byId("conversations").querySelectorAll("button.open")) {
+      const current = button.dataset.conversationId === conversation.id;
+      button.setAttribute("aria-current", String(current));
+      button.parentElement.classList.toggle("current", current);
     }
-    byId("chat-title").textContent =
-      `${this.personaName(conversation.persona)} · started ${when(conversation.created_at)}`;
+    this.showTitle();
     byId("messages").replaceChildren();
     this.setComposer({ enabled: true, streaming: false });
     this.onOpened();
@@ -156,7 +275,7 @@ export class ChatView {
       if (messages.length) this.oldestId = messages[0].id;
       byId("load-earlier").hidden = messages.length < PAGE;
       if (!before) this.offerRetry(messages);
-      if (!before) scrollToEnd();
+      if (!before) scrollToEnd(true);
     } catch (error) {
       this.showError(error);
     }
@@ -213,7 +332,7 @@ export class ChatView {
     const reply = bubble("assistant", "");
     reply.node.setAttribute("aria-busy", "true");
     byId("messages").append(reply.node);
-    scrollToEnd();
+    scrollToEnd(true);
     this.controller = new AbortController();
     this.setComposer({ enabled: true, streaming: true });
     const outcome = await this.stream(open(this.controller.signal), user, reply);
@@ -233,7 +352,7 @@ export class ChatView {
         if (type === "meta") this.showMeta(data, user, reply);
         else if (type === "token") {
           firstToken ??= (performance.now() - started) / 1000;
-          reply.text.append(data.text);
+          reply.grow(data.text);
           scrollToEnd();
         } else if (type === "done") {
           reply.node.dataset.messageId = String(data.assistant_message_id);
@@ -323,6 +442,8 @@ export class ChatView {
     this.lastSent = null;
     byId("messages").replaceChildren();
     byId("conversations").replaceChildren();
+    byId("conversation-filter").value = "";
+    this.conversations = [];
     byId("chat-title").textContent = "Start a conversation";
     byId("retry").hidden = true;
     byId("load-earlier").hidden = true;
@@ -343,14 +464,53 @@ function countCharacters() {
   composerStatus(left <= 500 ? `${left} of ${input.maxLength} characters left.` : "");
 }
 
-/** A message in the list: its text node grows as tokens arrive. */
+/** A message in the list. The user's text is shown as typed; a reply is Markdown
+ * (markdown.js), rendered again as its tokens arrive (at most once a frame). */
 function bubble(role, content) {
-  const text = el("p", { class: "text", text: content });
+  const reply = role === "assistant";
+  const text = el(reply ? "div" : "p", { class: "text" });
   const about = el("p", { class: "about", hidden: true });
   const state = el("p", { class: "state", hidden: true });
-  const who = el("span", { class: "visually-hidden", text: role === "user" ? "You: " : "Reply: " });
+  const who = el("span", { class: "visually-hidden", text: reply ? "Reply: " : "You: " });
   const node = el("li", { class: `message ${role}`, "data-role": role }, who, text, about, state);
-  return { node, text, about, state };
+  const parts = { node, text, about, state, source: content, grow: null };
+  if (!reply) {
+    text.textContent = content;
+    return parts;
+  }
+  let pending = false;
+  const render = () => {
+    pending = false;
+    renderMarkdown(text, parts.source);
+    if (node.isConnected) scrollToEnd();
+  };
+  parts.grow = (more) => {
+    parts.source += more;
+    if (!pending) {
+      pending = true;
+      requestAnimationFrame(render);
+    }
+  };
+  render();
+  node.append(el("div", { class: "actions" }, copyButton(() => parts.source)));
+  return parts;
+}
+
+/** Copies a reply's text (its Markdown source) and says so on the button for a moment. */
+function copyButton(source) {
+  const button = el("button", { type: "button", class: "copy", text: "Copy" });
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(source());
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => {
+      button.textContent = "Copy";
+    }, 2000);
+  });
+  return button;
 }
 
 /** The parts of a bubble already on the page. */
@@ -393,7 +553,23 @@ function routeLine(meta, personaName) {
   return parts.join(" · ");
 }
 
-function scrollToEnd() {
+// Whether the list follows new text: true until the user scrolls away from the end (a scroll
+// event), true again when they scroll back or jump. Growing content fires no scroll event.
+let following = true;
+
+/** Whether the message list shows its end (within a few pixels). */
+function atEnd() {
   const list = byId("messages");
-  list.scrollTop = list.scrollHeight;
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+}
+
+/** Scroll to the newest message: always when `force` (the user sent, opened or jumped),
+ * else only while following, so reading back is not interrupted. */
+function scrollToEnd(force = false) {
+  const list = byId("messages");
+  if (force || following) {
+    list.scrollTop = list.scrollHeight;
+    following = true;
+  }
+  byId("jump-latest").hidden = following;
 }

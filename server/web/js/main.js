@@ -21,15 +21,56 @@ function clearError() {
   byId("error-text").textContent = "";
 }
 
-function notify(text) {
-  const notice = byId("notice");
-  notice.textContent = text;
-  notice.hidden = false;
+const NOTICE_S = 8;
+let noticeTimer = null;
+
+/** A short notice under the top bar: it goes by itself after a few seconds or with its close
+ * button; `action` ({label, run}) adds a button, such as Undo, that also dismisses it. */
+function notify(text, action = null) {
+  clearTimeout(noticeTimer);
+  byId("notice-text").textContent = text;
+  const button = byId("notice-action");
+  button.hidden = !action;
+  button.textContent = action ? action.label : "";
+  button.onclick = action
+    ? () => {
+        dismissNotice();
+        action.run();
+      }
+    : null;
+  byId("notice").hidden = false;
+  noticeTimer = setTimeout(dismissNotice, NOTICE_S * 1000);
 }
+
+function dismissNotice() {
+  clearTimeout(noticeTimer);
+  byId("notice").hidden = true;
+}
+
+byId("notice-dismiss").addEventListener("click", dismissNotice);
+
+// --- theme: the system's, or the one chosen here (kept in this browser)
+
+const THEME_KEY = "companion.theme";
+
+function applyTheme(theme) {
+  if (theme === "light" || theme === "dark") document.documentElement.dataset.theme = theme;
+  else delete document.documentElement.dataset.theme;
+  byId("theme").value = theme === "light" || theme === "dark" ? theme : "system";
+}
+
+applyTheme(localStorage.getItem(THEME_KEY));
+byId("theme").addEventListener("change", (event) => {
+  const theme = event.target.value;
+  if (theme === "system") localStorage.removeItem(THEME_KEY);
+  else localStorage.setItem(THEME_KEY, theme);
+  applyTheme(theme);
+});
 
 const status = new StatusPanel(api, { showError });
 const chat = new ChatView(api, {
   showError,
+  notify,
   onReply: (done, ttft) => status.showReply(done, ttft),
   onOpened: () => {
     if (PHONE.matches) setDrawer("chats", false);
@@ -108,7 +149,7 @@ async function authenticate(register) {
   const name = byId("auth-username").value.trim();
   const password = byId("auth-password").value;
   clearError();
-  byId("notice").hidden = true;
+  dismissNotice();
   try {
     if (register) await api.register(name, password);
     await api.login(name, password);

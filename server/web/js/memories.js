@@ -1,9 +1,11 @@
-// The memory panel: what the companion remembers about the user (list, search, forget one),
-// export of everything stored, and erasing the account after a typed confirmation.
+// The memory panel: what the companion remembers about the user (list, search, forget one,
+// after a second click that confirms, with Undo for a few seconds), export of everything
+// stored, and erasing the account after a typed confirmation.
 
 import { byId, el, when } from "./dom.js";
 
 const LIMIT = 50;
+const CONFIRM_S = 5;
 
 export class MemoryPanel {
   constructor(api, { showError, notify, onErased, username }) {
@@ -49,7 +51,7 @@ export class MemoryPanel {
       class: "danger",
       text: "Forget",
       "aria-label": `Forget: ${memory.content}`,
-      onclick: () => this.forget(memory, item),
+      onclick: () => this.confirmForget(forget, memory, item),
     });
     const about = `${memory.kind} · importance ${memory.importance.toFixed(1)} · ${when(memory.created_at)}`;
     const item = el(
@@ -61,12 +63,38 @@ export class MemoryPanel {
     return item;
   }
 
+  /** The first click asks; a second one within a few seconds forgets. */
+  confirmForget(button, memory, item) {
+    if (button.dataset.armed !== "true") {
+      button.dataset.armed = "true";
+      button.textContent = "Really forget?";
+      setTimeout(() => {
+        button.dataset.armed = "false";
+        button.textContent = "Forget";
+      }, CONFIRM_S * 1000);
+      return;
+    }
+    this.forget(memory, item);
+  }
+
   async forget(memory, item) {
     try {
       await this.api.request("DELETE", `/api/v1/memories/${memory.id}`);
       item.remove();
       byId("no-memories").hidden = byId("memory-list").children.length > 0;
-      this.notify(`Forgotten: "${memory.content}"`);
+      this.notify("Forgotten.", { label: "Undo", run: () => this.restore(memory) });
+    } catch (error) {
+      this.showError(error);
+    }
+  }
+
+  /** Undo: the memory is saved again (a new id; its links to source messages are gone). */
+  async restore(memory) {
+    try {
+      const { content, kind, importance } = memory;
+      await this.api.request("POST", "/api/v1/memories", { content, kind, importance });
+      this.notify("Remembered again.");
+      await this.refresh();
     } catch (error) {
       this.showError(error);
     }

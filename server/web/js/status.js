@@ -61,8 +61,11 @@ function generationSeconds(timings) {
 }
 
 function describeLoad(engine) {
+  const jobs = engine.background
+    ? ` (${engine.background} of them background memory ${engine.background === 1 ? "job" : "jobs"})`
+    : "";
   const parts = [
-    `${engine.running} running, ${engine.waiting} waiting`,
+    `${engine.running} running, ${engine.waiting} waiting${jobs}`,
     `KV cache ${percent(engine.kv_usage)} in use`,
   ];
   if (engine.prefix_hit_rate !== null) parts.push(`prefix cache hits ${percent(engine.prefix_hit_rate)}`);
