@@ -12,8 +12,10 @@ in one conversation, each once the previous reply is done, the way a person
 chats. For each it records, in the page: from pressing Enter to the first
 token shown (what the user waits for) and to the reply done, the chat
 engine's load as the message left (``GET /api/v1/models``: running, waiting,
-and how many of them were background memory jobs), and the stored reply's
-route and model.
+and how many of them were background memory jobs), the engine's own time to
+first token (the status panel's figure from the turn's ``done`` event; the rest
+of the wait is the turn's preparation: classifiers, retrieval, prompt), and
+the stored reply's route and model.
 
 The last message is long (``--long-chars``, default 8000, the message limit),
 as in the walk-through that found 35 s before its first token.
@@ -146,6 +148,8 @@ def run(base: str, messages: list[str]) -> list[dict[str, Any]]:
         for number, text in enumerate(messages, start=1):
             load = api.get("/models").json().get("engine") or {}
             seen = page.evaluate(_SEND, text)
+            # the status panel's line for the last reply: "<page> (engine <engine>)"
+            engine_ttft = page.locator("#stat-ttft").text_content() or ""
             conversation = api.get("/conversations").json()[0]["id"]
             stored = api.get(f"/conversations/{conversation}/messages", params={"limit": 1})
             metadata = stored.json()[-1].get("metadata", {})
@@ -157,6 +161,7 @@ def run(base: str, messages: list[str]) -> list[dict[str, Any]]:
                     if seen["first_token_ms"] is None
                     else round(seen["first_token_ms"] / 1000, 3),
                     "done_s": round(seen["done_ms"] / 1000, 3),
+                    "engine_ttft": engine_ttft.partition("(engine ")[2].rstrip(")") or None,
                     "ended": seen["ended"],
                     "running_at_send": load.get("running"),
                     "waiting_at_send": load.get("waiting"),
@@ -170,7 +175,10 @@ def run(base: str, messages: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-HEADER = f"{'turn':>4} {'chars':>6} {'first token':>12} {'done':>8} {'load at send':>22}"
+HEADER = (
+    f"{'turn':>4} {'chars':>6} {'first token':>12} {'engine ttft':>12} {'done':>8}"
+    f" {'load at send':>22}"
+)
 
 
 def print_row(row: dict[str, Any]) -> None:
@@ -180,8 +188,10 @@ def print_row(row: dict[str, Any]) -> None:
         f" {row['background_at_send']} bg"
     )
     done = f"{row['done_s']:.2f} s"
+    engine = row["engine_ttft"] or "-"
     print(
-        f"{row['turn']:>4} {row['message_chars']:>6} {first:>12} {done:>8} {load:>22}", flush=True
+        f"{row['turn']:>4} {row['message_chars']:>6} {first:>12} {engine:>12} {done:>8} {load:>22}",
+        flush=True,
     )
 
 

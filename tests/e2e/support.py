@@ -8,13 +8,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sse_events import sse_events
 
 COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
 READY_DEADLINE_S = 60  # the foundation issue's bar for a fresh start; a guard, not a timing test
@@ -116,3 +119,24 @@ def serving(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def signed_up(base_url: str) -> httpx.Client:
+    """A new user's client for the companion API (``/api/v1``, their access token)."""
+    api = httpx.Client(base_url=f"{base_url}/api/v1", timeout=120)
+    credentials = {"username": f"u{uuid.uuid4().hex[:10]}", "password": "a long enough secret"}
+    assert api.post("/auth/register", json=credentials).status_code == 201
+    token = api.post("/auth/login", json=credentials).json()["access_token"]
+    api.headers["Authorization"] = f"Bearer {token}"
+    return api
+
+
+def first_turn(api: httpx.Client, persona: str, text: str) -> list[tuple[str, Any]]:
+    """A new conversation with ``persona`` and its first turn, streamed: the SSE events."""
+    conversation = api.post("/conversations", json={"persona": persona}).json()
+    streamed = api.post(
+        f"/conversations/{conversation['id']}/messages",
+        json={"content": text},
+        headers={"Accept": "text/event-stream"},
+    )
+    return sse_events(streamed.text)

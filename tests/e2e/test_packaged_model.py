@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
-from sse_events import sse_events
-from support import RunningServer, admin_key, companion_env, serving
+from support import RunningServer, admin_key, companion_env, first_turn, serving, signed_up
 
 from models.packaged import packaged_model, packaged_path
 
@@ -108,19 +105,8 @@ def test_openai_sdk_streams_a_few_tokens(
 
 def test_a_companion_turn_streams_and_finishes(packaged_server: RunningServer) -> None:
     engines = engine_pids(packaged_server.process.pid)
-    api = httpx.Client(base_url=f"{packaged_server.base_url}/api/v1", timeout=120)
-    credentials = {"username": f"pkg{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
-    assert api.post("/auth/register", json=credentials).status_code == 201
-    token = api.post("/auth/login", json=credentials).json()["access_token"]
-    auth = {"Authorization": f"Bearer {token}"}
-    conversation = api.post("/conversations", json={"persona": "brief"}, headers=auth).json()
-
-    streamed = api.post(
-        f"/conversations/{conversation['id']}/messages",
-        json={"content": "Hello! How are you today?"},
-        headers={**auth, "Accept": "text/event-stream"},
-    )
-    events = sse_events(streamed.text)
+    api = signed_up(packaged_server.base_url)
+    events = first_turn(api, "brief", "Hello! How are you today?")
     assert events[0][0] == "meta" and events[0][1]["model"] == MODEL_ID
     assert events[-1][0] == "done", events[-3:]
     assert "".join(str(data["text"]) for name, data in events if name == "token").strip()

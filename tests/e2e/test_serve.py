@@ -8,14 +8,12 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from sse_events import sse_events
-from support import COMPANION, companion_env, free_port, serving, wait_ready
+from support import COMPANION, companion_env, first_turn, free_port, serving, signed_up, wait_ready
 
 from inference.engine_choice import has_cuda, installed
 
@@ -95,24 +93,13 @@ def test_zero_setup_serve_chooses_its_engine_serves_and_stops_its_databases(
             best = max(choice["figures"], key=lambda e: choice["figures"][e]["batched_tok_s"])
             assert choice["backend"] == best
 
-        api = httpx.Client(base_url=f"{base}/api/v1", timeout=120)
-        credentials = {"username": f"z{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
-        assert api.post("/auth/register", json=credentials).status_code == 201
-        token = api.post("/auth/login", json=credentials).json()["access_token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        status = api.get("/models", headers=auth).json()
+        api = signed_up(base)
+        status = api.get("/models").json()
         assert status["models"][0]["engine"] == choice["backend"]
         assert status["engine_choice"]["engine"] == choice["backend"]
         assert set(status["engine_choice"]["figures"]) == set(choice["figures"])
-
         # the first chat on the chosen engine
-        conversation = api.post("/conversations", json={"persona": "brief"}, headers=auth).json()
-        streamed = api.post(
-            f"/conversations/{conversation['id']}/messages",
-            json={"content": "Hello! How are you today?"},
-            headers={**auth, "Accept": "text/event-stream"},
-        )
-        events = sse_events(streamed.text)
+        events = first_turn(api, "brief", "Hello! How are you today?")
         assert events[-1][0] == "done", events[-3:]
         assert process.poll() is None
         # then what to do next: the web chat, the /v1 base URL, where the data lives

@@ -614,20 +614,25 @@ def test_markdown_copy_jump_theme_and_conversation_tools(
         "l => l.scrollHeight - l.scrollTop - l.clientHeight < 40"
     )
 
-    # the theme: chosen here, kept across a reload, back to the system's
+    # the theme: the system's by default, or chosen here and kept across a reload
+    background = "getComputedStyle(document.body).backgroundColor"
+    dark, light = "rgb(22, 24, 27)", "rgb(246, 245, 242)"
+    page.emulate_media(color_scheme="dark")
+    assert page.evaluate(background) == dark
     theme = page.get_by_label("Theme")
+    theme.select_option("light")
+    assert page.evaluate(background) == light
+    page.emulate_media(color_scheme="light")
     theme.select_option("dark")
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"
-    background = "getComputedStyle(document.body).backgroundColor"
-    assert page.evaluate(background) == "rgb(22, 24, 27)"
+    assert page.evaluate(background) == dark
     keep(page, artifacts, "desktop-dark")
     page.reload()
     expect(page.locator(".message.done")).to_have_count(2)
-    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
-    page.get_by_label("Theme").select_option("light")
-    assert page.evaluate(background) == "rgb(246, 245, 242)"
+    assert page.evaluate(background) == dark
     page.get_by_label("Theme").select_option("system")
     assert page.evaluate("document.documentElement.dataset.theme") is None
+    assert page.evaluate(background) == light
 
     # a reload named the open conversation after its first message
     conversations = page.locator("#conversations li")
