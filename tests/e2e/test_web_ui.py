@@ -230,6 +230,12 @@ def test_sign_up_send_and_watch_the_reply_stream(
     assert len(set(lengths)) >= 10 and lengths[0] < lengths[-1] / 2
     assert lengths[-1] == last_reply_length(page)
 
+    # the list followed the reply to its end (the page's own scrolling never reads as the
+    # user scrolling away), so nothing offers a jump
+    expect(page.get_by_role("button", name="Jump to latest")).to_be_hidden()
+    assert page.locator("#messages").evaluate(
+        "l => l.scrollHeight - l.scrollTop - l.clientHeight < 40"
+    )
     expect(user.locator(".about")).to_contain_text(re.compile(r"feeling: \w+ \(\d+%\)"))
     reply = page.locator(".message.assistant").last
     expect(reply.locator(".about")).to_contain_text("route: normal")
@@ -669,3 +675,73 @@ def test_markdown_copy_jump_theme_and_conversation_tools(
         assert [c["title"] for c in client.get("/conversations").json()] == [
             "Recipes for a rainy day"
         ]
+
+
+def fits_the_phone(page: Page) -> None:
+    """Nothing scrolls sideways, and the page is never taller than the window."""
+    width, height = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+    )
+    assert width <= 375, "the page scrolls sideways at phone width"
+    assert height <= page.evaluate("window.innerHeight"), "the page grew taller than the window"
+
+
+def test_the_whole_walk_at_phone_width(phone: Page, web_server: WebServer, artifacts: Path) -> None:
+    """Issue 25's first-time walk, on a phone: sign up, four messages with Stop and Retry,
+    memories, status, a second conversation, reloads and bad input."""
+    page = phone
+    username = sign_up(page, web_server)
+    fits_the_phone(page)
+    chats = page.get_by_role("button", name="Chats")
+    page.get_by_role("button", name="Send").click()  # bad input: nothing written
+    expect(page.locator("#composer-status")).to_have_text("Write a message first.")
+    send(page, "Hi! My name is Alice and I just adopted a cat called Miso.")
+    expect(page.locator(".message.assistant.done")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator(".verify")).to_have_count(0)
+    send(page, "I work as a nurse. Do you remember my cat's name?")
+    expect(page.locator(".message.assistant.done")).to_have_count(2, timeout=WAIT_MS)
+    send(page, "Tell me a long story about the sea.")
+    wait_reply_longer_than(page, 0)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".message.assistant.stopped")).to_have_count(1)
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator(".message.assistant.done")).to_have_count(3, timeout=WAIT_MS)
+    send(page, "Thanks, that was lovely.")
+    expect(page.locator(".message.assistant.done")).to_have_count(4, timeout=WAIT_MS)
+    expect(page.locator(".message.user")).to_have_count(4)  # Retry sent nothing twice
+    fits_the_phone(page)
+    keep(page, artifacts, "phone-walk-chat")
+
+    page.get_by_role("button", name="Status").click()
+    expect(page.locator("#models")).to_contain_text("(chat, on llama.cpp)")
+    fits_the_phone(page)
+    page.get_by_role("button", name="Close the status panel").click()
+    page.get_by_role("button", name="Memories").click()
+    expect(page.get_by_role("button", name="Export everything (JSON)")).to_be_visible()
+    fits_the_phone(page)
+    page.get_by_role("button", name="Close the memory panel").click()
+
+    chats.click()
+    page.get_by_role("button", name="New conversation").click()
+    expect(page.locator("#chat-title")).to_contain_text("started")
+    send(page, "A second conversation, about gardening.")
+    expect(page.locator(".message.assistant.done")).to_have_count(1, timeout=WAIT_MS)
+    page.reload()  # the open conversation comes back, labelled as it was
+    expect(page.locator(".message.done")).to_have_count(2)
+    expect(page.locator(".message.user .text")).to_have_text(
+        "A second conversation, about gardening."
+    )
+    chats.click()
+    expect(page.locator("#conversations li")).to_have_count(2)
+    page.locator("#conversations button.open").last.click()  # the first one, on a phone
+    expect(page.locator(".message.user")).to_have_count(4)
+    fits_the_phone(page)
+    page.reload()
+    expect(page.locator(".message.user")).to_have_count(4)
+    keep(page, artifacts, "phone-walk-reloaded")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.locator("#notice-text")).to_have_text("You are signed out.")
+    page.get_by_label("Username", exact=True).fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#chat-title")).to_contain_text("A second conversation")  # the newest

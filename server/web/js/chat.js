@@ -49,7 +49,11 @@ export class ChatView {
     byId("load-earlier").addEventListener("click", () => this.loadEarlier());
     byId("conversation-filter").addEventListener("input", () => this.renderConversations());
     byId("messages").addEventListener("scroll", () => {
-      following = atEnd();
+      // The page's own scrolling fires this too, after more text may have arrived: only
+      // a move up from where the page last scrolled to is the user's, and stops following.
+      const list = byId("messages");
+      if (atEnd()) following = true;
+      else if (list.scrollTop < scrolledTo - 4) following = false;
       byId("jump-latest").hidden = following;
     });
     byId("jump-latest").addEventListener("click", () => scrollToEnd(true));
@@ -340,6 +344,7 @@ export class ChatView {
     this.controller = null;
     this.setComposer({ enabled: true, streaming: false });
     this.finish(outcome, reply);
+    scrollToEnd(); // the reply's last lines (its actions, a cut note) while following
     this.refreshConversations();
   }
 
@@ -553,9 +558,10 @@ function routeLine(meta, personaName) {
   return parts.join(" · ");
 }
 
-// Whether the list follows new text: true until the user scrolls away from the end (a scroll
-// event), true again when they scroll back or jump. Growing content fires no scroll event.
+// Whether the list follows new text: true until the user scrolls up (a scroll event), true
+// again when they scroll back to the end or jump. Growing content fires no scroll event.
 let following = true;
+let scrolledTo = 0; // where the page itself last scrolled the list to
 
 /** Whether the message list shows its end (within a few pixels). */
 function atEnd() {
@@ -569,6 +575,7 @@ function scrollToEnd(force = false) {
   const list = byId("messages");
   if (force || following) {
     list.scrollTop = list.scrollHeight;
+    scrolledTo = list.scrollTop;
     following = true;
   }
   byId("jump-latest").hidden = following;
