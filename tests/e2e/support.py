@@ -21,6 +21,14 @@ from sse_events import sse_events
 
 COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
 READY_DEADLINE_S = 60  # the foundation issue's bar for a fresh start; a guard, not a timing test
+# An operator's persona (<data dir>/personas.toml) that keeps a companion turn short.
+BRIEF_PERSONA = """\
+[personas.brief]
+name = "Brief"
+description = "Answers in a few words."
+prompt = "You are a friendly companion. Answer in a few words."
+max_tokens = 8
+"""
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import openai
 import pytest
-from support import RunningServer, admin_key, companion_env, first_turn, serving, signed_up
+from support import (
+    BRIEF_PERSONA,
+    RunningServer,
+    admin_key,
+    companion_env,
+    first_turn,
+    serving,
+    signed_up,
+)
 
 from models.packaged import packaged_model, packaged_path
 
 MODEL_ID = packaged_model("chat").id
-# An operator's persona (<data dir>/personas.toml) that keeps the companion turn short.
-BRIEF_PERSONA = """\
-[personas.brief]
-name = "Brief"
-description = "Answers in a few words."
-prompt = "You are a friendly companion. Answer in a few words."
-max_tokens = 8
-"""
 
 
 @pytest.fixture(scope="module")

