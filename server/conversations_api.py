@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -162,10 +163,8 @@ class ConversationsController(Controller):
         if not title:
             raise ValidationException("title must not be blank")
         store = ConversationStore(state.resources.pool)
-        try:
+        with _not_found():
             return _body(await store.rename(conversation_id, uuid.UUID(user.user_id), title))
-        except (ConversationNotFoundError, ConversationOwnerError) as exc:
-            raise NotFoundException("conversation not found") from exc
 
     @delete("/conversations/{conversation_id:uuid}", status_code=204)
     async def delete_conversation(
@@ -175,10 +174,8 @@ class ConversationsController(Controller):
         from it stays in the user's memories, each of which can be forgotten."""
         resources = state.resources
         data = UserData(resources.pool, resources.redis, long_term_memory(state))
-        try:
+        with _not_found():
             await data.delete_conversation(conversation_id, uuid.UUID(user.user_id))
-        except (ConversationNotFoundError, ConversationOwnerError) as exc:
-            raise NotFoundException("conversation not found") from exc
 
     @get("/conversations/{conversation_id:uuid}/messages")
     async def messages(
@@ -306,8 +303,15 @@ def _chat(resources: Any) -> ChatTurnService:
 
 
 async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> Conversation:
-    try:
+    with _not_found():
         return await ConversationStore(pool).get(conversation_id, uuid.UUID(user.user_id))
+
+
+@contextmanager
+def _not_found() -> Iterator[None]:
+    """A conversation that is missing and one that is another user's: the same 404."""
+    try:
+        yield
     except (ConversationNotFoundError, ConversationOwnerError) as exc:
         raise NotFoundException("conversation not found") from exc
 
