@@ -31,7 +31,14 @@ import msgspec
 from redis.exceptions import RedisError
 
 from memory.buffer import BufferSnapshot, ConversationBuffer, Summary
-from memory.messages import ConversationHead, MessageStore, Role, StoredMessage, check_owner
+from memory.messages import (
+    ConversationHead,
+    MessageStore,
+    ReplacedTail,
+    Role,
+    StoredMessage,
+    check_owner,
+)
 from memory.summaries import SummaryStore
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,30 @@ class ConversationLog:
                 extra={"conversation_id": str(conversation_id), "error": type(exc).__name__},
             )
         return appended.message
+
+    async def replace_tail(
+        self,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        user_message_id: int,
+        role: Role,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> ReplacedTail:
+        """`MessageStore.replace_tail`, then the buffer dropped (best effort): it holds the
+        replaced messages. A failed drop serves nothing stale: the new message's id is
+        the newest, which the buffer does not end at, so the next read rebuilds it."""
+        replaced = await self._messages.replace_tail(
+            conversation_id, user_id, user_message_id, role, content, metadata
+        )
+        try:
+            await self._buffer.invalidate(conversation_id)
+        except RedisError as exc:
+            log.warning(
+                "buffer not dropped after a replaced exchange; rebuilt on next read",
+                extra={"conversation_id": str(conversation_id), "error": type(exc).__name__},
+            )
+        return replaced
 
     async def user_turns(self, conversation_id: uuid.UUID) -> int:
         """The conversation's turn count, from PostgreSQL (the buffer holds only the newest)."""

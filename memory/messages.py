@@ -4,6 +4,14 @@ Every message is written here first; the Redis buffer (`memory.buffer`) is only
 a cache of the newest ones and is rebuilt from this table whenever Redis has
 lost it or it is behind.
 
+Messages are appended, and only one change is ever made to what is stored:
+the user may replace the conversation's last exchange (`MessageStore.replace_tail`:
+a new reply to their last message, or that message edited). The replaced
+messages are deleted and the new one gets a new id, so every cache keyed on
+"the newest id" (the buffer) sees the change; the long-term memories drawn from
+the deleted messages go with them in the same transaction, since they quote
+text that no longer exists (the new exchange is extracted again).
+
 Appends to one conversation are serialised by a row lock on the conversation
 (the same statement bumps ``conversations.updated_at``, which orders the
 conversation list). With the lock held, the insert can report the id of the
@@ -36,6 +44,11 @@ class ConversationOwnerError(MemoryTierError):
     """The conversation belongs to another user; nothing of it is read or written."""
 
 
+class TailMoved(MemoryTierError):
+    """The message to replace from is no longer the conversation's last user message
+    (another turn stored one after it); nothing was changed."""
+
+
 class Conversation(msgspec.Struct, frozen=True):
     """One conversation of one user."""
 
@@ -65,6 +78,15 @@ class AppendedMessage(msgspec.Struct, frozen=True):
 
     message: StoredMessage
     previous_id: int | None
+
+
+class ReplacedTail(msgspec.Struct, frozen=True):
+    """The message that replaced a conversation's last exchange, the id before it, and the
+    ids of the messages it replaced."""
+
+    message: StoredMessage
+    previous_id: int | None
+    removed_ids: list[int]
 
 
 class ConversationHead(msgspec.Struct, frozen=True):
@@ -109,6 +131,14 @@ VALUES ($1, $2, $3, $4, $5, $6::jsonb)
 RETURNING {MESSAGE_COLUMNS},
     (SELECT max(m.id) FROM messages m WHERE m.conversation_id = $1) AS previous_id
 """
+
+_LAST_USER_MESSAGE = "SELECT max(id) FROM messages WHERE conversation_id = $1 AND role = 'user'"
+_REMOVE_FROM = "DELETE FROM messages WHERE conversation_id = $1 AND id >= $2 RETURNING id"
+# Provenance is exact (`memory.episodes`): a memory that quotes a removed message, even in
+# part, is a copy of text the user replaced. An older fact it superseded is current again.
+_FORGET_DRAWN_FROM = (
+    "DELETE FROM memories WHERE user_id = $1 AND source_message_ids && $2::bigint[]"
+)
 
 _PAGE = f"""
 SELECT {MESSAGE_COLUMNS} FROM (
@@ -202,7 +232,7 @@ class ConversationStore:
 
 
 class MessageStore:
-    """Append-only message log over the asyncpg pool."""
+    """The message log over the asyncpg pool: appends, and the last exchange replaced."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -249,6 +279,42 @@ class MessageStore:
                 _INSERT, conversation_id, user_id, role, content, token_count, encoded
             )
         return AppendedMessage(message_from_row(row), row["previous_id"])
+
+    async def replace_tail(
+        self,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        user_message_id: int,
+        role: Role,
+        content: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> ReplacedTail:
+        """Replace the exchange that starts at the user's last message ``user_message_id``:
+        with role ``assistant``, what follows it (its reply, or a panel's replies) gives
+        way to a new reply; with role ``user``, the message itself and its replies give
+        way to the edited message.
+
+        Raises `TailMoved` when ``user_message_id`` is not the last user message (a
+        newer turn was stored), and the errors of `append_linked`; nothing changes then.
+        """
+        first_removed = user_message_id if role == "user" else user_message_id + 1
+        encoded = msgspec.json.encode(metadata or {}).decode()
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(_LOCK_CONVERSATION, conversation_id, user_id, None) is None:
+                await self._raise_missing_or_foreign(conn, conversation_id, user_id)
+            if await conn.fetchval(_LAST_USER_MESSAGE, conversation_id) != user_message_id:
+                raise TailMoved(
+                    f"message {user_message_id} is not the conversation's last user message"
+                )
+            removed = [
+                row["id"] for row in await conn.fetch(_REMOVE_FROM, conversation_id, first_removed)
+            ]
+            row = await conn.fetchrow(
+                _INSERT, conversation_id, user_id, role, content, None, encoded
+            )
+            if removed:
+                await conn.execute(_FORGET_DRAWN_FROM, user_id, removed)
+        return ReplacedTail(message_from_row(row), row["previous_id"], removed)
 
     async def recent(self, conversation_id: uuid.UUID, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages, oldest first."""

@@ -155,7 +155,11 @@ class UnknownPersona(ValueError):
 
 
 class NothingToAnswer(ValueError):
-    """Regenerate asked of a conversation whose last message already has a reply."""
+    """Regenerate asked of a conversation without a user message."""
+
+
+class NotLastMessage(ValueError):
+    """An edit of a message that is not the user's last one in the conversation."""
 
 
 @dataclass
@@ -219,17 +223,48 @@ class ChatTurnService:
     async def regenerate(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, persona_id: str = "companion"
     ) -> AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]:
-        """A reply to the conversation's last message when it has none (its turn failed,
-        was stopped, or the engine was overloaded): the turn again, without storing the
-        message a second time, as sending it again would. `NothingToAnswer` when the
-        last message is a reply. The message is understood and routed again (the
-        session's route counters count it twice), and memories are retrieved anew."""
-        history = await self._log.history(conversation_id, user_id)
-        last = history.messages[-1] if history.messages else None
-        if last is None or last.role != "user":
-            raise NothingToAnswer("the conversation's last message already has a reply")
+        """A new reply to the conversation's last user message: the turn again, without
+        storing the message a second time, as sending it again would.
+
+        When the message has a reply (or a panel's replies), the new reply replaces it
+        once it is complete; a regeneration that fails or is stopped leaves the old one
+        in place. The message is understood and routed again (the session's route
+        counters count it twice), and memories are retrieved anew.
+        `NothingToAnswer` when the conversation has no user message.
+        """
+        last = await self._last_user_message(user_id, conversation_id)
+        if last is None:
+            raise NothingToAnswer("the conversation has no message to answer")
         async for event in self._turn(user_id, conversation_id, last.content, persona_id, last):
             yield event
+
+    async def edit(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        message_id: int,
+        text: str,
+        persona_id: str = "companion",
+    ) -> AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]:
+        """The user's last message, changed, and a reply to it: a turn whose message and
+        reply replace the old message and whatever answered it.
+
+        The edited message is checked, understood and routed as a new one, and stored
+        (replacing the old exchange) before the reply is generated, as a sent message
+        is. `NotLastMessage` when ``message_id`` is not the user's last message.
+        """
+        last = await self._last_user_message(user_id, conversation_id)
+        if last is None or last.id != message_id:
+            raise NotLastMessage("only your last message can be edited")
+        async for event in self._turn(user_id, conversation_id, text, persona_id, None, message_id):
+            yield event
+
+    async def _last_user_message(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID
+    ) -> StoredMessage | None:
+        """The user's last message (None: none since the rolling summary)."""
+        messages = (await self._log.history(conversation_id, user_id)).messages
+        return next((m for m in reversed(messages) if m.role == "user"), None)
 
     async def _turn(
         self,
@@ -237,15 +272,18 @@ class ChatTurnService:
         conversation_id: uuid.UUID,
         text: str,
         persona_id: str,
-        unanswered: StoredMessage | None,
+        regenerating: StoredMessage | None,
+        edited: int | None = None,
     ) -> AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]:
-        """A turn; ``unanswered``: the stored message it answers (`regenerate`), else
-        ``text`` is checked and stored."""
+        """A turn; ``regenerating``: the stored message it answers anew (`regenerate`),
+        else ``text`` is checked and stored, replacing the message ``edited`` and its
+        replies when given (`edit`). The prompt's history ends before either."""
         engine = self._require_engine()
         clock = _Clock()
-        if unanswered is None:
+        if regenerating is None:
             await self._check_message(engine, user_id, conversation_id, persona_id, text)
-        parts = await self._gather(user_id, conversation_id, text, clock, unanswered)
+        history_before = regenerating.id if regenerating is not None else edited
+        parts = await self._gather(user_id, conversation_id, text, clock, history_before)
         persona = self._answering(parts.decision, persona_id)
         tier = message_tier(text, parts.decision.route, parts.content.label)
         if tier == "small" and self._small_engine is not None:
@@ -260,8 +298,8 @@ class ChatTurnService:
                 functools.partial(self._request, user_id, conversation_id, persona),
             ),
         )
-        user_message = unanswered or await self._store_user(
-            user_id, conversation_id, text, parts, clock
+        user_message = regenerating or await self._store_user(
+            user_id, conversation_id, text, parts, clock, edited
         )
         clock.mark("prepare")
         yield self._meta(parts, persona, engine, tier)
@@ -283,15 +321,20 @@ class ChatTurnService:
             clock.mark("ttft")
         overhead = clock.seconds["ttft"] - clock.seconds.get("engine_ttft", 0.0)
         clock.record("overhead", max(0.0, overhead))
+        metadata = _route_metadata(parts) | {
+            "persona": persona.id,
+            "model": engine.model_id,
+            "finish_reason": finish_reason,
+        }
         answer = await clock.timed(
             "store_reply",
-            self._log.append(
-                conversation_id,
+            self._store_reply(
                 user_id,
-                "assistant",
+                conversation_id,
                 "".join(reply),
-                _route_metadata(parts)
-                | {"persona": persona.id, "model": engine.model_id, "finish_reason": finish_reason},
+                metadata,
+                user_message,
+                regenerating is not None,
             ),
         )
         clock.mark("total")
@@ -445,13 +488,38 @@ class ChatTurnService:
         text: str,
         parts: TurnParts,
         clock: _Clock,
+        edited: int | None = None,
     ) -> StoredMessage:
-        """The message, with how it was understood (the page shows it after a reload)."""
+        """The message, with how it was understood (the page shows it after a reload);
+        ``edited``: the user message it replaces, with its replies."""
         emotion = parts.emotion
         understood = {"emotion": emotion.label, "emotion_confidence": round(emotion.confidence, 3)}
-        return await clock.timed(
-            "store_user", self._log.append(conversation_id, user_id, "user", text, understood)
+        if edited is None:
+            stored = self._log.append(conversation_id, user_id, "user", text, understood)
+            return await clock.timed("store_user", stored)
+        replaced = self._log.replace_tail(
+            conversation_id, user_id, edited, "user", text, understood
         )
+        return (await clock.timed("store_user", replaced)).message
+
+    async def _store_reply(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        reply: str,
+        metadata: dict[str, Any],
+        user_message: StoredMessage,
+        regenerated: bool,
+    ) -> StoredMessage:
+        """The reply, appended; a regenerated one replaces whatever answered its message
+        before, if anything (`TailMoved` when a newer message came meanwhile: the newer
+        exchange stays, and two regenerations never leave two replies)."""
+        if not regenerated:
+            return await self._log.append(conversation_id, user_id, "assistant", reply, metadata)
+        replaced = await self._log.replace_tail(
+            conversation_id, user_id, user_message.id, "assistant", reply, metadata
+        )
+        return replaced.message
 
     async def _gather(
         self,
@@ -459,7 +527,7 @@ class ChatTurnService:
         conversation_id: uuid.UUID,
         text: str,
         clock: _Clock,
-        unanswered: StoredMessage | None = None,
+        history_before: int | None = None,
     ) -> TurnParts:
         # Emotion and retrieval need only the message: they start at once, while the
         # session and history load; content classification needs the session as context
@@ -503,12 +571,13 @@ class ChatTurnService:
             history=[
                 ChatMessage(m.role, m.content)
                 for m in history.messages
-                if unanswered is None or m.id != unanswered.id  # it comes last, as the message
+                # a regenerated or edited message comes last, as the message
+                if history_before is None or m.id < history_before
             ],
             summary=history.summary.text if history.summary else None,
             emotion=emotion,
             content=content,
-            memories=list(memories),
+            memories=_not_drawn_from(memories, history.messages, history_before),
             decision=decision,
             profile=profile,
         )
@@ -606,6 +675,15 @@ def _volatile_context(parts: TurnParts) -> str:
             " and keep the conversation friendly."
         )
     return "\n".join(lines)
+
+
+def _not_drawn_from(
+    memories: list[RetrievedMemory], messages: list[StoredMessage], replaced_from: int | None
+) -> list[RetrievedMemory]:
+    """The memories, less those quoting the exchange a regeneration or edit replaces (an
+    episode already extracted from it would put the old reply back into the prompt)."""
+    replaced = {m.id for m in messages if replaced_from is not None and m.id >= replaced_from}
+    return [m for m in memories if replaced.isdisjoint(m.source_message_ids)]
 
 
 def _route_metadata(parts: TurnParts) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from memory.messages import (
     ConversationStore,
     MessageStore,
     StoredMessage,
+    TailMoved,
 )
 from memory.users import UserData
 from server import idempotency
@@ -39,6 +40,7 @@ from server.auth import resolve_user
 from server.chat import (
     ChatTurnService,
     NothingToAnswer,
+    NotLastMessage,
     PanelDelta,
     PanelDone,
     PanelEvent,
@@ -223,18 +225,40 @@ class ConversationsController(Controller):
         state: State,
         user: NamedDependency[Caller],
     ) -> Response[Any]:
-        """A reply to the last message, which has none (its turn failed or was stopped):
-        the turn's events as ``send`` gives them, without storing the message again.
-        409 when the last message already has a reply."""
+        """A new reply to the last user message, as ``send`` gives it, without storing the
+        message again: after a failed or stopped turn, or to replace a reply the user did
+        not like (the new one replaces it when complete). 409 when there is no message."""
         resources = state.resources
         chat = _chat(resources)
         conversation = await _owned(resources.pool, conversation_id, user)
         streamed = "text/event-stream" in request.headers.get("accept", "")
         events = chat.regenerate(uuid.UUID(user.user_id), conversation_id, conversation.persona)
-        try:
+        with _conflict():
             return await _respond(events, None, streamed, resources.settings.sse_keepalive_s)
-        except NothingToAnswer as exc:
-            raise ClientException(str(exc), status_code=409) from exc
+
+    @patch("/conversations/{conversation_id:uuid}/messages/{message_id:int}", **_GENERATES)
+    async def edit(
+        self,
+        conversation_id: FromPath[uuid.UUID],
+        message_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
+        data: JSONBody[MessageIn],
+        request: Request[Any, Any, Any],
+        state: State,
+        user: NamedDependency[Caller],
+    ) -> Response[Any]:
+        """The user's last message changed, and answered anew: the turn's events as ``send``
+        gives them; the old message and its replies are replaced (new ids). 409 when the
+        message is not the user's last one."""
+        resources = state.resources
+        text = _message_text(data.content, resources.settings.max_message_chars)
+        chat = _chat(resources)
+        conversation = await _owned(resources.pool, conversation_id, user)
+        streamed = "text/event-stream" in request.headers.get("accept", "")
+        events = chat.edit(
+            uuid.UUID(user.user_id), conversation_id, message_id, text, conversation.persona
+        )
+        with _conflict():
+            return await _respond(events, None, streamed, resources.settings.sse_keepalive_s)
 
     @post("/conversations/{conversation_id:uuid}/panel", **_GENERATES)
     async def panel(
@@ -316,6 +340,15 @@ def _not_found() -> Iterator[None]:
         raise NotFoundException("conversation not found") from exc
 
 
+@contextmanager
+def _conflict() -> Iterator[None]:
+    """Regenerate or edit asked of a conversation that has no such message: a 409."""
+    try:
+        yield
+    except (NothingToAnswer, NotLastMessage) as exc:
+        raise ClientException(str(exc), status_code=409) from exc
+
+
 def _message_text(content: str, max_chars: int) -> str:
     text = content.strip()
     if not text:
@@ -337,6 +370,8 @@ async def _sse(first: TurnMeta, events: TurnEvents, keepalive_s: float) -> Async
                 yield KEEPALIVE
     except InferenceError as exc:  # headers are sent: report in the stream
         yield event("error", {"code": type(exc).__name__, "message": str(exc)})
+    except TailMoved as exc:  # a newer message came while a reply was regenerated
+        yield event("error", {"code": "conflict", "message": str(exc)})
     except BACKING_SERVICE_ERRORS as exc:
         yield _unsaved(exc)
     finally:

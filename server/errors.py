@@ -28,6 +28,7 @@ from inference.errors import (
     UnknownModel,
 )
 from memory.errors import DatabaseUnavailable
+from memory.messages import TailMoved
 from memory.session import SessionUnavailableError
 from memory.users import ErasureFailed
 from server.body_errors import decode_failure
@@ -158,6 +159,7 @@ exception_handlers: ExceptionHandlersMap = {
     UnknownModel: _status_error(404, "model_not_found"),
     ModelBusy: _status_error(409, "model_busy"),
     ErasureFailed: _status_error(503, "unavailable"),
+    TailMoved: _status_error(409, "conflict"),
     UnicodeDecodeError: _undecodable,
     **dict.fromkeys(BACKING_SERVICE_ERRORS, _backing_service_down),
     Exception: _unhandled,

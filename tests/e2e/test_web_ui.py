@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -675,6 +676,84 @@ def test_markdown_copy_jump_theme_and_conversation_tools(
         assert [c["title"] for c in client.get("/conversations").json()] == [
             "Recipes for a rainy day"
         ]
+
+
+def stored_messages(server: WebServer, page: Page) -> list[dict[str, Any]]:
+    """The open conversation's stored messages, once the engine has nothing running."""
+    with api(server, token_of(page)) as client:
+        wait_engine_idle(page, client)
+        conversation = client.get("/conversations").json()[0]["id"]
+        messages: list[dict[str, Any]] = client.get(
+            f"/conversations/{conversation}/messages"
+        ).json()
+    return messages
+
+
+def test_regenerate_and_edit_the_last_exchange(desktop: Page, web_server: WebServer) -> None:
+    """Issue 25's last expected features: Regenerate on the last reply (replacing it only
+    once the new one is complete) and Edit on the user's last message."""
+    page = desktop
+    sign_up(page, web_server)
+    new_conversation(page)
+    for count, text in enumerate(("Tell me about owls.", "And about foxes?"), start=1):
+        send(page, text)
+        expect(page.locator(".message.assistant.done")).to_have_count(count, timeout=WAIT_MS)
+    regenerate = page.get_by_role("button", name="Regenerate")
+    edit = page.get_by_role("button", name="Edit")
+    # only the last exchange can be redone
+    expect(regenerate).to_have_count(1)
+    expect(edit).to_have_count(1)
+    replies, asked = page.locator(".message.assistant"), page.locator(".message.user")
+    expect(replies.last.get_by_role("button", name="Regenerate")).to_be_visible()
+    expect(asked.last.get_by_role("button", name="Edit")).to_be_visible()
+    before = stored_messages(web_server, page)
+
+    regenerate.click()
+    expect(replies.last).to_have_attribute("aria-busy", "true")  # the old one, hidden
+    expect(replies.last).to_have_class(re.compile(r"\bdone\b"), timeout=WAIT_MS)
+    expect(replies).to_have_count(2)  # and gone
+    after = stored_messages(web_server, page)
+    assert [m["id"] for m in after[:3]] == [m["id"] for m in before[:3]]
+    assert after[3]["id"] > before[3]["id"] and len(after) == 4
+    assert replies.last.get_attribute("data-message-id") == str(after[3]["id"])
+
+    # a regeneration stopped part way: the earlier reply stays, on the server and the page
+    regenerate.click()
+    wait_reply_longer_than(page, 0)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#notice-text")).to_have_text("Stopped. The earlier reply is kept.")
+    expect(replies).to_have_count(2)
+    expect(replies.last).to_be_visible()
+    assert replies.last.get_attribute("data-message-id") == str(after[3]["id"])
+    assert stored_messages(web_server, page) == after
+    expect(regenerate).to_be_visible()
+
+    # Edit: Escape leaves the message as it was; Save sends the change and a new reply
+    edit.click()
+    box = page.get_by_label("Edit your message")
+    expect(box).to_have_value("And about foxes?")
+    box.press("Escape")
+    expect(asked.last.locator(".text")).to_have_text("And about foxes?")
+    edit.click()
+    box.fill("And about badgers?")
+    page.get_by_role("button", name="Save and send").click()
+    expect(asked.last.locator(".text")).to_have_text("And about badgers?")
+    expect(replies.last).to_have_class(re.compile(r"\bdone\b"), timeout=WAIT_MS)
+    expect(replies).to_have_count(2)
+    edited = stored_messages(web_server, page)
+    assert [(m["role"], m["content"]) for m in edited[:3]] == [
+        ("user", "Tell me about owls."),
+        ("assistant", after[1]["content"]),
+        ("user", "And about badgers?"),
+    ]
+    assert edited[2]["id"] > after[3]["id"] and len(edited) == 4
+    assert asked.last.get_attribute("data-message-id") == str(edited[2]["id"])
+
+    # after a reload, the stored exchange can be redone as well
+    page.reload()
+    expect(page.locator(".message.done")).to_have_count(4)
+    expect(asked.last.get_by_role("button", name="Edit")).to_be_visible()
+    expect(replies.last.get_by_role("button", name="Regenerate")).to_be_visible()
 
 
 def fits_the_phone(page: Page) -> None:

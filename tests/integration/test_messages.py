@@ -13,6 +13,7 @@ from memory.messages import (
     ConversationOwnerError,
     ConversationStore,
     MessageStore,
+    TailMoved,
 )
 
 
@@ -137,3 +138,93 @@ async def test_user_turns_count_only_this_conversations_user_messages(pool: asyn
     await store.append(other.id, user, "user", "elsewhere")
     assert await store.user_turns(one.id) == 3
     assert await store.user_turns(other.id) == 1
+
+
+async def remember(
+    pool: asyncpg.Pool, user: uuid.UUID, conversation: uuid.UUID, text: str, sources: list[int]
+) -> int:
+    """A long-term memory drawn from ``sources`` (what extraction stores)."""
+    memory_id: int = await pool.fetchval(
+        "INSERT INTO memories (user_id, conversation_id, kind, content, embedding,"
+        " source_message_ids) VALUES ($1, $2, 'episodic', $3,"
+        " array_fill(0.1, ARRAY[384])::real[]::vector, $4::bigint[]) RETURNING id",
+        user,
+        conversation,
+        text,
+        sources,
+    )
+    return memory_id
+
+
+async def memory_ids(pool: asyncpg.Pool, user: uuid.UUID) -> set[int]:
+    return {r["id"] for r in await pool.fetch("SELECT id FROM memories WHERE user_id = $1", user)}
+
+
+async def test_a_new_reply_replaces_the_old_and_what_was_drawn_from_it(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversation = await ConversationStore(pool).create(user)
+    store = MessageStore(pool)
+    earlier = await store.append(conversation.id, user, "user", "I have a cat called Miso.")
+    await store.append(conversation.id, user, "assistant", "Miso is a lovely name.")
+    question = await store.append(conversation.id, user, "user", "Tell me about owls.")
+    first = await store.append(conversation.id, user, "assistant", "Owls are fish.")
+    panel = await store.append(conversation.id, user, "assistant", "Owls hoot at night.")
+    kept = await remember(pool, user, conversation.id, "cat Miso", [earlier.id])
+    await remember(pool, user, conversation.id, "owls are fish", [question.id, first.id])
+    await remember(pool, user, conversation.id, "owls hoot", [panel.id])
+
+    replaced = await store.replace_tail(
+        conversation.id, user, question.id, "assistant", "Owls are birds.", {"persona": "sage"}
+    )
+
+    assert replaced.removed_ids == [first.id, panel.id]
+    assert replaced.previous_id == question.id
+    assert replaced.message.id > panel.id  # a new id: caches keyed on the newest id see it
+    recent = await store.recent(conversation.id, 10)
+    assert [(m.role, m.content) for m in recent[2:]] == [
+        ("user", "Tell me about owls."),
+        ("assistant", "Owls are birds."),
+    ]
+    assert recent[-1].metadata == {"persona": "sage"}
+    assert await memory_ids(pool, user) == {kept}
+
+
+async def test_an_edit_replaces_the_message_and_its_replies(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    conversation = await ConversationStore(pool).create(user)
+    store = MessageStore(pool)
+    await store.append(conversation.id, user, "user", "Hello.")
+    hello = await store.append(conversation.id, user, "assistant", "Hi!")
+    typo = await store.append(conversation.id, user, "user", "My dog is calld Rex.")
+    await store.append(conversation.id, user, "assistant", "Calld?")
+
+    edited = await store.replace_tail(
+        conversation.id, user, typo.id, "user", "My dog is called Rex.", {"emotion": "joy"}
+    )
+
+    assert edited.previous_id == hello.id
+    recent = await store.recent(conversation.id, 10)
+    assert [m.content for m in recent] == ["Hello.", "Hi!", "My dog is called Rex."]
+    assert recent[-1] == edited.message and edited.message.role == "user"
+
+
+async def test_only_the_last_exchange_can_be_replaced(pool: asyncpg.Pool) -> None:
+    user = await new_user(pool)
+    stranger = await new_user(pool)
+    conversation = await ConversationStore(pool).create(user)
+    store = MessageStore(pool)
+    older = await store.append(conversation.id, user, "user", "first")
+    await store.append(conversation.id, user, "assistant", "one")
+    newer = await store.append(conversation.id, user, "user", "second")
+    before = await store.recent(conversation.id, 10)
+
+    with pytest.raises(TailMoved):  # a newer turn was stored after it
+        await store.replace_tail(conversation.id, user, older.id, "assistant", "again")
+    with pytest.raises(TailMoved):  # a reply's id is not a user message
+        await store.replace_tail(conversation.id, user, before[1].id, "user", "edited")
+    with pytest.raises(ConversationOwnerError):
+        await store.replace_tail(conversation.id, stranger, newer.id, "assistant", "mine")
+    with pytest.raises(ConversationNotFoundError):
+        await store.replace_tail(uuid.uuid4(), user, newer.id, "assistant", "nowhere")
+
+    assert await store.recent(conversation.id, 10) == before

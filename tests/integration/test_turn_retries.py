@@ -129,7 +129,8 @@ async def test_regenerate_answers_an_unanswered_message_without_storing_it_again
     headers = await signed_in(chat_client)
     conversation_id, url = await new_conversation(chat_client, headers)
     regenerate = f"/api/v1/conversations/{conversation_id}/regenerate"
-    assert (await chat_client.post(regenerate, headers=headers)).status_code == 409  # nothing yet
+    nothing = await chat_client.post(regenerate, headers=headers)
+    assert nothing.status_code == 409 and "no message" in nothing.json()["error"]["message"]
     me = (await chat_client.get("/api/v1/me", headers=headers)).json()
     # what a stopped or failed turn leaves: the message, stored, and no reply
     log = ConversationLog(MessageStore(pool), ConversationBuffer(shared_redis))
@@ -148,9 +149,98 @@ async def test_regenerate_answers_an_unanswered_message_without_storing_it_again
         ("assistant", False),
     ]
 
-    again = await chat_client.post(regenerate, headers=headers)
-    assert again.status_code == 409, again.text  # answered: nothing changes
-    assert "already has a reply" in again.json()["error"]["message"]
-    assert len((await chat_client.get(url, headers=headers)).json()) == 2
     stranger = await signed_in(chat_client)
     assert (await chat_client.post(regenerate, headers=stranger)).status_code == 404
+
+
+async def test_regenerate_replaces_an_answered_reply(
+    chat_client: AsyncTestClient[Litestar], pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    """Regenerate on a reply the user did not like (issue 25): one reply stays, the new
+    one, and the prompt it was made from is the first one's (the old reply is not in it)."""
+    headers = await signed_in(chat_client)
+    conversation_id, url = await new_conversation(chat_client, headers)
+    first = (
+        await chat_client.post(url, json={"content": "Tell me about owls."}, headers=headers)
+    ).json()
+    regenerate = f"/api/v1/conversations/{conversation_id}/regenerate"
+    me = uuid.UUID((await chat_client.get("/api/v1/me", headers=headers)).json()["id"])
+    # the episode extraction takes from the first exchange, quoting the old reply
+    episode = await pool.fetchval(
+        "INSERT INTO memories (user_id, conversation_id, kind, content, embedding,"
+        " source_message_ids) VALUES ($1, $2, 'episodic', 'Tell me about owls.',"
+        " array_fill(0.1, ARRAY[384])::real[]::vector, $3::bigint[]) RETURNING id",
+        me,
+        uuid.UUID(conversation_id),
+        [first["done"]["user_message_id"], first["done"]["assistant_message_id"]],
+    )
+
+    again = await chat_client.post(regenerate, headers=headers)
+
+    assert again.status_code == 200, again.text
+    done = again.json()["done"]
+    assert done["user_message_id"] == first["done"]["user_message_id"]
+    assert done["assistant_message_id"] > first["done"]["assistant_message_id"]
+    assert episode not in again.json()["meta"]["memories_used"]
+    assert done["usage"]["prompt_tokens"] == first["done"]["usage"]["prompt_tokens"]
+    assert await pool.fetchval("SELECT count(*) FROM memories WHERE id = $1", episode) == 0
+    history = (await chat_client.get(url, headers=headers)).json()
+    assert [(m["role"], m["id"]) for m in history] == [
+        ("user", done["user_message_id"]),
+        ("assistant", done["assistant_message_id"]),
+    ]
+    assert history[1]["content"] == again.json()["reply"]
+    assert history[1]["metadata"]["model"] == again.json()["meta"]["model"]
+    log = ConversationLog(MessageStore(pool), ConversationBuffer(shared_redis))
+    buffered = await log.history(uuid.UUID(conversation_id), me)  # what the next prompt reads
+    assert [m.id for m in buffered.messages] == [m["id"] for m in history]
+
+
+async def test_edit_replaces_the_last_message_and_answers_it_anew(
+    chat_client: AsyncTestClient[Litestar], pool: asyncpg.Pool, shared_redis: Redis
+) -> None:
+    headers = await signed_in(chat_client)
+    conversation_id, url = await new_conversation(chat_client, headers)
+    for text in ("Hello!", "I had a nice day at the park."):
+        assert (await chat_client.post(url, json={"content": text}, headers=headers)).is_success
+    before = (await chat_client.get(url, headers=headers)).json()
+    older, last = before[0]["id"], before[2]["id"]
+    edit = f"{url}/{last}"
+
+    not_last = await chat_client.patch(f"{url}/{older}", json={"content": "Hi"}, headers=headers)
+    assert not_last.status_code == 409, not_last.text
+    assert "last message" in not_last.json()["error"]["message"]
+    assert (
+        await chat_client.patch(f"{url}/{before[3]['id']}", json={"content": "Hi"}, headers=headers)
+    ).status_code == 409
+    assert (
+        await chat_client.patch(edit, json={"content": "  "}, headers=headers)
+    ).status_code == 400
+    stranger = await signed_in(chat_client)
+    assert (
+        await chat_client.patch(edit, json={"content": "Hi"}, headers=stranger)
+    ).status_code == 404
+    assert (await chat_client.get(url, headers=headers)).json() == before  # refusals change nothing
+
+    # the edited message is understood anew: here, it now asks for help
+    edited = await chat_client.patch(
+        edit, json={"content": "I want to kill myself."}, headers={**headers, **SSE}
+    )
+
+    assert edited.status_code == 200, edited.text
+    events = sse_events(edited.text)
+    assert events[0][0] == "meta" and events[-1][0] == "done"
+    assert events[0][1]["route"] == "crisis"
+    done = events[-1][1]
+    after = (await chat_client.get(url, headers=headers)).json()
+    assert after[:2] == before[:2]
+    assert [(m["role"], m["id"]) for m in after[2:]] == [
+        ("user", done["user_message_id"]),
+        ("assistant", done["assistant_message_id"]),
+    ]
+    assert done["user_message_id"] > before[3]["id"]
+    assert after[2]["content"] == "I want to kill myself."
+    me = uuid.UUID((await chat_client.get("/api/v1/me", headers=headers)).json()["id"])
+    log = ConversationLog(MessageStore(pool), ConversationBuffer(shared_redis))
+    buffered = await log.history(uuid.UUID(conversation_id), me)
+    assert [m.content for m in buffered.messages] == [m["content"] for m in after]

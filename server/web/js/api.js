@@ -63,14 +63,22 @@ export class Api {
     return this.events(`${conversationPath(conversationId)}/messages`, { content }, signal);
   }
 
-  /** A reply to the conversation's last message, which has none: the same events. */
+  /** A new reply to the conversation's last message (replacing its reply, once complete,
+   * when it has one): the same events. */
   regenerate(conversationId, signal) {
     return this.events(`${conversationPath(conversationId)}/regenerate`, undefined, signal);
   }
 
-  async *events(path, body, signal) {
+  /** The user's last message changed and answered anew (the old one and its reply are
+   * replaced): the same events, with the edited message's new id in "done". */
+  edit(conversationId, messageId, content, signal) {
+    const path = `${conversationPath(conversationId)}/messages/${messageId}`;
+    return this.events(path, { content }, signal, "PATCH");
+  }
+
+  async *events(path, body, signal, method = "POST") {
     const response = await this.fetch(path, {
-      method: "POST",
+      method,
       body,
       signal,
       accept: "text/event-stream",

@@ -2,6 +2,9 @@
 // confirming second click), a new conversation with a persona, the history, and a turn
 // streamed token by token with Stop (aborts the request, which stops generation on the
 // server) and Retry (asks for a reply to the last message again, without sending it twice).
+// The last exchange can be redone: Regenerate on the last reply (the new reply replaces it
+// once complete; a stopped or failed one leaves it), Edit on the user's last message (the
+// edited message replaces it and is answered anew).
 // The view follows a streaming reply only while it is scrolled to the end; scrolled up, a
 // "Jump to latest" button brings it back.
 
@@ -57,6 +60,13 @@ export class ChatView {
       byId("jump-latest").hidden = following;
     });
     byId("jump-latest").addEventListener("click", () => scrollToEnd(true));
+    byId("messages").addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button || this.controller) return;
+      const node = button.closest(".message");
+      if (button.dataset.action === "regenerate") this.regenerate(node);
+      else if (button.dataset.action === "edit") this.startEdit(node);
+    });
   }
 
   async start() {
@@ -279,6 +289,7 @@ export class ChatView {
       if (messages.length) this.oldestId = messages[0].id;
       byId("load-earlier").hidden = messages.length < PAGE;
       if (!before) this.offerRetry(messages);
+      markLastExchange();
       if (!before) scrollToEnd(true);
     } catch (error) {
       this.showError(error);
@@ -322,6 +333,70 @@ export class ChatView {
     this.answer(user, (signal) => this.api.regenerate(conversationId, signal));
   }
 
+  /** A new reply in place of the last one; the old one stays until the new one is done. */
+  regenerate(replyNode) {
+    const asked = [...byId("messages").querySelectorAll(".message.user")].pop();
+    if (!asked) return;
+    const old = repliesAfter(asked);
+    for (const node of old) node.hidden = true;
+    const conversationId = this.conversation.id;
+    this.answer(bubbleOf(asked), (signal) => this.api.regenerate(conversationId, signal), old);
+  }
+
+  /** The user's last message becomes a box to change it in; Save sends the change. */
+  startEdit(node) {
+    const text = node.querySelector(".text");
+    const box = el("textarea", {
+      class: "edit-box",
+      rows: "3",
+      maxlength: String(byId("composer-input").maxLength),
+      "aria-label": "Edit your message",
+    });
+    box.value = text.textContent;
+    const cancel = el("button", { type: "button", text: "Cancel" });
+    const form = el(
+      "form",
+      { class: "edit" },
+      box,
+      el("div", { class: "actions" }, el("button", { type: "submit", class: "primary", text: "Save and send" }), cancel),
+    );
+    const close = () => {
+      form.remove();
+      text.hidden = false;
+      markLastExchange();
+    };
+    cancel.addEventListener("click", close);
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") close();
+    });
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const changed = box.value.trim();
+      if (!changed || this.controller) return;
+      close();
+      this.edit(node, changed);
+    });
+    text.hidden = true;
+    text.after(form);
+    for (const button of byId("messages").querySelectorAll("button[data-action]")) button.hidden = true;
+    box.focus();
+  }
+
+  edit(node, text) {
+    const messageId = node.dataset.messageId;
+    delete node.dataset.messageId; // replaced: "done" gives the new id (until then, Retry)
+    for (const reply of repliesAfter(node)) reply.remove();
+    for (const verify of byId("messages").querySelectorAll(".verify")) {
+      if (node.compareDocumentPosition(verify) & Node.DOCUMENT_POSITION_FOLLOWING) verify.remove();
+    }
+    const user = bubbleOf(node);
+    user.text.textContent = text;
+    user.about.hidden = true;
+    this.lastSent = text;
+    const conversationId = this.conversation.id;
+    return this.answer(user, (signal) => this.api.edit(conversationId, messageId, text, signal));
+  }
+
   send(text) {
     this.lastSent = text;
     const user = bubble("user", text);
@@ -330,9 +405,11 @@ export class ChatView {
     return this.answer(user, (signal) => this.api.turn(conversationId, text, signal));
   }
 
-  /** A reply bubble filled from `open(signal)`'s events. */
-  async answer(user, open) {
+  /** A reply bubble filled from `open(signal)`'s events; `replaced`: the hidden bubbles of
+   * the reply it regenerates, removed when it is done and shown again otherwise. */
+  async answer(user, open, replaced = []) {
     byId("retry").hidden = true;
+    for (const button of byId("messages").querySelectorAll("button[data-action]")) button.hidden = true;
     const reply = bubble("assistant", "");
     reply.node.setAttribute("aria-busy", "true");
     byId("messages").append(reply.node);
@@ -343,9 +420,23 @@ export class ChatView {
     reply.node.removeAttribute("aria-busy");
     this.controller = null;
     this.setComposer({ enabled: true, streaming: false });
-    this.finish(outcome, reply);
+    if (replaced.length && outcome.ended !== "done") this.keepEarlier(outcome, reply, replaced);
+    else {
+      for (const node of replaced) node.remove();
+      this.finish(outcome, reply);
+    }
+    markLastExchange();
     scrollToEnd(); // the reply's last lines (its actions, a cut note) while following
     this.refreshConversations();
+  }
+
+  /** A regeneration that stopped or failed: the server kept the earlier reply; so does the
+   * page, and says so. */
+  keepEarlier(outcome, reply, replaced) {
+    reply.node.remove();
+    for (const node of replaced) node.hidden = false;
+    if (outcome.ended === "error") this.showError(outcome.error ?? new Error(outcome.message));
+    this.notify(`${outcome.ended === "stopped" ? "Stopped" : "Failed"}. The earlier reply is kept.`);
   }
 
   /** Relay one turn into the page; resolves to what ended it. */
@@ -481,6 +572,7 @@ function bubble(role, content) {
   const parts = { node, text, about, state, source: content, grow: null };
   if (!reply) {
     text.textContent = content;
+    node.append(el("div", { class: "actions" }, actionButton("edit", "Edit")));
     return parts;
   }
   let pending = false;
@@ -497,8 +589,34 @@ function bubble(role, content) {
     }
   };
   render();
-  node.append(el("div", { class: "actions" }, copyButton(() => parts.source)));
+  node.append(el("div", { class: "actions" }, copyButton(() => parts.source), actionButton("regenerate", "Regenerate")));
   return parts;
+}
+
+/** A button that redoes the last exchange; shown only on it (`markLastExchange`). */
+function actionButton(action, text) {
+  return el("button", { type: "button", "data-action": action, text, hidden: true });
+}
+
+/** The reply bubbles after a user message (one, or a panel's several). */
+function repliesAfter(node) {
+  const after = [];
+  for (let next = node.nextElementSibling; next; next = next.nextElementSibling) {
+    if (next.matches(".message.assistant")) after.push(next);
+  }
+  return after;
+}
+
+/** Edit on the user's last message and Regenerate on its stored reply, and nowhere else:
+ * only the last exchange can be redone. */
+function markLastExchange() {
+  const list = byId("messages");
+  for (const button of list.querySelectorAll("button[data-action]")) button.hidden = true;
+  const asked = [...list.querySelectorAll(".message.user")].pop();
+  if (!asked?.dataset.messageId || asked.querySelector("form.edit")) return;
+  asked.querySelector('button[data-action="edit"]').hidden = false;
+  const reply = repliesAfter(asked).filter((n) => n.matches(".done") && !n.hidden).pop();
+  if (reply) reply.querySelector('button[data-action="regenerate"]').hidden = false;
 }
 
 /** Copies a reply's text (its Markdown source) and says so on the button for a moment. */
