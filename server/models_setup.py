@@ -2,7 +2,10 @@
 
 The default chat model (``COMPANION_CHAT_ENGINE`` / ``COMPANION_CHAT_MODEL``) is
 pinned: loaded at start, never unloaded, handed to the companion chat turn; so
-is the small model for small talk (``COMPANION_CHAT_SMALL_MODEL``). Every
+is the small model for small talk (``COMPANION_CHAT_SMALL_MODEL``), and the
+content judge's model when it has one of its own (``COMPANION_CONTENT_JUDGE``
+naming a catalog model of role ``chat`` or ``guard``: a judge unloaded to make
+room would reload inside a chat turn, far past its deadline). Every
 engine this process runs is opened here (`open_engine`), the pinned ones too.
 Every chat model of the catalog (`models.catalog`) whose weights are on disk
 is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
@@ -35,7 +38,7 @@ from redis.asyncio import Redis
 from inference.config import ChatEngineConfig
 from inference.engine import Engine
 from inference.engine_choice import choose
-from inference.errors import EngineUnavailable
+from inference.errors import EngineUnavailable, UnknownModel
 from inference.factory import create_engine
 from inference.manager import ModelManager, ModelOption, OpenedEngine, estimate_memory
 from inference.metrics import EngineMetrics, default_engine_metrics
@@ -59,6 +62,7 @@ async def open_models(
         chosen = await choose(settings.chat_engine)
         settings = dataclasses.replace(settings, chat_engine=chosen)
     options = model_options(settings, _catalog(settings))
+    _require_judge_model(settings, options)
 
     async def opener(config: ChatEngineConfig) -> OpenedEngine:
         return await open_engine(config, redis, settings.response_cache_ttl_s)
@@ -80,6 +84,25 @@ def small_model(settings: Settings) -> ChatEngineConfig | None:
     return dataclasses.replace(settings.chat_engine, model_path=path, model_id=path.stem)
 
 
+def judge_model_id(settings: Settings) -> str | None:
+    """The catalog model the content judge runs on, when not the default chat model."""
+    judge = settings.content_judge
+    if judge in ("off", "chat") or judge == settings.chat_engine.model_id:
+        return None
+    return judge
+
+
+def _require_judge_model(settings: Settings, options: list[ModelOption]) -> None:
+    """Refuse to start without the judge the operator named: a safety layer that is
+    silently missing is worse than a service that says why it did not start."""
+    judge = judge_model_id(settings)
+    if judge is not None and judge not in (option.model_id for option in options):
+        raise UnknownModel(
+            f"COMPANION_CONTENT_JUDGE={judge}: no catalog model of role chat or guard"
+            " with that id can run here (unknown, weights not on disk, or backend not installed)"
+        )
+
+
 def memory_budget(settings: Settings) -> int:
     """``COMPANION_MODEL_MEMORY_MB``, or half of this machine's memory when it is 0."""
     if settings.model_memory_mb:
@@ -88,18 +111,21 @@ def memory_budget(settings: Settings) -> int:
 
 
 def model_options(settings: Settings, catalog: Catalog | None) -> list[ModelOption]:
-    """The pinned default model, then every catalog chat model that can be loaded."""
+    """The pinned default model, then every catalog chat model that can be loaded (the
+    judge's own model among them, pinned)."""
     pinned = [settings.chat_engine]
     small = small_model(settings)
     if small is not None and small.model_id != settings.chat_engine.model_id:
         pinned.append(small)
     options = [ModelOption(c.model_id, c, estimate_memory(c), pinned=True) for c in pinned]
+    judge = judge_model_id(settings)
     for spec in catalog.list() if catalog else []:
-        if spec.role != "chat" or spec.id in (c.model_id for c in pinned):
+        served = spec.role == "chat" or (spec.id == judge and spec.role == "guard")
+        if not served or spec.id in (c.model_id for c in pinned):
             continue
         config = catalog_config(settings, catalog, spec) if catalog else None
         if config is not None:
-            options.append(ModelOption(spec.id, config, _memory(spec, config)))
+            options.append(ModelOption(spec.id, config, _memory(spec, config), spec.id == judge))
     return options
 
 

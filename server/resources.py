@@ -7,8 +7,9 @@ event loop; each loaded engine has a task that publishes its stats as metrics
 every second; see `server.models_setup`), then the embedding model, then (where there
 are GPUs) a task sampling NVML every five seconds, then the memory job queue
 (and, unless ``COMPANION_MEMORY_WORKER=off``, a worker in this process) and
-the chat turn service. Shutdown closes them in reverse order. A
-failure part-way closes what was opened.
+the chat turn service, whose content classifier asks the judge that
+``COMPANION_CONTENT_JUDGE`` names about unsure messages. Shutdown closes them
+in reverse order. A failure part-way closes what was opened.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from inference.classifiers.content import ContentClassifier
+from inference.classifiers.content_judge import EngineJudge
 from inference.classifiers.emotion import EmotionClassifier
 from inference.embedder import Runtime, SentenceEmbedder
 from inference.engine import Engine
@@ -48,7 +50,7 @@ from server.chat import ChatTurnService
 from server.concurrency import UserLeases
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
-from server.models_setup import open_models, small_model
+from server.models_setup import judge_model_id, open_models, small_model
 from server.personas import Persona, load_personas
 from server.ratelimit import Limits, RateLimiter
 from server.settings import Settings
@@ -129,8 +131,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             )
         personas = load_personas(settings.data_dir)  # once: edits apply at the next start
         small = _small_engine(settings, models) if engine is not None else None
+        judge = content_judge(settings, models, engine)
         chat = await _chat_service(
-            stack, settings, pool, redis, engine, embedder, jobs, personas, small
+            stack, settings, pool, redis, engine, embedder, jobs, personas, small, judge
         )
         limiter = _limiter(settings, redis)
         cap = settings.max_concurrent_per_user
@@ -187,12 +190,13 @@ async def _chat_service(
     jobs: MemoryJobs | None,
     personas: dict[str, Persona],
     small_engine: Engine | None = None,
+    judge: EngineJudge | None = None,
 ) -> ChatTurnService | None:
     """The chat turn needs the engine and the embedder (classifiers, memory); else none."""
     if engine is None or embedder is None:
         return None
     # the content prototypes embed about a hundred seed sentences: off the event loop
-    content = await asyncio.to_thread(ContentClassifier, embedder)
+    content = await asyncio.to_thread(ContentClassifier, embedder, judge=judge)
     memories = LongTermMemory(pool, embedder)
     stack.push_async_callback(memories.close)  # batched access statistics, before the pool
     return ChatTurnService(
@@ -238,6 +242,20 @@ async def _start_embedder(stack: AsyncExitStack, settings: Settings) -> Sentence
     await embedder.warm_up()  # load now, not on the first request
     stack.callback(embedder.close)
     return embedder
+
+
+def content_judge(
+    settings: Settings, models: ModelManager | None, engine: Engine | None
+) -> EngineJudge | None:
+    """Layer 4 of the content classifier, on the engine ``COMPANION_CONTENT_JUDGE`` names:
+    the default chat ``engine``, or the judge's own model (pinned, so loaded by now)."""
+    if settings.content_judge == "off":
+        return None
+    own = judge_model_id(settings)
+    judging = models.loaded_engine(own) if own is not None and models else engine
+    if judging is None:
+        return None
+    return EngineJudge(judging, deadline_s=settings.content_judge_deadline_s)
 
 
 def _small_engine(settings: Settings, models: ModelManager | None) -> Engine | None:

@@ -102,6 +102,8 @@ class Settings:
     memory_job_concurrency: int
     session_ttl_s: int
     buffer_size: int
+    content_judge: str  # "off", "chat" (the default chat model) or a catalog model id
+    content_judge_deadline_s: float
 
     @property
     def is_production(self) -> bool:
@@ -176,6 +178,7 @@ class Settings:
             "chat_small_model": str(self.chat_small_model or "(none)"),
             "chat_kv": f"{self.chat_engine.n_ctx} cells, {self.chat_engine.n_slots} slots",
             "model_memory_mb": str(self.model_memory_mb or "(half the machine's memory)"),
+            "content_judge": f"{self.content_judge}, {self.content_judge_deadline_s:g} s deadline",
         }
 
 
@@ -375,6 +378,14 @@ def _optional_model(raw: object) -> Path | None:
     return path
 
 
+def _judge(raw: object) -> str:
+    """``off``, ``chat`` (the default chat model) or a catalog model's id, which is
+    checked against the catalog when the models open (`server.models_setup`)."""
+    text = _text(raw)
+    keyword = text.lower() or "off"
+    return keyword if keyword in ("off", "chat") else text
+
+
 def _model_id(path: Path | None) -> str:
     if path is None:
         return "smollm2-135m-instruct"
@@ -485,6 +496,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("memory_job_concurrency", "COMPANION_MEMORY_JOB_CONCURRENCY", _integer(1, 64), 2),
     _Field("session_ttl_s", "COMPANION_SESSION_TTL", _integer(60, 30 * 86400), 86400),
     _Field("buffer_size", "COMPANION_BUFFER_SIZE", _integer(2, 1000), 40),
+    # Off: the packaged 135M model judges worse than the prototypes (docs/understanding.md)
+    _Field("content_judge", "COMPANION_CONTENT_JUDGE", _judge, "off"),
+    _Field("content_judge_deadline_s", "COMPANION_CONTENT_JUDGE_DEADLINE", _seconds, 5.0),
     _Field("embedder", "COMPANION_EMBEDDER", _choice("minilm", "none"), "minilm"),
     _Field("embedder_threads", "COMPANION_EMBEDDER_THREADS", _integer(0, 256), 1),
     _Field("embedder_runtime", "COMPANION_EMBEDDER_RUNTIME", _choice("onnx", "torch"), "onnx"),
@@ -670,6 +684,8 @@ def _build(values: Mapping[str, Any]) -> Settings:
         hf_endpoint=values["hf_endpoint"] or "https://huggingface.co",
         session_ttl_s=values["session_ttl_s"],
         buffer_size=values["buffer_size"],
+        content_judge=values["content_judge"],
+        content_judge_deadline_s=values["content_judge_deadline_s"],
         chat_engine=ChatEngineConfig(
             backend=values["chat_engine"],
             model_path=values["chat_model"],

@@ -20,9 +20,10 @@
    that label; a borderline message right after self-harm stays self-harm.
 4. ``judge``: an optional LLM (`Judge`), asked only when the rules and the
    prototypes disagree, or the result is unsure; never for what a rule or
-   the age check marked ``minor_sexual`` or ``self_harm``. The service does
-   not pass one yet (docs/understanding.md): unsure results keep layers 1-3's
-   answer.
+   the age check marked ``minor_sexual`` or ``self_harm``. The service passes
+   one when ``COMPANION_CONTENT_JUDGE`` names a model (off by default: the
+   packaged 135M model judges worse than the prototypes, docs/understanding.md);
+   without one, unsure results keep layers 1-3's answer.
 
 Every `ContentResult` names the deciding layer, gives short reasons and the
 age the message states, if any.
@@ -194,12 +195,19 @@ class ContentClassifier:
         """Classify one message in its conversation, sharing the embedding call with others."""
         started = time.perf_counter()
         vectors = await self.embedder.embed([text])
-        result = self.decide([text], vectors, [context])[0]
-        if self.judge is not None and result.unsure:
-            result = await self._ask_judge(self.judge, text, context, result)
+        result = await self.sharpen(text, context, self.decide([text], vectors, [context])[0])
         classifier = default_understanding_metrics().classifier.labels("content", result.layer)
         classifier.observe(time.perf_counter() - started)
         return result
+
+    async def sharpen(
+        self, text: str, context: ContentContext, result: ContentResult
+    ) -> ContentResult:
+        """Layer 4 on layers 1-3's ``result``: the judge decides an unsure one, when
+        there is a judge. Public so that an evaluation can time the judge alone."""
+        if self.judge is None or not result.unsure:
+            return result
+        return await self._ask_judge(self.judge, text, context, result)
 
     def classify_batch(
         self, texts: Sequence[str], contexts: Sequence[ContentContext] | None = None
@@ -245,8 +253,10 @@ class ContentClassifier:
             reasons=(*result.reasons, f"judge: {label}"),
             unsure=False,
         )
-        # The judge may sharpen a label, but the stated-age and minor-cue rule still holds.
-        return _minor_if_underage(judged, "judge")
+        # The judge may sharpen a label, but what the message states (an age, a minor
+        # cue) and what the conversation knows (a minor user, a locked route) still hold:
+        # layers 1-3 already applied them to the answer it replaces.
+        return apply_context(_minor_if_underage(judged, "judge"), context)
 
 
 def combine_layers(rule: RuleMatch, scores: dict[str, float], unsure_below: float) -> ContentResult:

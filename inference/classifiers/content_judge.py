@@ -1,14 +1,22 @@
 """Layer 4 of the content classifier: the local chat model as a judge.
 
 `EngineJudge` asks an `Engine` for a JSON object constrained by a schema
-(``{"label": one of CONTENT_LABELS, "confidence": number}``), greedy, at
-interactive priority with a deadline, and parses it into a typed reply.
-Anything that goes wrong (the engine fails, the reply does not parse) is a
+(``{"label": one of CONTENT_LABELS, "confidence": number}``), greedy, with a
+deadline, and parses it into a typed reply. Anything that goes wrong (the
+engine fails, the deadline passes, the reply does not parse) is a
 `JudgeError`; the classifier then keeps the cheap layers' answer.
+
+The service runs it on the chat engine, or on a model of its own
+(``COMPANION_CONTENT_JUDGE``, `server.resources`). It asks at background
+priority, as the memory jobs do: one user's unsure message must not delay
+other users' replies, so under load their turns are admitted first and the
+judge, past its deadline, gives way to the cheap answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -59,10 +67,18 @@ class EngineJudge:
         self.max_tokens = max_tokens
 
     async def judge(self, text: str, context: ContentContext) -> tuple[str, float]:
-        """The label and confidence the model gives ``text`` in ``context``."""
+        """The label and confidence the model gives ``text`` in ``context``.
+
+        The deadline is also kept here, on the caller's clock: the engine ends a
+        late request only at its next decode step (an engine process is given
+        5 s more), and a chat turn waits for this answer.
+        """
         request = self.request(text, context)
         try:
-            reply = await self._collect(request)
+            async with asyncio.timeout(self.deadline_s):
+                reply = await self._collect(request)
+        except TimeoutError as exc:
+            raise JudgeError(f"no answer within {self.deadline_s:g} s") from exc
         except InferenceError as exc:
             raise JudgeError(f"{type(exc).__name__}: {exc}") from exc
         parsed = parse_reply(reply)
@@ -79,16 +95,18 @@ class EngineJudge:
             ),
             sampling=SamplingParams(temperature=0.0, max_tokens=self.max_tokens),
             json_schema=JUDGE_SCHEMA,
-            priority=Priority.INTERACTIVE,
+            priority=Priority.BACKGROUND,  # chat turns first (the module doc)
             deadline_s=self.deadline_s,
             public_prefix_messages=1,
         )
 
     async def _collect(self, request: GenerationRequest) -> str:
         parts: list[str] = []
-        async for event in self.engine.generate(request):
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
+        # closed at once when the deadline cancels it: the engine aborts the request
+        async with contextlib.aclosing(self.engine.generate(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
         return "".join(parts)
 
 

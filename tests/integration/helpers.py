@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,6 +17,7 @@ import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from inference.config import ChatEngineConfig
 from memory.protocols import PromptMessage
 from server.app import create_app
 from server.settings import Settings
@@ -93,3 +97,22 @@ class Upstream(Served):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(create_app(settings))
+
+
+def catalog_settings(settings: Settings, tiny_gguf: Path, **extra: str) -> Settings:
+    """Settings serving ``tiny`` by default, with a, b, c (and ``extra`` TOML) in the catalog."""
+    lines = []
+    for name in ("a", "b", "c"):
+        copy = settings.data_dir / f"{name}.gguf"
+        shutil.copyfile(tiny_gguf, copy)
+        lines += [f"[models.{name}]", 'role = "chat"', 'backend = "llamacpp"']
+        lines += [f'source = "path:{copy}"', ""]
+    for name, table in extra.items():
+        lines += [f"[models.{name}]", table, ""]
+    (settings.data_dir / "models.toml").write_text("\n".join(lines), encoding="utf-8")
+    engine = ChatEngineConfig(
+        model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4, host_cache_bytes=0
+    )
+    per_model = tiny_gguf.stat().st_size + 2048 * 256  # weights + KV (see the estimate test)
+    budget_mb = (3 * per_model + per_model // 2) >> 20  # the default and two more
+    return dataclasses.replace(settings, chat_engine=engine, model_memory_mb=budget_mb)

@@ -14,7 +14,15 @@ from inference.classifiers.content import ContentClassifier, ContentContext, Jud
 from inference.classifiers.content_judge import EngineJudge, parse_reply
 from inference.classifiers.content_rules import CONTENT_LABELS
 from inference.embedder import SentenceEmbedder
-from inference.types import Finished, GenerationRequest, StreamEvent, TextDelta, Timings, Usage
+from inference.types import (
+    Finished,
+    GenerationRequest,
+    Priority,
+    StreamEvent,
+    TextDelta,
+    Timings,
+    Usage,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "content.jsonl"
@@ -104,6 +112,17 @@ async def test_judge_is_asked_only_when_unsure(embedder: SentenceEmbedder) -> No
     assert judge.asked and (judged.label, judged.layer) == ("romantic", "judge")
 
 
+async def test_judge_cannot_lift_what_the_conversation_says(embedder: SentenceEmbedder) -> None:
+    # A user known to be a minor: the judge's romantic is still minor_sexual, and
+    # romance inside a locked explicit conversation keeps the route's label.
+    classifier = ContentClassifier(embedder, judge=_Judge("romantic"), unsure_below=1.01)
+    text = "Could you stay with me a little longer tonight?"
+    minor = await classifier.classify(text, ContentContext(minor=True))
+    assert minor.label == "minor_sexual" and "judge: romantic" in minor.reasons
+    locked = await classifier.classify(text, ContentContext(route="fetish", route_lock_remaining=3))
+    assert locked.label == "fetish" and "judge: romantic" in locked.reasons
+
+
 async def test_failing_judge_keeps_cheap_answer(embedder: SentenceEmbedder) -> None:
     classifier = ContentClassifier(embedder, judge=_Judge(fail=True), unsure_below=1.01)
     result = await classifier.classify("Tell me about your day.")
@@ -131,6 +150,8 @@ async def test_engine_judge_sends_a_schema_and_parses_the_reply() -> None:
     request = engine.requests[0]
     assert request.json_schema is not None and request.sampling.temperature == 0.0
     assert "explicit route" in request.messages[1].content
+    # behind every chat turn, like the memory jobs; bounded by its own deadline
+    assert (request.priority, request.deadline_s) == (Priority.BACKGROUND, judge.deadline_s)
 
 
 def test_malformed_judge_reply_is_an_error() -> None:
@@ -166,6 +187,21 @@ def test_eval_script_on_a_slice(tmp_path: Path) -> None:
     assert set(per_label) == set(CONTENT_LABELS)
     assert all({"precision", "recall"} <= set(v) for v in per_label.values())
     assert "precision" in done.stdout
+
+
+def test_eval_script_runs_the_judge_on_the_unsure_rows(tmp_path: Path, tiny_gguf: Path) -> None:
+    rows = DATA.read_text().splitlines()
+    sliced = tmp_path / "slice.jsonl"
+    sliced.write_text("\n".join(rows[::4]) + "\n")  # about 7 unsure rows
+    out = tmp_path / "eval.json"
+    command = [sys.executable, "scripts/eval_content.py", "--data", str(sliced), "--json", str(out)]
+    command += ["--timed", "0", "--judge", "--judge-model", str(tiny_gguf)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    judge = json.loads(out.read_text())["judge"]
+    assert judge["rows"] > 0 and sum(judge["answers"].values()) == judge["rows"]
+    assert set(judge["per_label_off"]) == set(CONTENT_LABELS)
+    assert judge["ms_p50"] is not None and "judge on:" in done.stdout
 
 
 def test_eval_script_rejects_unknown_labels(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import catalog_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
@@ -33,25 +33,6 @@ from server.settings import Settings
 
 _MB = 1 << 20
 BUILTIN = "smollm2-135m-instruct"  # the packaged chat model is in every catalog
-
-
-def catalog_settings(settings: Settings, tiny_gguf: Path, **extra: str) -> Settings:
-    """Settings serving ``tiny`` by default, with a, b, c (and ``extra`` TOML) in the catalog."""
-    lines = []
-    for name in ("a", "b", "c"):
-        copy = settings.data_dir / f"{name}.gguf"
-        shutil.copyfile(tiny_gguf, copy)
-        lines += [f"[models.{name}]", 'role = "chat"', 'backend = "llamacpp"']
-        lines += [f'source = "path:{copy}"', ""]
-    for name, table in extra.items():
-        lines += [f"[models.{name}]", table, ""]
-    (settings.data_dir / "models.toml").write_text("\n".join(lines), encoding="utf-8")
-    engine = ChatEngineConfig(
-        model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4, host_cache_bytes=0
-    )
-    per_model = tiny_gguf.stat().st_size + 2048 * 256  # weights + KV (see the estimate test)
-    budget_mb = (3 * per_model + per_model // 2) // _MB  # the default and two more
-    return dataclasses.replace(settings, chat_engine=engine, model_memory_mb=budget_mb)
 
 
 def request(max_tokens: int = 8) -> GenerationRequest:

@@ -190,3 +190,39 @@ source = "path:/m/pinned.gguf"
     # a GGUF declared for vLLM is converted: both formats, without listing them
     assert catalog.get("converted").weight_formats == ("gguf", "hf")
     assert catalog.get("gguf-only").engines() == ("llamacpp",)
+
+
+def test_the_judges_own_model_is_pinned_and_may_be_a_guard(tmp_path: Path) -> None:
+    from inference.manager import ModelOption
+    from server.models_setup import judge_model_id, model_options
+    from server.settings import load_settings
+
+    write(
+        tmp_path,
+        """
+[models.guard]
+role = "guard"
+backend = "remote"
+source = "remote:meta-llama/Llama-Guard-3-8B"
+urls = ["http://gpu1:8000/v1"]
+
+[models.big]
+role = "chat"
+backend = "remote"
+source = "remote:big"
+urls = ["http://gpu1:8000/v1"]
+""",
+    )
+    catalog = load_catalog(tmp_path)
+
+    def options(judge: str) -> dict[str, ModelOption]:
+        env = {"COMPANION_DATA_DIR": str(tmp_path), "COMPANION_CONTENT_JUDGE": judge}
+        return {o.model_id: o for o in model_options(load_settings(env), catalog)}
+
+    assert "guard" not in options("off")  # a guard model is no chat model
+    assert options("guard")["guard"].pinned and not options("guard")["big"].pinned
+    assert options("big")["big"].pinned
+    # the default chat model judging is the chat engine itself: no model of its own
+    default = load_settings({"COMPANION_CONTENT_JUDGE": "smollm2-135m-instruct"})
+    assert judge_model_id(default) is None
+    assert judge_model_id(load_settings({"COMPANION_CONTENT_JUDGE": "chat"})) is None

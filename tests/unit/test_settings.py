@@ -252,3 +252,17 @@ def test_vllm_takes_a_model_directory_and_its_own_settings(tmp_path: Path) -> No
         )
     with pytest.raises(SettingsError, match="COMPANION_VLLM_CACHE_SCOPE"):
         load_settings({"COMPANION_DATA_DIR": str(tmp_path), "COMPANION_VLLM_CACHE_SCOPE": "all"})
+
+
+def test_the_content_judge_is_off_unless_it_names_a_model() -> None:
+    defaults = load_settings({})
+    assert (defaults.content_judge, defaults.content_judge_deadline_s) == ("off", 5.0)
+    chat = load_settings(
+        {"COMPANION_CONTENT_JUDGE": " Chat ", "COMPANION_CONTENT_JUDGE_DEADLINE": "2"}
+    )
+    assert (chat.content_judge, chat.content_judge_deadline_s) == ("chat", 2.0)
+    assert chat.describe()["content_judge"] == "chat, 2 s deadline"
+    # any other value is a catalog id (checked against the catalog at start), case kept
+    assert load_settings({"COMPANION_CONTENT_JUDGE": "Qwen2.5-7B"}).content_judge == "Qwen2.5-7B"
+    with pytest.raises(SettingsError, match="COMPANION_CONTENT_JUDGE_DEADLINE"):
+        load_settings({"COMPANION_CONTENT_JUDGE_DEADLINE": "0"})
