@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lib import machine_info, write_json
+from bench_client import stream_engine
+from bench_harness import distribution, itls
+from bench_report import Column, format_table, machine_info, write_json
 
 from inference.config import ChatEngineConfig
 from inference.engine import Engine
@@ -52,13 +51,11 @@ async def measure(engine: Engine, tag: str, requests: int, tokens: int) -> dict[
             messages=MESSAGES,
             sampling=SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True),
         )
-        started, times = time.monotonic(), []
-        async for _ in engine.generate(request):
-            times.append(time.monotonic())
+        sample = await stream_engine(engine, request)
         if i == 0:
             continue  # the first computes the prompt the others reuse
-        ttft.append(times[0] - started)
-        gaps += [b - a for a, b in itertools.pairwise(times[:-1])]  # the last is Finished
+        ttft.append(sample.chunk_times[0])
+        gaps += itls(sample.chunk_times)
     return {"ttft": ttft, "gap": gaps}
 
 
@@ -80,9 +77,10 @@ async def one_round(args: argparse.Namespace, mode: str, n: int) -> dict[str, li
         await engine.close()
 
 
-def quantiles(values: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(values, n=10)
-    return {"p50": statistics.median(values) * 1000, "p90": cuts[8] * 1000, "n": len(values)}
+def quantiles(values: list[float]) -> dict[str, float | None]:
+    """p50 and p90 in milliseconds (the harness's percentiles), and how many values."""
+    d = distribution(v * 1000 for v in values)
+    return {"p50": d["p50"], "p90": d["p90"], "n": len(values)}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -95,13 +93,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {m: {k: quantiles(v) for k, v in pooled[m].items()} for m in MODES}
 
 
+COLUMNS: tuple[Column, ...] = (
+    ("mode", "mode", ""),
+    ("ttft p50 ms", "ttft.p50", "f2"),
+    ("ttft p90 ms", "ttft.p90", "f2"),
+    ("gap p50 ms", "gap.p50", "f2"),
+    ("gap p90 ms", "gap.p90", "f2"),
+)
+
+
 def table(summary: dict[str, Any]) -> str:
-    lines = ["mode      ttft p50  ttft p90  gap p50  gap p90   (ms)", "-" * 52]
-    for mode in MODES:
-        t, g = summary[mode]["ttft"], summary[mode]["gap"]
-        lines.append(
-            f"{mode:<9} {t['p50']:>8.2f}  {t['p90']:>8.2f}  {g['p50']:>7.2f}  {g['p90']:>7.2f}"
-        )
+    lines = [format_table([{"mode": m, **summary[m]} for m in MODES], COLUMNS, left=1)]
     diff = {
         f"{k} {q}": summary["separate"][k][q] - summary["inline"][k][q]
         for k in ("ttft", "gap")

@@ -20,30 +20,28 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_client import stream_engine
 from bench_lib import build_conversations
 
 from inference.config import ChatEngineConfig, VllmOptions
 from inference.engines.vllm import VllmEngine
-from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams
+from inference.types import ChatMessage, GenerationRequest, SamplingParams
 from models.convert import hf_directory
 from models.packaged import packaged_path
 
 
 async def first_token(engine: VllmEngine, request: GenerationRequest) -> tuple[float, int]:
-    started = time.perf_counter()
-    ttft = None
-    async for event in engine.generate(request):
-        if ttft is None:
-            ttft = time.perf_counter() - started
-        if isinstance(event, Finished):
-            assert ttft is not None
-            return ttft, event.usage.cached_prompt_tokens
-    raise RuntimeError("no Finished event")
+    """Seconds to the first event (the reply's one token, or its end when that token was
+    the end of the sequence) and the prompt tokens vLLM found cached."""
+    sample = await stream_engine(engine, request)
+    ttft = sample.chunk_times[0] if sample.chunk_times else sample.end_s
+    if sample.cached_tokens is None:
+        raise RuntimeError("no Finished event")
+    return ttft, sample.cached_tokens
 
 
 async def run_scope(scope: str, model_dir: Path, users: int) -> dict[str, Any]:

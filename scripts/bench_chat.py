@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,18 +41,19 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_client import COMPANION, free_port, serving, stream_turn, without_databases
 from bench_harness import (
     LoadRun,
     LoadShape,
     RequestRecord,
     Sample,
-    goodput,
+    distribution,
     parse_slos,
     run_load,
+    summarize,
 )
-from bench_lib import machine_info, percentile, user_messages, write_json
-
-COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
+from bench_lib import user_messages
+from bench_report import Column, format_table, machine_info, write_json
 
 
 @dataclass
@@ -87,9 +83,9 @@ class Turn:
 @dataclass
 class Run:
     concurrency: int
+    load: LoadRun
     turns: list[Turn] = field(default_factory=list)
     wall_s: float = 0.0
-    load: LoadRun | None = None
 
 
 async def sign_up(client: httpx.AsyncClient) -> dict[str, str]:
@@ -98,39 +94,6 @@ async def sign_up(client: httpx.AsyncClient) -> dict[str, str]:
     login = await client.post("/auth/login", json=credentials)
     login.raise_for_status()
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
-
-
-async def one_turn(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], text: str
-) -> Sample:
-    """One turn over SSE, timed from the POST: every ``token`` event and the ``done``."""
-    sample = Sample(output_tokens=0)
-    started = time.perf_counter()
-    event = ""
-    done = False
-    try:
-        async with client.stream("POST", url, json={"content": text}, headers=headers) as response:
-            if response.status_code != 200:
-                sample.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
-                return sample
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    if event == "token":
-                        sample.chunk_times.append(time.perf_counter() - started)
-                    elif event == "done":
-                        sample.extra["steps"] = json.loads(line[6:])["timings"]
-                        done = True
-                    elif event == "error":
-                        sample.error = line[6:]
-        if not done and sample.error is None:
-            sample.error = "stream ended without a done event"
-    except httpx.HTTPError as exc:
-        sample.error = f"{type(exc).__name__}: {exc}"
-    sample.end_s = time.perf_counter() - started
-    sample.output_tokens = len(sample.chunk_times)  # one token event per token
-    return sample
 
 
 class User:
@@ -157,7 +120,7 @@ class User:
     async def request(self, turn: int) -> Sample:
         if self.setup_error is not None:
             return Sample(error=self.setup_error)
-        return await one_turn(self.client, self.url, self.headers, self.messages[turn])
+        return await stream_turn(self.client, self.url, self.headers, self.messages[turn])
 
 
 def to_turn(r: RequestRecord) -> Turn:
@@ -199,63 +162,62 @@ async def run_level(
     ) as client:
         users = [User(client, u, turns) for u in range(concurrency)]
         load = await run_load(shape, users, f"{concurrency} users")
-    return Run(concurrency, [to_turn(r) for r in load.records], load.wall_s, load)
+    return Run(concurrency, load, [to_turn(r) for r in load.records], load.wall_s)
 
 
-def summarize(run: Run, slos: dict[str, float] | None = None) -> dict[str, Any]:
+def summarize_run(run: Run, slos: dict[str, float] | None = None) -> dict[str, Any]:
+    """The harness's summary in this script's names (milliseconds, one decimal), with the
+    engine's TTFT, the overhead between the two and the server's own steps added."""
+    base = summarize(run.load, slos or {})
     ok = [t for t in run.turns if t.ok]
-
-    def pct(values: list[float | None], q: float) -> float | None:
-        value = percentile([v for v in values if v is not None], q)
-        return None if value is None else round(value * 1000, 1)
-
-    columns = {
-        "ttft": [t.ttft_s for t in ok],
-        "engine_ttft": [t.engine_ttft_s for t in ok],
-        "overhead": [t.overhead_s for t in ok],
-        "server_overhead": [t.server_overhead_s for t in ok],
-        "tpot": [t.tpot_s for t in ok],
-        "itl": [gap for t in ok for gap in t.itl_s],
-        "e2e": [t.e2e_s for t in ok],
-    }
+    tokens_per_s = base["output_throughput_tok_s"]
     summary: dict[str, Any] = {
         "concurrency": run.concurrency,
-        "turns": len(run.turns),
-        "errors": len(run.turns) - len(ok),
-        "tokens_per_s": round(sum(t.tokens for t in ok) / run.wall_s, 1) if run.wall_s else None,
+        "turns": base["requests"],
+        "errors": base["errors"],
+        "tokens_per_s": None if tokens_per_s is None else round(tokens_per_s, 1),
     }
-    for name, values in columns.items():
+    columns = {
+        "ttft": base["ttft_s"],
+        "engine_ttft": distribution(t.engine_ttft_s for t in ok),
+        "overhead": distribution(t.overhead_s for t in ok),
+        "server_overhead": distribution(t.server_overhead_s for t in ok),
+        "tpot": base["tpot_s"],
+        "itl": base["itl_s"],
+        "e2e": base["e2e_s"],
+    }
+    for name, quantiles in columns.items():
         for q in (50, 95, 99):
-            summary[f"{name}_p{q}_ms"] = pct(values, q)
-    if run.load is not None:
-        summary["load"] = run.load.shape.label
-        summary["goodput"] = goodput(run.load.records, slos or {}, run.wall_s)
+            summary[f"{name}_p{q}_ms"] = _ms(quantiles[f"p{q}"])
+    summary["load"] = base["load"]
+    summary["goodput"] = base["goodput"]
     steps = sorted({name for t in ok for name in t.steps})
-    summary["server_steps_ms"] = {
-        name.removesuffix("_s"): [pct([t.steps.get(name) for t in ok], q) for q in (50, 95)]
-        for name in steps
-    }
-    summary["first_errors"] = [t.error for t in run.turns if not t.ok][:3]
+    summary["server_steps_ms"] = {name.removesuffix("_s"): _step(ok, name) for name in steps}
+    summary["first_errors"] = base["first_errors"]
     return summary
 
 
-def format_table(summaries: list[dict[str, Any]]) -> str:
-    header = (
-        "users  turns  errors  tok/s   ttft p50/p95 ms    engine ttft p50/p95   "
-        "overhead p50/p95   (server-side)      e2e p50/p95 ms"
-    )
-    lines = [header, "-" * len(header)]
-    for s in summaries:
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
-        def pair(name: str, s: dict[str, Any] = s) -> str:
-            return f"{s[f'{name}_p50_ms']}/{s[f'{name}_p95_ms']}"
 
-        lines.append(
-            f"{s['concurrency']:>5}  {s['turns']:>5}  {s['errors']:>6}  {s['tokens_per_s']!s:>5}   "
-            f"{pair('ttft'):>17}   {pair('engine_ttft'):>19}   {pair('overhead'):>16}   "
-            f"{pair('server_overhead'):>16}   {pair('e2e'):>16}"
-        )
-    return "\n".join(lines)
+def _step(turns: list[Turn], name: str) -> list[float | None]:
+    """p50 and p95 of one server step, in milliseconds."""
+    quantiles = distribution(t.steps.get(name) for t in turns)
+    return [_ms(quantiles["p50"]), _ms(quantiles["p95"])]
+
+
+COLUMNS: tuple[Column, ...] = (
+    ("users", "concurrency", ""),
+    ("turns", "turns", ""),
+    ("errors", "errors", ""),
+    ("tok/s", "tokens_per_s", ""),
+    ("ttft p50/p95 ms", "ttft_p50_ms/ttft_p95_ms", ""),
+    ("engine ttft p50/p95", "engine_ttft_p50_ms/engine_ttft_p95_ms", ""),
+    ("overhead p50/p95", "overhead_p50_ms/overhead_p95_ms", ""),
+    ("(server-side)", "server_overhead_p50_ms/server_overhead_p95_ms", ""),
+    ("e2e p50/p95 ms", "e2e_p50_ms/e2e_p95_ms", ""),
+)
 
 
 def draw_png(path: Path, summaries: list[dict[str, Any]]) -> None:
@@ -284,18 +246,11 @@ def draw_png(path: Path, summaries: list[dict[str, Any]]) -> None:
     fig.savefig(path, dpi=120)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def local_server(extra_env: dict[str, str]) -> Iterator[str]:
     """``companion serve`` on a fresh data dir; its base URL until the block ends."""
     with tempfile.TemporaryDirectory(prefix="bench-chat-") as directory:
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        env |= {
+        env = without_databases(os.environ) | {
             "COMPANION_DATA_DIR": directory,
             "COMPANION_LOG_LEVEL": "warning",
             "COMPANION_RATE_LIMITS": "false",
@@ -303,23 +258,10 @@ def local_server(extra_env: dict[str, str]) -> Iterator[str]:
             **extra_env,
         }
         port = free_port()
-        process = subprocess.Popen([*COMPANION, "serve", "--port", str(port)], env=env)
         base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    raise SystemExit("companion serve exited before it was ready")
-                try:
-                    if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
+        command = [*COMPANION, "serve", "--port", str(port)]
+        with serving(command, env, f"{base}/health/ready", None, timeout_s=300):
             yield base
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=120)
 
 
 def main() -> None:
@@ -368,8 +310,8 @@ def main() -> None:
     else:
         with local_server(extra) as base_url:
             runs = measure(base_url)
-    summaries = [summarize(run, slos) for run in runs]
-    print(format_table(summaries))
+    summaries = [summarize_run(run, slos) for run in runs]
+    print(format_table(summaries, COLUMNS, left=0))
     for s in summaries:
         good = s["goodput"]
         print(

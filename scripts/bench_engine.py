@@ -37,9 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -47,25 +45,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
-from bench_lib import (
-    PERSONA,
-    Backend,
-    Conversation,
-    Message,
-    Reply,
-    RunResult,
-    build_conversations,
-    draw_png,
-    format_table,
-    machine_info,
-    progress_bar,
-    run_workload,
-    summarize,
-    write_json,
+from bench_client import (
+    OpenAIChat,
+    free_port,
+    llama_server_command,
+    served_model,
+    serving,
+    stream_engine,
 )
+from bench_harness import LoadRun, LoadShape, RequestRecord, Sample, run_load, summarize
+from bench_lib import PERSONA, Conversation, ConversationSession, Message, build_conversations
+from bench_report import Column, draw_sweep, format_table, machine_info, write_json
 
 from models.packaged import packaged_path
 
@@ -98,6 +91,22 @@ def _request_id(conversation: Conversation) -> str:
     return f"{conversation.conversation_id}-{next(_request_ids)}"
 
 
+class Backend(Protocol):
+    """Something that answers chat turns. ``send`` is called concurrently."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, conversation: Conversation, messages: Sequence[Message]) -> Sample: ...
+
+    def extras(self) -> dict[str, Any]:
+        """Backend-specific numbers for the JSON (engine counters, server flags)."""
+        ...
+
+
 # --- engine: our in-process LlamaCppEngine
 
 
@@ -126,14 +135,8 @@ class EngineBackend:
         if self._engine is not None:
             await self._engine.close()
 
-    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
-        from inference.types import (
-            ChatMessage,
-            Finished,
-            GenerationRequest,
-            SamplingParams,
-            TextDelta,
-        )
+    async def send(self, conversation: Conversation, messages: Sequence[Message]) -> Sample:
+        from inference.types import ChatMessage, GenerationRequest, SamplingParams
 
         request = GenerationRequest(
             request_id=_request_id(conversation),
@@ -146,26 +149,9 @@ class EngineBackend:
             # The persona is operator text, shareable by all users; the warm-up has none.
             public_prefix_messages=1 if messages[0].content == PERSONA else 0,
         )
-        parts: list[str] = []
-        finished: Finished | None = None
-        # Measured here, as for the other backends: from the moment the client asks
-        # to its first text, so time the event loop spent blocked is not hidden.
-        started = time.monotonic()
-        first: float | None = None
-        async for event in self._engine.generate(request):
-            if isinstance(event, TextDelta):
-                first = first or time.monotonic()
-                parts.append(event.text)
-            else:
-                finished = event
-        assert finished is not None
-        return Reply(
-            text="".join(parts),
-            ttft_s=None if first is None else first - started,
-            prompt_tokens=finished.usage.prompt_tokens,
-            cached_tokens=finished.usage.cached_prompt_tokens,
-            completion_tokens=finished.usage.completion_tokens,
-        )
+        # Timed here, as for the other backends: from the moment the client asks to its
+        # first text, so time the event loop spent blocked is not hidden.
+        return await stream_engine(self._engine, request)
 
     def extras(self) -> dict[str, Any]:
         stats = self._engine.stats()
@@ -176,106 +162,34 @@ class EngineBackend:
 
 
 class OpenAIBackend:
-    """Streams ``/chat/completions``; TTFT is measured here, at the first content."""
+    """Streams ``/chat/completions`` with the conversation's ``user`` and llama-server's
+    ``cache_prompt``; TTFT is measured here, at the first content."""
 
     def __init__(self, options: Options, name: str = "openai") -> None:
         self.name = name
         self._options = options
         self._client: httpx.AsyncClient | None = None
-        self._model = "default"
+        self._chat: OpenAIChat | None = None
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(
             base_url=self._options.base_url, timeout=httpx.Timeout(600, connect=10)
         )
-        self._model = await self._served_model()
+        model = await served_model(self._client)
+        extra = {"cache_prompt": True}
+        self._chat = OpenAIChat(self._client, model, self._options.max_tokens, True, extra)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
 
-    async def _served_model(self) -> str:
-        """The first model the server lists (vLLM insists on the right name)."""
-        assert self._client is not None
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
-            response = await self._client.get("/models")
-            return str(response.json()["data"][0]["id"])
-        return "default"
-
-    def _body(self, conversation: Conversation, messages: Sequence[Message]) -> dict[str, Any]:
-        return {
-            "model": self._model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "max_tokens": self._options.max_tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "user": conversation.user_id,
-            # llama-server extensions (other servers ignore or reject unknown keys):
-            "ignore_eos": True,
-            "cache_prompt": True,
-        }
-
-    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
-        assert self._client is not None
-        began = time.perf_counter()
-        stream = _StreamState()
-        body = self._body(conversation, messages)
-        async with self._client.stream("POST", "/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                detail = (await response.aread()).decode(errors="replace")[:500]
-                raise RuntimeError(f"HTTP {response.status_code}: {detail}")
-            async for line in response.aiter_lines():
-                if line.startswith("data:") and stream.feed(line[5:].strip(), began):
-                    break
-        return stream.reply()
+    async def send(self, conversation: Conversation, messages: Sequence[Message]) -> Sample:
+        assert self._chat is not None
+        return await self._chat.send(conversation, messages)
 
     def extras(self) -> dict[str, Any]:
-        return {"base_url": self._options.base_url, "model": self._model}
-
-
-class _StreamState:
-    """Accumulates one SSE chat stream: text, first-content time, usage, llama.cpp timings."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.ttft_s: float | None = None
-        self.chunks = 0
-        self.usage: dict[str, Any] = {}
-        self.timings: dict[str, Any] = {}
-
-    def feed(self, data: str, began: float) -> bool:
-        """Take one ``data:`` payload; True at the end of the stream."""
-        if data == "[DONE]":
-            return True
-        chunk = json.loads(data)
-        if "error" in chunk:
-            raise RuntimeError(f"server error: {chunk['error']}")
-        for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                if self.ttft_s is None:
-                    self.ttft_s = time.perf_counter() - began
-                self.parts.append(content)
-                self.chunks += 1
-        self.usage = chunk.get("usage") or self.usage
-        self.timings = chunk.get("timings") or self.timings
-        return False
-
-    def reply(self) -> Reply:
-        details = self.usage.get("prompt_tokens_details") or {}
-        cached = details.get("cached_tokens", self.timings.get("cache_n"))
-        prompt = self.usage.get("prompt_tokens")
-        if prompt is None and "prompt_n" in self.timings:
-            prompt = self.timings["prompt_n"] + self.timings.get("cache_n", 0)
-        completion = self.usage.get("completion_tokens", self.timings.get("predicted_n"))
-        return Reply(
-            text="".join(self.parts),
-            ttft_s=self.ttft_s,
-            prompt_tokens=prompt,
-            cached_tokens=cached,
-            completion_tokens=completion if completion is not None else self.chunks,
-        )
+        model = self._chat.model if self._chat is not None else None
+        return {"base_url": self._options.base_url, "model": model}
 
 
 # --- llama-server: start llama.cpp's server, then talk OpenAI to it
@@ -286,81 +200,34 @@ class LlamaServerBackend:
 
     def __init__(self, options: Options) -> None:
         self._options = options
-        self._port = _free_port()
-        self._process: asyncio.subprocess.Process | None = None
+        self._port = free_port()
         self._log = Path(tempfile.gettempdir()) / f"bench-llama-server-{self._port}.log"
+        self._server = contextlib.ExitStack()
         url = f"http://127.0.0.1:{self._port}/v1"
         self._client = OpenAIBackend(_with_base_url(options, url), name=self.name)
 
     def command(self) -> list[str]:
         o = self._options
-        return [
-            str(o.server_binary),
-            *("-m", str(o.model), "-c", str(o.server_ctx), "-np", str(o.server_slots)),
-            *("--host", "127.0.0.1", "--port", str(self._port)),
-            *("-t", str(o.threads), "-tb", str(o.threads)),
-            # One KV pool shared by all slots, like our engine. An explicit -np turns
-            # it off, and then each slot gets ctx/slots cells (1024 for 8192/8), too
-            # few for the later turns of this workload.
-            "--kv-unified",
+        return llama_server_command(
+            o.server_binary, o.model, o.server_ctx, o.server_slots, o.threads, self._port,
             *o.server_args,
-        ]
+        )  # fmt: skip
 
     async def start(self) -> None:
-        if not self._options.server_binary.exists():
-            raise SystemExit(
-                f"{self._options.server_binary} not found: run scripts/build_llama_server.sh"
-            )
-        with self._log.open("wb") as log:
-            self._process = await asyncio.create_subprocess_exec(
-                *self.command(),
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        await self._wait_healthy(timeout_s=180)
+        ready = f"http://127.0.0.1:{self._port}/health"
+        started = serving(self.command(), os.environ, ready, self._log, timeout_s=180)
+        await asyncio.to_thread(self._server.enter_context, started)
         await self._client.start()
-
-    async def _wait_healthy(self, timeout_s: float) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=5) as client:
-            while time.monotonic() < deadline:
-                if self._process.returncode is not None:
-                    raise RuntimeError(f"llama-server exited; see {self._log}\n{self._log_tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await client.get(f"http://127.0.0.1:{self._port}/health")
-                    if response.status_code == 200:
-                        return
-                await asyncio.sleep(0.25)
-        raise RuntimeError(f"llama-server not healthy after {timeout_s}s; see {self._log}")
-
-    def _log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
 
     async def close(self) -> None:
         await self._client.close()
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=15)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await asyncio.to_thread(self._server.close)
 
-    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
-        return await self._client.reply(conversation, messages)
+    async def send(self, conversation: Conversation, messages: Sequence[Message]) -> Sample:
+        return await self._client.send(conversation, messages)
 
     def extras(self) -> dict[str, Any]:
         return {"command": self.command(), "log": str(self._log)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _with_base_url(options: Options, url: str) -> Options:
@@ -411,15 +278,15 @@ class PlainBackend:
         if self._llm is not None:
             await asyncio.to_thread(self._llm.close)
 
-    async def reply(self, conversation: Conversation, messages: Sequence[Message]) -> Reply:
+    async def send(self, conversation: Conversation, messages: Sequence[Message]) -> Sample:
+        # timed from here: the wait for the lock (the one sequence) is part of the latency
         return await asyncio.to_thread(self._complete, messages, time.perf_counter())
 
-    def _complete(self, messages: Sequence[Message], began: float) -> Reply:
+    def _complete(self, messages: Sequence[Message], began: float) -> Sample:
+        sample = Sample()
         with self._lock:
             probe = _PromptProbe(self._end_tokens)
             before = list(self._llm.input_ids[: self._llm.n_tokens])
-            parts: list[str] = []
-            ttft: float | None = None
             for chunk in self._llm.create_chat_completion(
                 messages=[{"role": m.role, "content": m.content} for m in messages],
                 max_tokens=self._options.max_tokens,
@@ -429,9 +296,12 @@ class PlainBackend:
             ):
                 content = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
                 if content:
-                    ttft = ttft if ttft is not None else time.perf_counter() - began
-                    parts.append(content)
-        return Reply("".join(parts), ttft, len(probe.prompt), probe.cached(before), probe.sampled)
+                    sample.chunk_times.append(time.perf_counter() - began)
+                    sample.text += content
+        sample.end_s = time.perf_counter() - began
+        sample.output_tokens, sample.prompt_tokens = probe.sampled, len(probe.prompt)
+        sample.cached_tokens = probe.cached(before)
+        return sample
 
     def extras(self) -> dict[str, Any]:
         return {"end_of_generation_tokens_masked": self._end_tokens}
@@ -537,18 +407,18 @@ def make_backend(name: str, options: Options) -> Backend:
 
 
 async def run_one(
-    name: str, options: Options, conversations: Sequence[Conversation], turns: int
-) -> RunResult:
-    """One backend at one concurrency, from a cold start (no cache left by earlier runs)."""
+    name: str, options: Options, conversations: Sequence[Conversation]
+) -> tuple[LoadRun, dict[str, Any]]:
+    """One backend at one concurrency, from a cold start (no cache left by earlier runs):
+    every conversation at once, each turn sent when the previous reply is complete."""
     backend = make_backend(name, options)
     await backend.start()
     try:
         await _warm_up(backend)
-        bar = progress_bar(len(conversations) * turns, f"{name} C={len(conversations)}")
-        try:
-            return await run_workload(backend, conversations, turns, bar)
-        finally:
-            bar.close()
+        sessions = [ConversationSession(c, backend.send) for c in conversations]
+        shape = LoadShape("fixed", len(conversations))
+        run = await run_load(shape, sessions, f"{name} C={len(conversations)}")
+        return run, backend.extras()
     finally:
         await backend.close()
 
@@ -556,7 +426,9 @@ async def run_one(
 async def _warm_up(backend: Backend) -> None:
     """One short request that shares nothing with the workload (first-call costs)."""
     ghost = Conversation(-1, "bench-warmup", "bench-warmup", "", ())
-    await backend.reply(ghost, [Message("user", "Hello!")])
+    warm = await backend.send(ghost, [Message("user", "Hello!")])
+    if warm.error is not None:
+        raise SystemExit(f"{backend.name}: warm-up failed: {warm.error}")
 
 
 async def run_all(args: argparse.Namespace, options: Options) -> list[dict[str, Any]]:
@@ -565,9 +437,67 @@ async def run_all(args: argparse.Namespace, options: Options) -> list[dict[str, 
     summaries = []
     for name in backend_names(args):
         for level in levels:
-            run = await run_one(name, options, conversations[:level], args.turns)
-            summaries.append(summarize(run))
+            run, extras = await run_one(name, options, conversations[:level])
+            summaries.append(summarize_backend(name, run, extras))
     return summaries
+
+
+# Columns of the printed table: (header, key of summarize_backend, format).
+COLUMNS: tuple[Column, ...] = (
+    ("backend", "backend", ""),
+    ("C", "concurrency", "i"),
+    ("tok/s", "throughput_tok_s", "f1"),
+    ("ttft1 p50", "ttft_turn1_p50_s", "msu"),
+    ("ttft1 p90", "ttft_turn1_p90_s", "msu"),
+    ("ttft2+ p50", "ttft_later_p50_s", "msu"),
+    ("ttft2+ p90", "ttft_later_p90_s", "msu"),
+    ("e2e p50", "e2e_p50_s", "msu"),
+    ("prompt", "prompt_tokens_mean", "f1"),
+    ("cached", "cached_tokens_mean", "f1"),
+    ("gen min", "completion_tokens_min", "i"),
+    ("wall s", "wall_s", "f1"),
+    ("errors", "errors", "i"),
+)
+
+
+def summarize_backend(name: str, run: LoadRun, extras: dict[str, Any]) -> dict[str, Any]:
+    """The harness's summary under the names this script's JSON and plot have always used."""
+    s = summarize(run, {})
+    return {
+        "backend": name,
+        "concurrency": int(run.shape.value),
+        "turns_ok": s["ok"],
+        "errors": s["errors"],
+        "wall_s": s["wall_s"],
+        "completion_tokens": s["output_tokens"],
+        "throughput_tok_s": s["output_throughput_tok_s"],
+        "completion_tokens_min": s["output_tokens_min"],
+        "completion_tokens_max": s["output_tokens_max"],
+        "ttft_turn1_p50_s": s["ttft_turn1_s"]["p50"],
+        "ttft_turn1_p90_s": s["ttft_turn1_s"]["p90"],
+        "ttft_later_p50_s": s["ttft_later_s"]["p50"],
+        "ttft_later_p90_s": s["ttft_later_s"]["p90"],
+        "ttft_p50_by_turn_s": s["ttft_p50_by_turn_s"],
+        "e2e_p50_s": s["e2e_s"]["p50"],
+        "prompt_tokens_mean": s["prompt_tokens_mean"],
+        "cached_tokens_mean": s["cached_tokens_mean"],
+        "extras": extras,
+        "turns": [_turn(r) for r in run.records],
+    }
+
+
+def _turn(r: RequestRecord) -> dict[str, Any]:
+    return {
+        "conversation": r.session,
+        "turn": r.turn,
+        "started_s": r.due_s,
+        "e2e_s": r.e2e_s,
+        "ttft_s": r.ttft_s,
+        "prompt_tokens": r.prompt_tokens,
+        "cached_tokens": r.cached_tokens,
+        "completion_tokens": r.output_tokens,
+        "error": r.error,
+    }
 
 
 def token_counts(model: Path) -> dict[str, Any]:
@@ -605,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model {options.model.name}: {sizes}", file=sys.stderr)
     summaries = asyncio.run(run_all(args, options))
     label = args.label or " vs ".join(backend_names(args))
-    print(format_table(summaries))
+    print(format_table(summaries, COLUMNS, left=1))
     workload = {
         "conversations": concurrencies(args),
         "turns": args.turns,
@@ -629,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(args.json, document)
     if args.png:
         title = f"{label}: {options.model.name}, {args.turns} turns, {args.max_tokens} tok/reply"
-        draw_png(args.png, summaries, title)
+        draw_sweep(args.png, summaries, title)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import statistics
@@ -42,8 +41,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lib import machine_info, write_json
-from bench_openai import COMPANION, served_model, started
+from bench_client import COMPANION, served_model, stream_chat
+from bench_openai import started
+from bench_report import machine_info, write_json
 
 PERSONA = "You are Juniper, a warm and friendly companion. Keep replies short."
 HEAVY_PROMPT = "Tell me a long, winding story about a lighthouse keeper and a storm."
@@ -131,31 +131,12 @@ def chat_body(model: str, user_text: str, max_tokens: int, *, heavy: bool) -> di
     return body
 
 
-def first_content(line: str) -> bool:
-    """Whether an SSE line is a chunk carrying content (``choices[0].delta.content``)."""
-    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-        return False
-    chunk = json.loads(line[5:])
-    if "error" in chunk:
-        raise RuntimeError(f"stream error: {chunk['error']}")
-    choices = chunk.get("choices") or [{}]
-    return bool((choices[0].get("delta") or {}).get("content"))
-
-
 async def light_ttft(client: httpx.AsyncClient, body: dict[str, Any]) -> float:
     """Seconds from sending ``body`` to its first content token; the reply is read to the end."""
-    started_at = time.perf_counter()
-    ttft: float | None = None
-    async with client.stream("POST", "/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            detail = (await response.aread()).decode(errors="replace")[:300]
-            raise RuntimeError(f"light request: HTTP {response.status_code}: {detail}")
-        async for line in response.aiter_lines():
-            if ttft is None and first_content(line):
-                ttft = time.perf_counter() - started_at
-    if ttft is None:
-        raise RuntimeError("light request: no content streamed")
-    return ttft
+    sample = await stream_chat(client, body)
+    if sample.error is not None:
+        raise RuntimeError(f"light request: {sample.error}")
+    return sample.chunk_times[0]
 
 
 async def light_phase(

@@ -1,30 +1,35 @@
-"""The one load harness every HTTP benchmark in scripts/ runs on.
+"""The one load harness every benchmark in scripts/ runs on.
 
 What a benchmark brings: a list of sessions (a user's conversation, say), each
-a fixed number of dependent requests (turn 2 needs turn 1's reply). What the
-harness does with them:
+a fixed number of dependent requests (turn 2 needs turn 1's reply), and a
+client that streams one request into a `Sample` (scripts/bench_client.py has
+them: OpenAI chat completions, the companion's SSE turn, an in-process engine).
+What the harness does with them:
 
 - **load shapes**: ``fixed:C`` keeps C sessions in flight (closed loop: a
   worker takes the next session when its current one has finished every turn);
   ``poisson:R`` sends requests at R per second on average, with exponential
   gaps drawn from a seeded generator (open loop: the schedule does not wait for
   the server). Request i of the schedule is the next turn of session i mod N,
-  so a session's turns are N arrivals apart. A turn whose previous turn is
-  still streaming when it is due is held until that finishes; its latency is
-  still counted from when it was due (``held_s`` says by how much it waited),
-  so a slow server cannot slow the schedule down and look better for it;
+  so a session's turns are N arrivals apart. A request's latency counts from
+  when it was due, not from when it was sent: a Poisson turn whose previous
+  turn is still streaming is held until that finishes, and the first turn of
+  a fixed load is due when its worker is scheduled to start, so a client or
+  engine that blocks the event loop shows it in the latencies (``held_s``
+  says by how much a request waited) and a slow server cannot slow the
+  schedule down and look better for it;
 - **per request**, client side: TTFT (sent to first content), TPOT (mean time
   per output token after the first: (e2e - TTFT) / (tokens - 1)), every
   inter-token latency (the gaps between content chunks), e2e, prompt, cached
   and output tokens;
-- **summary**: mean and p50/p90/p95/p99 of TTFT, TPOT, ITL (all gaps pooled)
-  and e2e; request and output-token throughput; goodput: the requests per
-  second that met every latency target (``--slo ttft=2 --slo tpot=0.2``) and
-  the fraction that did (a failed request meets none);
-- a progress bar, a side-by-side table, JSON, and a PNG of latency CDFs.
+- **summary**: mean and p50/p90/p95/p99 of TTFT (also split into first and
+  later turns, where a prefix cache shows), TPOT, ITL (all gaps pooled) and
+  e2e; request and output-token throughput; goodput: the requests per second
+  that met every latency target (``--slo ttft=2 --slo tpot=0.2``) and the
+  fraction that did (a failed request meets none);
+- a progress bar while it runs; tables, JSON and plots are scripts/bench_report.py's.
 
-Nothing here knows HTTP or a model: ``scripts/bench_openai.py`` and
-``scripts/bench_chat.py`` bring the requests.
+Nothing here knows HTTP or a model.
 """
 
 from __future__ import annotations
@@ -37,11 +42,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal, Protocol
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lib import Progress, percentile, progress_bar
 
 QUANTILES = (50, 90, 95, 99)
 METRICS = ("ttft", "tpot", "itl", "e2e")
@@ -106,6 +107,11 @@ def poisson_arrivals(rate: float, count: int, seed: int) -> list[float]:
     return times
 
 
+def round_robin(turns: Sequence[int]) -> list[tuple[int, int]]:
+    """(session, turn) in schedule order: every session's turn 0, then every turn 1, ..."""
+    return [(s, t) for t in range(max(turns, default=0)) for s, n in enumerate(turns) if t < n]
+
+
 # --- what one request reports
 
 
@@ -140,7 +146,7 @@ class RequestRecord:
     session: int
     turn: int  # 1-based
     due_s: float  # since the run began: when the load shape wanted it sent
-    held_s: float  # waited past due for its own session's previous turn (poisson only)
+    held_s: float  # sent this long after it was due (its session's previous turn, a busy loop)
     ttft_s: float | None
     tpot_s: float | None
     e2e_s: float | None
@@ -191,8 +197,37 @@ class Session(Protocol):
         ...
 
     async def request(self, turn: int) -> Sample:
-        """Send turn ``turn`` (0-based) and stream it to the end; never raises."""
+        """Send turn ``turn`` (0-based) and stream it to the end. Failures are best
+        returned in ``Sample.error``; one raised counts as a failed request."""
         ...
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+def progress_bar(total: int, description: str) -> Progress:
+    """tqdm when it is installed, else a counter on stderr."""
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return _Counter(total, description)
+    bar: Progress = tqdm(total=total, desc=description, unit="turn", file=sys.stderr)
+    return bar
+
+
+class _Counter:
+    def __init__(self, total: int, description: str) -> None:
+        self.total, self.done, self.description = total, 0, description
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        print(f"\r{self.description}: {self.done}/{self.total} turns", end="", file=sys.stderr)
+
+    def close(self) -> None:
+        print(file=sys.stderr)
 
 
 @dataclass
@@ -202,32 +237,54 @@ class LoadRun:
     wall_s: float
 
 
+@dataclass
+class _Clock:
+    """What the runners share: the start, the records so far, the progress bar."""
+
+    began: float
+    records: list[RequestRecord]
+    bar: Progress
+
+    def now(self) -> float:
+        return time.perf_counter() - self.began
+
+    async def send(
+        self, index: int, session: Session, turn: int, due: float | None
+    ) -> RequestRecord:
+        """Send one turn that was due at ``due`` (None: now); record it whatever happens."""
+        now = self.now()
+        due = now if due is None else due
+        held = max(0.0, now - due)
+        try:
+            sample = await session.request(turn)
+        except Exception as exc:  # a failed turn ends its session; the rest go on
+            sample = Sample(error=f"{type(exc).__name__}: {exc}")
+            print(f"\nsession {index} turn {turn + 1} failed: {sample.error}", file=sys.stderr)
+        record = record_from(index, turn + 1, due, held, sample)
+        self.records.append(record)
+        self.bar.update()
+        return record
+
+
 async def run_load(shape: LoadShape, sessions: Sequence[Session], description: str = "") -> LoadRun:
     """Every turn of every session under ``shape``; a failed turn ends its session."""
     await asyncio.gather(*(s.prepare() for s in sessions))
-    total = sum(s.turns for s in sessions)
-    bar = progress_bar(total, description or shape.label)
-    records: list[RequestRecord] = []
-    began = time.perf_counter()
+    bar = progress_bar(sum(s.turns for s in sessions), description or shape.label)
+    clock = _Clock(time.perf_counter(), [], bar)  # started after the bar: it takes a while
     try:
         if shape.kind == "fixed":
-            await _run_fixed(int(shape.value), sessions, began, records, bar, shape.ramp_s)
+            await _run_fixed(int(shape.value), sessions, clock, shape.ramp_s)
         else:
-            await _run_poisson(shape, sessions, began, records, bar)
+            await _run_poisson(shape, sessions, clock)
     finally:
-        bar.close()
-    wall = time.perf_counter() - began
-    records.sort(key=lambda r: (r.due_s, r.session, r.turn))
+        clock.bar.close()
+    wall = clock.now()
+    records = sorted(clock.records, key=lambda r: (r.due_s, r.session, r.turn))
     return LoadRun(shape, records, wall)
 
 
 async def _run_fixed(
-    concurrency: int,
-    sessions: Sequence[Session],
-    began: float,
-    records: list[RequestRecord],
-    bar: Progress,
-    ramp_s: float = 0.0,
+    concurrency: int, sessions: Sequence[Session], clock: _Clock, ramp_s: float = 0.0
 ) -> None:
     queue = list(enumerate(sessions))
     queue.reverse()
@@ -235,43 +292,34 @@ async def _run_fixed(
 
     async def worker(number: int) -> None:
         first = queue.pop()  # taken now: a quick early worker must not start it sooner
-        await asyncio.sleep(ramp_s * number / workers)
-        queue.append(first)
+        start = ramp_s * number / workers
+        await asyncio.sleep(max(0.0, start - clock.now()))
+        await _converse(*first, clock, start)
         while queue:
-            index, session = queue.pop()
-            for turn in range(session.turns):
-                due = time.perf_counter() - began
-                record = record_from(index, turn + 1, due, 0.0, await session.request(turn))
-                records.append(record)
-                bar.update()
-                if not record.ok:
-                    bar.update(session.turns - turn - 1)
-                    break
+            await _converse(*queue.pop(), clock, None)
 
     await asyncio.gather(*(worker(n) for n in range(workers)))
 
 
-async def _run_poisson(
-    shape: LoadShape,
-    sessions: Sequence[Session],
-    began: float,
-    records: list[RequestRecord],
-    bar: Progress,
-) -> None:
+async def _converse(index: int, session: Session, clock: _Clock, start: float | None) -> None:
+    """One session's turns back to back; the first is due at ``start`` (None: now)."""
+    for turn in range(session.turns):
+        if not (await clock.send(index, session, turn, start if turn == 0 else None)).ok:
+            clock.bar.update(session.turns - turn - 1)
+            return
+
+
+async def _run_poisson(shape: LoadShape, sessions: Sequence[Session], clock: _Clock) -> None:
     order = round_robin([s.turns for s in sessions])
     arrivals = poisson_arrivals(shape.value, len(order), shape.seed)
     previous: dict[int, asyncio.Task[bool]] = {}  # session -> its latest turn (True: ok)
 
     async def one(index: int, turn: int, due: float, before: asyncio.Task[bool] | None) -> bool:
-        await asyncio.sleep(max(0.0, began + due - time.perf_counter()))
+        await asyncio.sleep(max(0.0, due - clock.now()))
         if before is not None and not await before:
-            bar.update()  # the session already failed: this turn is never sent
+            clock.bar.update()  # the session already failed: this turn is never sent
             return False
-        held = max(0.0, time.perf_counter() - began - due)
-        record = record_from(index, turn + 1, due, held, await sessions[index].request(turn))
-        records.append(record)
-        bar.update()
-        return record.ok
+        return (await clock.send(index, sessions[index], turn, due)).ok
 
     for (index, turn), due in zip(order, arrivals, strict=True):
         task = asyncio.ensure_future(one(index, turn, due, previous.get(index)))
@@ -292,12 +340,32 @@ def merge_runs(runs: Sequence[LoadRun]) -> LoadRun:
     return LoadRun(runs[0].shape, records, sum(r.wall_s for r in runs))
 
 
-def round_robin(turns: Sequence[int]) -> list[tuple[int, int]]:
-    """(session, turn) in schedule order: every session's turn 0, then every turn 1, ..."""
-    return [(s, t) for t in range(max(turns, default=0)) for s, n in enumerate(turns) if t < n]
-
-
 # --- numbers
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100); None for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are there; None when none are."""
+    items = [v for v in values if v is not None]
+    return sum(items) / len(items) if items else None
+
+
+def distribution(values: Iterable[float | None]) -> dict[str, float | None]:
+    """Mean and every quantile in ``QUANTILES`` of the values that are there."""
+    items = [v for v in values if v is not None]
+    out: dict[str, float | None] = {"mean": mean(items)}
+    for q in QUANTILES:
+        out[f"p{q}"] = percentile(items, q)
+    return out
 
 
 def parse_slos(items: Iterable[str]) -> dict[str, float]:
@@ -322,13 +390,17 @@ def meets(record: RequestRecord, slos: Mapping[str, float]) -> bool:
     for (TPOT of a one-token reply, ITL without gaps) does not count against it."""
     if not record.ok:
         return False
-    values = {
+    values: dict[str, float | None] = {
         "ttft": record.ttft_s,
         "tpot": record.tpot_s,
         "itl": max(record.itl_s, default=None),
         "e2e": record.e2e_s,
     }
-    return all(values[m] is None or values[m] <= limit for m, limit in slos.items())
+    return all(_within(values[m], limit) for m, limit in slos.items())
+
+
+def _within(value: float | None, limit: float) -> bool:
+    return value is None or value <= limit
 
 
 def goodput(
@@ -343,19 +415,12 @@ def goodput(
     }
 
 
-def distribution(values: Iterable[float]) -> dict[str, float | None]:
-    items = list(values)
-    out: dict[str, float | None] = {"mean": sum(items) / len(items) if items else None}
-    for q in QUANTILES:
-        out[f"p{q}"] = percentile(items, q)
-    return out
-
-
 def summarize(run: LoadRun, slos: Mapping[str, float]) -> dict[str, Any]:
+    """The numbers of one run that every benchmark reports (its table and JSON pick)."""
     ok = [r for r in run.records if r.ok]
     tokens = sum(r.output_tokens for r in ok)
     wall = run.wall_s
-    summary: dict[str, Any] = {
+    return {
         "load": run.shape.label,
         "shape": asdict(run.shape),
         "requests": len(run.records),
@@ -363,159 +428,35 @@ def summarize(run: LoadRun, slos: Mapping[str, float]) -> dict[str, Any]:
         "errors": len(run.records) - len(ok),
         "wall_s": wall,
         "output_tokens": tokens,
+        "output_tokens_min": min((r.output_tokens for r in ok), default=None),
+        "output_tokens_max": max((r.output_tokens for r in ok), default=None),
         "request_throughput_req_s": len(ok) / wall if wall > 0 else None,
         "output_throughput_tok_s": tokens / wall if wall > 0 else None,
-        "ttft_s": distribution(r.ttft_s for r in ok if r.ttft_s is not None),
-        "tpot_s": distribution(r.tpot_s for r in ok if r.tpot_s is not None),
+        "ttft_s": distribution(r.ttft_s for r in ok),
+        **_ttft_by_turn(ok),
+        "tpot_s": distribution(r.tpot_s for r in ok),
         "itl_s": distribution(gap for r in ok for gap in r.itl_s),
-        "e2e_s": distribution(r.e2e_s for r in ok if r.e2e_s is not None),
+        "e2e_s": distribution(r.e2e_s for r in ok),
         "held_s": distribution(r.held_s for r in run.records),
-        "prompt_tokens_mean": _mean(r.prompt_tokens for r in ok),
-        "cached_tokens_mean": _mean(r.cached_tokens for r in ok),
+        "prompt_tokens_mean": mean(r.prompt_tokens for r in ok),
+        "cached_tokens_mean": mean(r.cached_tokens for r in ok),
         "goodput": goodput(run.records, slos, wall),
         "first_errors": [r.error for r in run.records if not r.ok][:3],
     }
-    return summary
 
 
-def _mean(values: Iterable[int | None]) -> float | None:
-    items = [v for v in values if v is not None]
-    return sum(items) / len(items) if items else None
+def _ttft_by_turn(ok: Sequence[RequestRecord]) -> dict[str, Any]:
+    """TTFT of first turns (the whole prompt to compute) apart from later ones (the
+    history a prefix cache may hold), and the median of each turn."""
+    last = max((r.turn for r in ok), default=0)
+    return {
+        "ttft_turn1_s": distribution(r.ttft_s for r in ok if r.turn == 1),
+        "ttft_later_s": distribution(r.ttft_s for r in ok if r.turn >= 2),
+        "ttft_p50_by_turn_s": [
+            distribution(r.ttft_s for r in ok if r.turn == t)["p50"] for t in range(1, last + 1)
+        ],
+    }
 
 
 def records_json(run: LoadRun) -> list[dict[str, Any]]:
     return [asdict(r) for r in run.records]
-
-
-# --- reporting
-
-_TABLE: tuple[tuple[str, str, str], ...] = (
-    # header, path into the summary ("a.b"), format: "ms", "f1", "i", "pct", "" (text)
-    ("target", "target", ""),
-    ("load", "load", ""),
-    ("ok", "ok", "i"),
-    ("err", "errors", "i"),
-    ("req/s", "request_throughput_req_s", "f2"),
-    ("tok/s", "output_throughput_tok_s", "f1"),
-    ("ttft p50", "ttft_s.p50", "ms"),
-    ("ttft p99", "ttft_s.p99", "ms"),
-    ("tpot p50", "tpot_s.p50", "ms"),
-    ("tpot p99", "tpot_s.p99", "ms"),
-    ("itl p50", "itl_s.p50", "ms"),
-    ("itl p99", "itl_s.p99", "ms"),
-    ("e2e p50", "e2e_s.p50", "ms"),
-    ("e2e p99", "e2e_s.p99", "ms"),
-    ("cached", "cached_tokens_mean", "f0"),
-    ("good/s", "goodput.goodput_req_s", "f2"),
-    ("good%", "goodput.good_fraction", "pct"),
-)
-
-
-def _lookup(summary: Mapping[str, Any], path: str) -> Any:
-    value: Any = summary
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return value
-
-
-def _cell(value: Any, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "ms":
-        return f"{value * 1000:.0f}" if value >= 0.1 else f"{value * 1000:.1f}"
-    if kind.startswith("f"):
-        return f"{value:.{int(kind[1:])}f}"
-    if kind == "i":
-        return str(int(value))
-    if kind == "pct":
-        return f"{value * 100:.0f}%"
-    return str(value)
-
-
-def format_table(summaries: Sequence[Mapping[str, Any]]) -> str:
-    """One row per (target, load); latencies in milliseconds."""
-    header = [h for h, _, _ in _TABLE]
-    rows = [[_cell(_lookup(s, path), kind) for _, path, kind in _TABLE] for s in summaries]
-    widths = [max(len(x) for x in column) for column in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2], strict=True)]
-        right = [c.rjust(w) for c, w in zip(cells[2:], widths[2:], strict=True)]
-        return "  ".join(left + right)
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
-
-
-def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
-    """The same table in Markdown, for docs/benchmarks.md."""
-    header = [h for h, _, _ in _TABLE]
-    rows = [[_cell(_lookup(s, path), kind) for _, path, kind in _TABLE] for s in summaries]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def overhead_lines(summaries: Sequence[Mapping[str, Any]], baseline: str) -> list[str]:
-    """Per load: every other target's p50/p99 TTFT and TPOT minus the baseline's."""
-    lines = []
-    base = {s["load"]: s for s in summaries if s["target"] == baseline}
-    for s in summaries:
-        ref = base.get(s["load"])
-        if ref is None or s["target"] == baseline:
-            continue
-        parts = []
-        for metric in ("ttft_s", "tpot_s", "e2e_s"):
-            for q in ("p50", "p99"):
-                a, b = s[metric][q], ref[metric][q]
-                if a is not None and b is not None:
-                    parts.append(f"{metric[:-2]} {q} {(a - b) * 1000:+.1f} ms")
-        lines.append(f"{s['target']} - {baseline}, {s['load']}: " + ", ".join(parts))
-    return lines
-
-
-def draw_cdfs(path: Path, runs: Sequence[tuple[str, LoadRun]], title: str) -> None:
-    """Four panels (TTFT, TPOT, ITL, e2e), one empirical CDF per (target, load):
-    colour = target, line style = load."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6))
-    targets = list(dict.fromkeys(name for name, _ in runs))
-    loads = list(dict.fromkeys(run.shape.label for _, run in runs))
-    styles = ("-", "--", ":", "-.")
-    for name, run in runs:
-        ok = [r for r in run.records if r.ok]
-        series = {
-            "ttft": [r.ttft_s for r in ok if r.ttft_s is not None],
-            "tpot": [r.tpot_s for r in ok if r.tpot_s is not None],
-            "itl": [gap for r in ok for gap in r.itl_s],
-            "e2e": [r.e2e_s for r in ok if r.e2e_s is not None],
-        }
-        colour = f"C{targets.index(name)}"
-        style = styles[loads.index(run.shape.label) % len(styles)]
-        for ax, metric in zip(axes, METRICS, strict=True):
-            values = sorted(v * 1000 for v in series[metric])
-            if not values:
-                continue
-            ys = [(i + 1) / len(values) for i in range(len(values))]
-            ax.step(values, ys, where="post", color=colour, linestyle=style,
-                    label=f"{name}, {run.shape.label}")  # fmt: skip
-    names = {"ttft": "time to first token", "tpot": "time per output token",
-             "itl": "inter-token latency", "e2e": "end to end"}  # fmt: skip
-    for ax, metric in zip(axes, METRICS, strict=True):
-        share = "fraction of gaps" if metric == "itl" else "fraction of requests"
-        ax.set(xlabel="ms (log scale)", ylabel=share, xscale="log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(names[metric])
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize="x-small", loc="lower right", framealpha=0.8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench_lib import machine_info
+from bench_report import machine_info
 
 from inference.engines.llamacpp.backends import load_cpu_backend
 from inference.engines.llamacpp.model import BatchItem, ContextShape, LlamaModel

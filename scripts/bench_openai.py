@@ -44,40 +44,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_client import (
+    COMPANION,
+    OpenAIChat,
+    free_port,
+    llama_server_command,
+    served_model,
+    serving,
+    stream_chat,
+)
 from bench_harness import (
     LoadRun,
-    Sample,
-    draw_cdfs,
-    format_table,
     merge_runs,
-    overhead_lines,
     parse_load,
     parse_slos,
     records_json,
     run_load,
     summarize,
 )
-from bench_lib import Conversation, Message, build_conversations, machine_info, write_json
+from bench_lib import Conversation, ConversationSession, build_conversations
+from bench_report import draw_cdfs, format_table, machine_info, overhead_lines, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_BINARY = ROOT / "build" / "llama.cpp" / "bin" / "llama-server"
-COMPANION = [sys.executable, "-c", "from server.cli import main; main()"]
 # in start order: companion-remote needs vllm's URL
 STARTABLE = (
     "vllm",
@@ -116,128 +116,7 @@ def parse_target(text: str) -> Target:
     return target
 
 
-# --- one conversation over /chat/completions
-
-
-@dataclass
-class ChatSession:
-    """A bench_lib conversation sent turn by turn; the replies extend its history."""
-
-    client: httpx.AsyncClient
-    model: str
-    conversation: Conversation
-    max_tokens: int
-    send_user: bool
-    turns: int = 0
-    history: list[Message] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.turns = len(self.conversation.user_messages)
-        self.history = self.conversation.opening()
-
-    async def prepare(self) -> None:
-        return None
-
-    async def request(self, turn: int) -> Sample:
-        self.history.append(Message("user", self.conversation.user_messages[turn]))
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in self.history],
-            "max_tokens": self.max_tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "ignore_eos": True,  # llama.cpp, vLLM and this service accept it
-        }
-        if self.send_user:
-            body["user"] = self.conversation.user_id
-        sample = await stream_chat(self.client, body)
-        if sample.error is None:
-            self.history.append(Message("assistant", sample.text))
-        return sample
-
-
-async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any]) -> Sample:
-    """POST a streaming chat completion and time every content chunk; never raises."""
-    sample = Sample()
-    parts: list[str] = []
-    started = time.perf_counter()
-    try:
-        async with client.stream("POST", "/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                detail = (await response.aread()).decode(errors="replace")[:300]
-                sample.error = f"HTTP {response.status_code}: {detail}"
-                return sample
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                now = time.perf_counter() - started
-                if feed_chunk(sample, parts, json.loads(data), now):
-                    break
-        if sample.error is None and not parts:
-            sample.error = "no content streamed"
-    except (httpx.HTTPError, ValueError) as exc:
-        sample.error = f"{type(exc).__name__}: {exc}"
-    sample.end_s = time.perf_counter() - started
-    sample.text = "".join(parts)
-    return sample
-
-
-def feed_chunk(sample: Sample, parts: list[str], chunk: dict[str, Any], now: float) -> bool:
-    """One parsed SSE chunk into ``sample``; True when it carried an error."""
-    if "error" in chunk:
-        sample.error = f"stream error: {chunk['error']}"
-        return True
-    for choice in chunk.get("choices") or ():
-        content = (choice.get("delta") or {}).get("content")
-        if content:
-            sample.chunk_times.append(now)
-            parts.append(content)
-    usage = chunk.get("usage")
-    if usage:
-        sample.output_tokens = usage.get("completion_tokens")
-        sample.prompt_tokens = usage.get("prompt_tokens")
-        details = usage.get("prompt_tokens_details") or {}
-        sample.cached_tokens = details.get("cached_tokens")
-    timings = chunk.get("timings")  # llama-server: cache_n is the reused prompt tokens
-    if timings and sample.cached_tokens is None and "cache_n" in timings:
-        sample.cached_tokens = timings["cache_n"]
-    return False
-
-
 # --- starting servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise SystemExit(f"{process.args!r} exited before it was ready:\n{tail}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not ready after {timeout_s:.0f}s; see {log}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.contextmanager
@@ -247,17 +126,11 @@ def started(
     """Start ``kind`` on ``model``; yields its base URL and how it was started."""
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"bench-openai-{kind}-{port}.log"
-    with tempfile.TemporaryDirectory(prefix="bench-openai-") as directory, log.open("wb") as out:
+    with tempfile.TemporaryDirectory(prefix="bench-openai-") as directory:
         command, env, ready = _command(kind, args, model, port, Path(directory), upstreams)
-        process = subprocess.Popen(
-            command, env=os.environ | env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
-        )
-        try:
-            wait_ready(ready, process, log, timeout_s=600)
+        with serving(command, os.environ | env, ready, log, timeout_s=600):
             url = f"http://127.0.0.1:{port}/v1"
             yield {"base_url": url, "command": command, "log": str(log), "env": env}
-        finally:
-            stop(process)
 
 
 def _command(
@@ -271,14 +144,9 @@ def _command(
     """The command line, environment additions and readiness URL of a started target."""
     root = f"http://127.0.0.1:{port}"
     if kind == "llama-server":
-        if not args.server_binary.exists():
-            raise SystemExit(f"{args.server_binary} not found: scripts/build_llama_server.sh")
-        command = [
-            str(args.server_binary),
-            *("-m", str(model), "-c", str(args.ctx), "-np", str(args.slots)),
-            *("-t", str(args.threads), "-tb", str(args.threads)),
-            *("--host", "127.0.0.1", "--port", str(port), "--kv-unified"),
-        ]
+        command = llama_server_command(
+            args.server_binary, model, args.ctx, args.slots, args.threads, port
+        )
         return command, {}, f"{root}/health"
     if kind == "vllm":  # raw vllm serve, as compose.gpu.yml runs it, on the converted model
         command = [
@@ -332,17 +200,6 @@ def vllm_dir(model: Path) -> Path:
 # --- running
 
 
-async def served_model(client: httpx.AsyncClient) -> str:
-    """The first chat model the server lists (vLLM wants the exact name)."""
-    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-        listed = (await client.get("/models")).json()["data"]
-        ids = [str(m["id"]) for m in listed]
-        chat = [i for i in ids if "minilm" not in i.lower() and "embed" not in i.lower()]
-        if chat or ids:
-            return (chat or ids)[0]
-    return "default"
-
-
 async def open_target(
     stack: contextlib.AsyncExitStack[Any], target: Target, args: argparse.Namespace
 ) -> tuple[httpx.AsyncClient, str]:
@@ -392,10 +249,9 @@ async def run_all(targets: Sequence[Target], args: argparse.Namespace) -> list[M
                 # New users for every run: no run finds the previous one's cache.
                 offset = 1000 * (round_ * len(args.loads) + number + 1)
                 for target, (client, model) in order:
+                    chat = OpenAIChat(client, model, args.max_tokens, args.send_user)
                     sessions = [
-                        ChatSession(
-                            client, model, _shifted(c, offset), args.max_tokens, args.send_user
-                        )
+                        ConversationSession(_shifted(c, offset), chat.send)
                         for c in build_conversations(args.conversations, args.turns)
                     ]
                     before = os.getloadavg()[0]

@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lib import machine_info, write_json
+from bench_client import COMPANION, free_port, serving, without_databases
+from bench_report import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,42 +56,22 @@ LONG_TOPIC = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(data_dir: Path, engine: str) -> tuple[str, subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(
-        COMPANION_DATA_DIR=str(data_dir),
-        COMPANION_CHAT_ENGINE=engine,
-        COMPANION_LOG_LEVEL="warning",
-        COMPANION_RATE_LIMITS="false",
-    )
+@contextmanager
+def local_server(data_dir: Path, engine: str) -> Iterator[str]:
+    """``companion serve`` on ``data_dir`` with ``engine``; its base URL until the block ends."""
+    env = without_databases(os.environ) | {
+        "COMPANION_DATA_DIR": str(data_dir),
+        "COMPANION_CHAT_ENGINE": engine,
+        "COMPANION_LOG_LEVEL": "warning",
+        "COMPANION_RATE_LIMITS": "false",
+    }
     port = free_port()
-    log = (data_dir / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from server.cli import main; main()", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        cwd=ROOT,
-    )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 1200  # auto measures both engines on a first start
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"companion serve exited with {process.returncode}: see {log.name}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=5).status_code == 200:
-                return base, process
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    process.kill()
-    raise SystemExit("companion serve was not ready in time")
+    command = [*COMPANION, "serve", "--port", str(port)]
+    log = data_dir / "serve.log"
+    # auto measures both engines on a first start
+    with serving(command, env, f"{base}/health/ready", log, timeout_s=1200, cwd=ROOT):
+        yield base
 
 
 # Runs in the page: send one message, resolve with the times the user sees.
@@ -209,13 +188,11 @@ def main() -> None:
         rows = run(args.base_url.rstrip("/"), messages)
         engine = "(running server)"
     else:
-        with tempfile.TemporaryDirectory(prefix="cmp-ttft-") as directory:
-            base, process = start_server(Path(directory), args.engine)
-            try:
-                rows = run(base, messages)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
+        with (
+            tempfile.TemporaryDirectory(prefix="cmp-ttft-") as directory,
+            local_server(Path(directory), args.engine) as base,
+        ):
+            rows = run(base, messages)
         engine = args.engine
     if args.json:
         write_json(args.json, {"machine": machine_info(), "engine": engine, "turns": rows})

@@ -31,7 +31,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lib import machine_info, write_json
+from bench_report import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

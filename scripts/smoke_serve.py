@@ -46,7 +46,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lib import machine_info, percentile, write_json
+from bench_harness import percentile
+from bench_report import machine_info, write_json
 
 ENGINE_MODULE = b"inference.engines.process.worker"
 V1, TURN = "/v1 chat", "companion turn"

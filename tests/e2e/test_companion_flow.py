@@ -7,7 +7,7 @@ import time
 import uuid
 
 import httpx
-from sse_events import sse_events
+from sse_events import iter_sse_events, sse_events
 from support import RunningServer
 
 WAIT_S = 90  # guards for background work (memory extraction), not timing assertions
@@ -69,8 +69,8 @@ def test_a_disconnect_aborts_generation_and_keeps_the_message(server: RunningSer
 
     headers = {**auth, "Accept": "text/event-stream", "Idempotency-Key": "once"}
     with api.stream("POST", url, json={"content": "Tell me a story."}, headers=headers) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event: token"):
+        for name, _ in iter_sse_events(stream.iter_lines()):
+            if name == "token":
                 break  # the client goes away mid-reply
 
     deadline = time.monotonic() + WAIT_S

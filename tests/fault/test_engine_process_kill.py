@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sse_events import iter_sse_events, sse_events
 from support import companion_env, serving
 
 pytestmark = pytest.mark.slow
@@ -61,16 +62,6 @@ def server(tiny_gguf: Path) -> Iterator[tuple[str, int, Path]]:
             yield base, process.pid, log
 
 
-def events_of(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, object]]]:
-    name = None
-    for line in lines:
-        if line.startswith("event: "):
-            name = line[len("event: ") :]
-        elif line.startswith("data: ") and name is not None:
-            yield name, json.loads(line[len("data: ") :])
-            name = None
-
-
 def signed_up(api: httpx.Client) -> dict[str, str]:
     credentials = {"username": f"k{uuid.uuid4().hex[:8]}", "password": "a long enough secret"}
     assert api.post("/auth/register", json=credentials).status_code == 201
@@ -84,7 +75,7 @@ def kill_engine_when_streaming(
     """Read the stream; SIGKILL the engine at its first token; return every event."""
     events = []
     (engine,) = engine_pids(server_pid)
-    for name, data in events_of(response.iter_lines()):
+    for name, data in iter_sse_events(response.iter_lines()):
         events.append((name, data))
         if name == "token" and sum(n == "token" for n, _ in events) == 1:
             os.kill(engine, signal.SIGKILL)
@@ -123,7 +114,7 @@ def test_engine_killed_mid_turn(server: tuple[str, int, Path]) -> None:
     assert httpx.get(f"{base_url}/health/live", timeout=5).status_code == 200
     assert ready_again(base_url, old_engine, server_pid), log.read_text()[-3000:]
     again = api.post(url, json={"content": "I like tea."}, headers=stream)
-    names = [n for n, _ in events_of(iter(again.text.splitlines()))]
+    names = [n for n, _ in sse_events(again.text)]
     assert names[-1] == "done", again.text
 
     history = api.get(url, headers=auth).json()

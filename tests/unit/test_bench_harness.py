@@ -1,29 +1,17 @@
-"""The benchmark harness's arithmetic (scripts/bench_harness.py): no server, no timing."""
+"""The benchmark harness (scripts/bench_harness.py) and its table (scripts/bench_report.py):
+the arithmetic, and the runner with sessions that answer at once. No server."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import statistics
-import sys
-from pathlib import Path
-from types import ModuleType
+import time
 
 import pytest
+from script_modules import load_script
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_harness.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_harness", _SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_harness"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-h = _load()
+h = load_script("bench_harness")
+report = load_script("bench_report")
 
 
 def record(**overrides: object) -> object:
@@ -220,11 +208,11 @@ async def test_a_ramp_starts_the_users_one_after_another() -> None:
 def test_the_table_has_a_row_per_target_and_load() -> None:
     run = h.LoadRun(h.LoadShape("fixed", 1), [record(), record(ttft_s=0.7)], wall_s=1.0)
     summaries = [{"target": name, **h.summarize(run, {})} for name in ("a", "b")]
-    lines = h.format_table(summaries).splitlines()
+    lines = report.format_table(summaries).splitlines()
     assert len(lines) == 4
     assert lines[2].split()[:4] == ["a", "fixed", "C=1", "2"]
     assert "600" in lines[2].split()  # ttft p50, in ms
-    overhead = h.overhead_lines(summaries, "a")
+    overhead = report.overhead_lines(summaries, "a")
     assert overhead == [
         "b - a, fixed C=1: ttft p50 +0.0 ms, ttft p99 +0.0 ms, tpot p50 +0.0 ms, "
         "tpot p99 +0.0 ms, e2e p50 +0.0 ms, e2e p99 +0.0 ms"
@@ -241,3 +229,64 @@ def test_repeats_merge_into_one_run() -> None:
     assert h.summarize(merged, {})["request_throughput_req_s"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same load shape"):
         h.merge_runs([first, h.LoadRun(h.LoadShape("fixed", 4), [], 1.0)])
+
+
+class Blocking(Instant):
+    """Holds the event loop for ``block_s`` in its first request, as an engine that
+    decodes on the loop's thread would."""
+
+    def __init__(self, turns: int, block_s: float) -> None:
+        super().__init__(turns)
+        self.block_s = block_s
+
+    async def request(self, turn: int) -> object:
+        if turn == 0:
+            time.sleep(self.block_s)
+        return await super().request(turn)
+
+
+async def test_a_blocked_loop_counts_against_the_first_turns_it_delays() -> None:
+    sessions = [Blocking(1, 0.2), Instant(1)]
+    run = await h.run_load(h.LoadShape("fixed", 2), sessions)
+    delayed = next(r for r in run.records if r.session == 1)
+    assert delayed.due_s == 0.0  # every first turn of a fixed load is due at the start
+    assert delayed.held_s >= 0.19
+    assert delayed.ttft_s == pytest.approx(delayed.held_s + 0.01, abs=1e-9)
+
+
+class Raising(Instant):
+    async def request(self, turn: int) -> object:
+        raise RuntimeError("engine gone")
+
+
+async def test_a_session_that_raises_is_a_failed_request() -> None:
+    run = await h.run_load(h.LoadShape("fixed", 2), [Raising(3), Instant(2)])
+    assert [(r.session, r.turn, r.error) for r in run.records if not r.ok] == [
+        (0, 1, "RuntimeError: engine gone")
+    ]
+    assert h.summarize(run, {})["ok"] == 2
+
+
+def test_the_summary_splits_first_turns_from_later_ones() -> None:
+    records = [
+        record(turn=1, ttft_s=2.0),
+        record(turn=1, ttft_s=4.0),
+        record(turn=2, ttft_s=0.5),
+        record(turn=3, ttft_s=0.3),
+        record(turn=3, ttft_s=9.0, error="x"),  # failed: not counted
+    ]
+    summary = h.summarize(h.LoadRun(h.LoadShape("fixed", 2), records, wall_s=1.0), {})
+    assert summary["ttft_turn1_s"]["p50"] == pytest.approx(3.0)
+    assert summary["ttft_later_s"]["p50"] == pytest.approx(0.4)
+    assert summary["ttft_p50_by_turn_s"] == pytest.approx([3.0, 0.5, 0.3])
+    assert (summary["output_tokens_min"], summary["output_tokens_max"]) == (3, 3)
+
+
+def test_a_table_takes_its_columns_pairs_and_alignment() -> None:
+    columns = (("who", "name", ""), ("ttft", "t", "msu"), ("p50/p95", "a/b", "f1"))
+    rows = [{"name": "engine", "t": 0.4567, "a": 1.0, "b": None}]
+    assert report.format_table(rows, columns, left=1).splitlines() == [
+        "who      ttft  p50/p95",
+        "------  -----  -------",
+        "engine  457ms    1.0/-",
+    ]
