@@ -1,9 +1,50 @@
-"""Configuration of the inference tier. `server.settings` builds it from the environment."""
+"""Configuration of the inference tier. `server.settings` builds it from the environment.
+
+`ChatEngineConfig` holds what every backend shares (which backend, which
+model, how many KV cells and sequences, the deadline, where engines keep what
+they learn); each backend's own knobs sit in a nested options struct:
+`LlamaCppOptions`, `RemoteOptions`, `VllmOptions`. A backend reads only its
+own struct, and `inference.factory` hands it to that backend's engine.
+
+ARCHITECTURE: the defaults written here are the only ones. `server.settings`
+reads its defaults from these classes, so a knob (``COMPANION_CHAT_NICE``...)
+has its default in one place. ``process`` stays on top although only the
+llama.cpp backend runs in an engine process today: it says where an engine
+runs, not how it decodes, and the process boundary (`inference.engines.process`)
+rewrites it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaCppOptions:
+    """The llama.cpp engine's own settings (`inference.engines.llamacpp`)."""
+
+    n_threads: int = 0  # 0: every core this process may use
+    nice: int = 10  # the decode threads' niceness (Linux): requests are served first
+    prefill_chunk: int = 128  # prompt tokens per step while others generate
+    host_cache_bytes: int = 512 << 20  # KV saved in host RAM for conversations evicted
+    repack: str = "auto"  # "auto", "on" or "off" (inference.engines.llamacpp.repack)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteOptions:
+    """The remote engine's own settings (`inference.engines.remote`)."""
+
+    base_urls: tuple[str, ...] = ()  # the replicas' OpenAI base URLs
+    upstream_model: str = ""  # the model name upstream (default: model_id)
+    api_key: str | None = None
+    flavor: str = "openai"  # or "vllm": send cache_salt and priority
+    # refuse (EngineOverloaded) when every replica's KV usage is at least this and more
+    # than max_waiting requests wait there (from the replicas' /metrics)
+    kv_full: float = 0.98
+    max_waiting: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +71,7 @@ class ChatEngineConfig:
     default, SmolLM2-135M-Instruct) in an engine process; "vllm" runs it on vLLM
     (``model_path`` a Hugging Face directory or a GGUF to convert); "none" runs no engine (the API
     then answers chat requests with 503); "remote" forwards to OpenAI-compatible
-    upstream replicas (``remote_urls``). ``n_ctx`` KV cells are shared by
+    upstream replicas (``remote.base_urls``). ``n_ctx`` KV cells are shared by
     ``n_slots`` sequences: running requests plus conversations kept for reuse.
     """
 
@@ -40,29 +81,22 @@ class ChatEngineConfig:
     model_id: str = "smollm2-135m-instruct"
     n_ctx: int = 8192
     n_slots: int = 16
-    n_threads: int = 0
-    nice: int = 10  # the decode threads' niceness (llamacpp, Linux): requests are served first
-    prefill_chunk: int = 128
     max_waiting: int = 256
-    host_cache_bytes: int = 512 << 20
-    repack: str = "auto"  # llamacpp: "auto", "on" or "off" (inference.engines.llamacpp.repack)
-    # llamacpp: "separate" runs the engine in a process of its own (inference.engines.process),
+    # "separate" runs the engine in a process of its own (inference.engines.process),
     # "inline" in this one (tests of the engine itself; measuring what the boundary costs)
     process: str = "separate"
     state_dir: Path | None = None  # where engines keep what they learn about this machine
     # seconds a request may take from submission, when it sets no deadline of its own
     # (chat turns, /v1): past it the engine ends it; 0: none
     deadline_s: float = 600.0
-    remote_urls: tuple[str, ...] = ()  # backend "remote": replicas' OpenAI base URLs
-    remote_model: str = ""  # the model name upstream (default: model_id)
-    remote_api_key: str | None = None
-    remote_flavor: str = "openai"  # or "vllm": send cache_salt and priority
-    # refuse (EngineOverloaded) when every replica's KV usage is at least this and more
-    # than remote_max_waiting requests wait there (from the replicas' /metrics)
-    remote_kv_full: float = 0.98
-    remote_max_waiting: int = 8
+    llamacpp: LlamaCppOptions = LlamaCppOptions()
+    remote: RemoteOptions = RemoteOptions()
     vllm: VllmOptions = VllmOptions()
 
     def deadline_for(self, requested_s: float | None) -> float | None:
         """A request's deadline: the one it set, else ``deadline_s`` (0: none)."""
         return requested_s if requested_s is not None else (self.deadline_s or None)
+
+    def with_llamacpp(self, **changes: Any) -> ChatEngineConfig:
+        """This configuration with some `LlamaCppOptions` changed."""
+        return dataclasses.replace(self, llamacpp=dataclasses.replace(self.llamacpp, **changes))

@@ -278,7 +278,7 @@ def fingerprint(config: ChatEngineConfig) -> str:
         "model": file_identity(model) if model is not None else None,
         "cpu": [cpu_name(), cpu_flags()],
         "engines": engines,
-        "shape": [config.n_ctx, config.n_slots, config.n_threads],
+        "shape": [config.n_ctx, config.n_slots, config.llamacpp.n_threads],
         "probe": _PROBE_VERSION,  # a changed probe measures again
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

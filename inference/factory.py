@@ -1,4 +1,9 @@
-"""Build the configured engine. Backends are imported only when chosen."""
+"""Build the configured engine. Backends are imported only when chosen.
+
+Each backend is handed its own options struct (`inference.config`) whole: its
+fields carry the names the backend's engine config uses, so no knob is passed
+along here one by one.
+"""
 
 from __future__ import annotations
 
@@ -37,19 +42,14 @@ def create_engine(
         raise EngineUnavailable(
             "llama-cpp-python is not installed (pip install 'companion[cpu]')"
         ) from exc
-    path = config.model_path or _packaged_chat_model()
     llama_config = LlamaCppConfig(
-        model_path=path,
+        model_path=config.model_path or _packaged_chat_model(),
         model_id=config.model_id,
         n_ctx=config.n_ctx,
         n_slots=config.n_slots,
-        n_threads=config.n_threads,
-        nice=config.nice,
-        prefill_chunk=config.prefill_chunk,
         max_waiting=config.max_waiting,
-        host_cache_bytes=config.host_cache_bytes,
-        repack=config.repack,
         state_dir=config.state_dir,
+        **dataclasses.asdict(config.llamacpp),
     )
     return LlamaCppEngine(llama_config, observer)
 
@@ -81,13 +81,5 @@ def _vllm(config: ChatEngineConfig, observer: EngineObserver | None) -> Engine:
 def _remote(config: ChatEngineConfig, observer: EngineObserver | None) -> Engine:
     from inference.engines.remote import RemoteConfig, RemoteEngine
 
-    remote = RemoteConfig(
-        model_id=config.model_id,
-        base_urls=config.remote_urls,
-        upstream_model=config.remote_model,
-        api_key=config.remote_api_key,
-        flavor=config.remote_flavor,
-        kv_full=config.remote_kv_full,
-        max_waiting=config.remote_max_waiting,
-    )
+    remote = RemoteConfig(model_id=config.model_id, **dataclasses.asdict(config.remote))
     return RemoteEngine(remote, observer)

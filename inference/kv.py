@@ -17,6 +17,11 @@ saves the most computation:
 
 Reuse never crosses users except through the public prefix, and it always
 leaves at least one prompt token to compute, because sampling needs its logits.
+
+ARCHITECTURE: these are the parts; nothing outside `inference.kv_placement`
+changes them. `KVPlacement` there owns one of each and applies every decision to
+the model in the same call that accounts for it, so slots, cells and host copies
+never disagree (kept apart because together they would pass 450 lines).
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ class Slot:
     conversation_id: str | None = None
     busy: bool = False
     last_used: float = 0.0
+    prompt: list[int] = field(default_factory=list)  # the running request's prompt, while busy
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ Memory estimate of a llama.cpp model (`estimate_memory`), unless the catalog
 gives ``memory_mb``: the GGUF file size (the weights are mapped whole) plus
 the KV cache, ``n_ctx x layers x kv_heads x (key_length + value_length) x 2``
 bytes (f16 cells, from the GGUF header), plus the host-RAM KV cache bound
-(``host_cache_bytes``). llama.cpp's compute buffers (some tens of MB) are not
+(``llamacpp.host_cache_bytes``). llama.cpp's compute buffers (some tens of MB) are not
 counted. Remote models cost nothing here: their memory is the upstream's.
 
 A vLLM model: its weights in bfloat16 (the safetensors files of a model
@@ -63,9 +63,9 @@ def estimate_memory(config: ChatEngineConfig) -> int:
         shape = read_shape(path)
     except (GGUFError, OSError) as exc:
         log.warning("cannot read the GGUF header", extra={"path": str(path), "error": str(exc)})
-        return size + config.host_cache_bytes
+        return size + config.llamacpp.host_cache_bytes
     n_ctx = min(config.n_ctx, shape.context_length or config.n_ctx)
-    return size + n_ctx * shape.kv_bytes_per_token() + config.host_cache_bytes
+    return size + n_ctx * shape.kv_bytes_per_token() + config.llamacpp.host_cache_bytes
 
 
 def _vllm_memory(config: ChatEngineConfig) -> int:

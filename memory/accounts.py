@@ -16,14 +16,10 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from memory.errors import MemoryTierError
+from memory.errors import AccountError
 
 KEY_PREFIX = "sk-cmp-"
 _SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 6
-
-
-class AccountError(MemoryTierError):
-    """A user or key operation could not be done (unknown user or key)."""
 
 
 class Caller(msgspec.Struct, frozen=True):

@@ -28,6 +28,7 @@ import asyncpg
 import msgspec
 
 from memory.longterm import LongTermMemory
+from memory.model_answers import Message
 from memory.protocols import JSONGenerator
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,8 @@ class Consolidator:
         episodes = await self._pool.fetch(_EPISODES_SQL, user_id, conversation_id)
         text = "\n\n".join(e["content"] for e in episodes)[-self.config.summarize_max_chars :]
         prompt = [
-            _Message("system", "Summarize this conversation with the user in a few sentences."),
-            _Message("user", text),
+            Message("system", "Summarize this conversation with the user in a few sentences."),
+            Message("user", text),
         ]
         try:
             raw = await self._generator.generate_json(prompt, SUMMARY_SCHEMA, str(user_id))
@@ -191,12 +192,6 @@ class Consolidator:
             user_id, "episodic", SUMMARY_PREFIX + summary, importance, sources, conversation_id
         )
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    role: str
-    content: str
 
 
 def _keeper(pair: Any) -> tuple[tuple[int, float], tuple[int, float]]:

@@ -119,8 +119,8 @@ class ConversationLog:
     async def history(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> ConversationHistory:
         """The summary and newest messages (oldest first) of ``user_id``'s conversation.
 
-        Raises `ConversationNotFoundError` / `ConversationOwnerError` from
-        `memory.messages`; Redis being down only makes the read slower.
+        Raises `ConversationNotFoundError` / `ConversationOwnerError` (see
+        `memory.errors`); Redis being down only makes the read slower.
         """
         head, snapshot = await asyncio.gather(
             self._messages.head(conversation_id), self._read_buffer(conversation_id)

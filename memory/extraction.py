@@ -47,7 +47,9 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.episodes import Turn, cut_episodes
+from memory.errors import UnusableAnswer
 from memory.longterm import DIMENSIONS, LongTermMemory
+from memory.model_answers import ask_json, decode_answer
 from memory.protocols import Embedder, JSONGenerator
 
 log = logging.getLogger(__name__)
@@ -127,16 +129,6 @@ class ExtractionResult(msgspec.Struct, frozen=True, kw_only=True):
     dropped: list[str] = msgspec.field(default_factory=list)  # facts rejected as ungrounded
 
 
-class UnusableOutput(Exception):
-    """The model's answer cannot be used; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    role: str
-    content: str
-
-
 @dataclass(frozen=True, slots=True)
 class _Stored:
     id: int
@@ -190,7 +182,7 @@ class Extractor:
         known = await self._nearest(user_id, await self._embed(text), self.config.context_facts)
         try:
             facts = await self._ask(user_id, text, known)
-        except UnusableOutput as exc:
+        except UnusableAnswer as exc:
             return _unusable(user_id, episode_ids, str(exc))
         if not facts:
             return ExtractionResult(status="empty", episode_ids=episode_ids)
@@ -236,16 +228,10 @@ class Extractor:
     async def _ask(
         self, user_id: uuid.UUID, text: str, known: Sequence[_Stored]
     ) -> list[ExtractedFact]:
-        """The model's facts, validated; `UnusableOutput` when there is nothing usable."""
+        """The model's facts, validated; `UnusableAnswer` when there is nothing usable."""
         listed = "\n".join(f"{i + 1}. {s.content}" for i, s in enumerate(known)) or "(none)"
-        prompt = [
-            _Message("system", _SYSTEM),
-            _Message("user", f"Known facts:\n{listed}\n\nConversation:\n{text}"),
-        ]
-        try:
-            raw = await self._generator.generate_json(prompt, FACTS_SCHEMA, str(user_id))
-        except Exception as exc:  # any failure of the model is an unusable answer
-            raise UnusableOutput(f"engine error: {type(exc).__name__}: {exc}") from exc
+        question = f"Known facts:\n{listed}\n\nConversation:\n{text}"
+        raw = await ask_json(self._generator, _SYSTEM, question, FACTS_SCHEMA, user_id)
         return parse_facts(raw, self.config.max_facts)
 
     async def _apply(
@@ -291,22 +277,15 @@ class Extractor:
 
 
 def parse_facts(raw: str, max_facts: int) -> list[ExtractedFact]:
-    """Decode and validate the model's answer, or raise `UnusableOutput` saying why."""
-    if not raw.strip():
-        raise UnusableOutput("empty output")
-    try:
-        answer = msgspec.json.decode(raw, type=ExtractedFacts)
-    except msgspec.ValidationError as exc:
-        raise UnusableOutput(f"schema mismatch: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise UnusableOutput(f"invalid JSON: {exc}") from exc
+    """Decode and validate the model's answer, or raise `UnusableAnswer` saying why."""
+    answer = decode_answer(raw, ExtractedFacts)
     facts = [
         ExtractedFact(" ".join(f.content.split()), f.importance, f.replaces) for f in answer.facts
     ]
     if any(not 0.0 <= f.importance <= 1.0 for f in facts):
-        raise UnusableOutput("schema mismatch: importance outside [0, 1]")
+        raise UnusableAnswer("schema mismatch: importance outside [0, 1]")
     if any(len(f.content) < 3 for f in facts):
-        raise UnusableOutput("schema mismatch: a fact without content")
+        raise UnusableAnswer("schema mismatch: a fact without content")
     return facts[:max_facts]
 
 

@@ -42,7 +42,7 @@ from saq.types import Context
 from memory.consolidation import Consolidator
 from memory.episodes import Turn
 from memory.extraction import Extractor
-from memory.metrics import default_memory_metrics
+from memory.metrics import QueueSample, default_memory_metrics
 from memory.profile_update import ProfileUpdater
 from memory.summaries import Summariser
 
@@ -146,16 +146,11 @@ async def extract_turn(
 ) -> dict[str, Any]:
     """Extraction over the last ``messages`` messages up to ``last_message_id``."""
     deps = ctx["deps"]
-    turns, occurred_at = await _load_turns(
-        deps.pool, uuid.UUID(user_id), uuid.UUID(conversation_id), last_message_id, messages
-    )
+    user, conversation = uuid.UUID(user_id), uuid.UUID(conversation_id)
+    turns, occurred_at = await _load_turns(deps.pool, user, conversation, last_message_id, messages)
     if not turns:
-        return {"status": "skipped", "reason": "no such messages"}
-    result = await deps.extractor.extract(
-        uuid.UUID(user_id), uuid.UUID(conversation_id), turns, occurred_at
-    )
-    out: dict[str, Any] = msgspec.to_builtins(result)
-    return out
+        return _skipped("no such messages")
+    return _builtins(await deps.extractor.extract(user, conversation, turns, occurred_at))
 
 
 async def update_profile(
@@ -170,15 +165,14 @@ async def update_profile(
     """Personality and goal update over the last ``messages`` messages up to ``last_message_id``."""
     deps = ctx["deps"]
     if deps.profiler is None:
-        return {"status": "skipped", "reason": "no profiler in this worker"}
+        return _skipped("no profiler in this worker")
+    user = uuid.UUID(user_id)
     turns, _ = await _load_turns(
-        deps.pool, uuid.UUID(user_id), uuid.UUID(conversation_id), last_message_id, messages
+        deps.pool, user, uuid.UUID(conversation_id), last_message_id, messages
     )
     if not turns:
-        return {"status": "skipped", "reason": "no such messages"}
-    result = await deps.profiler.update(uuid.UUID(user_id), turns, use_model=use_model)
-    out: dict[str, Any] = msgspec.to_builtins(result)
-    return out
+        return _skipped("no such messages")
+    return _builtins(await deps.profiler.update(user, turns, use_model=use_model))
 
 
 async def summarise_conversation(
@@ -187,17 +181,13 @@ async def summarise_conversation(
     """Fold the conversation's oldest unsummarised messages into its summary, if due."""
     summariser = ctx["deps"].summariser
     if summariser is None:
-        return {"status": "skipped", "reason": "no summariser in this worker"}
-    result = await summariser.summarise(uuid.UUID(user_id), uuid.UUID(conversation_id))
-    out: dict[str, Any] = msgspec.to_builtins(result)
-    return out
+        return _skipped("no summariser in this worker")
+    return _builtins(await summariser.summarise(uuid.UUID(user_id), uuid.UUID(conversation_id)))
 
 
 async def consolidate_user(ctx: JobContext, *, user_id: str) -> dict[str, Any]:
     """Merge, decay and summarize one user's memories."""
-    result = await ctx["deps"].consolidator.consolidate(uuid.UUID(user_id))
-    out: dict[str, Any] = msgspec.to_builtins(result)
-    return out
+    return _builtins(await ctx["deps"].consolidator.consolidate(uuid.UUID(user_id)))
 
 
 async def consolidate_all(ctx: JobContext) -> dict[str, Any]:
@@ -232,14 +222,9 @@ async def enqueue_extraction(
     """
     if not should_extract(turn_number, config):
         return None
-    job = _job(
-        extract_turn,
-        config,
-        key=f"extract:{conversation_id}:{last_message_id}",
-        user_id=str(user_id),
-        conversation_id=str(conversation_id),
-        last_message_id=last_message_id,
-        messages=2 * max(1, config.extract_every_n_turns),
+    messages = 2 * max(1, config.extract_every_n_turns)
+    job = _turn_job(
+        extract_turn, config, "extract", user_id, conversation_id, last_message_id, messages
     )
     return await _enqueue(queue, job, config)
 
@@ -261,14 +246,15 @@ async def enqueue_profile_update(
     """
     every = config.profile_model_every_n_turns
     use_model = every > 0 and turn_number >= 1 and turn_number % every == 0
-    job = _job(
+    messages = 2 * (every if use_model else 1)
+    job = _turn_job(
         update_profile,
         config,
-        key=f"profile:{conversation_id}:{last_message_id}",
-        user_id=str(user_id),
-        conversation_id=str(conversation_id),
-        last_message_id=last_message_id,
-        messages=2 * (every if use_model else 1),
+        "profile",
+        user_id,
+        conversation_id,
+        last_message_id,
+        messages,
         use_model=use_model,
     )
     return await _enqueue(queue, job, config)
@@ -300,6 +286,40 @@ async def enqueue_summary(
 async def enqueue_consolidation(queue: Queue, config: JobsConfig, user_id: uuid.UUID) -> str | None:
     """Queue consolidation of one user now; never raises."""
     return await _enqueue(queue, _job(consolidate_user, config, user_id=str(user_id)), config)
+
+
+def _skipped(reason: str) -> dict[str, Any]:
+    return {"status": "skipped", "reason": reason}
+
+
+def _builtins(result: msgspec.Struct) -> dict[str, Any]:
+    """A job's result as saq stores it (plain JSON types)."""
+    out: dict[str, Any] = msgspec.to_builtins(result)
+    return out
+
+
+def _turn_job(
+    function: Any,
+    config: JobsConfig,
+    kind: str,
+    user_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    last_message_id: int,
+    messages: int,
+    **kwargs: Any,
+) -> Job:
+    """A job over the last ``messages`` messages up to ``last_message_id``, keyed by the
+    turn so that a repeated enqueue of the same turn is a no-op."""
+    return _job(
+        function,
+        config,
+        key=f"{kind}:{conversation_id}:{last_message_id}",
+        user_id=str(user_id),
+        conversation_id=str(conversation_id),
+        last_message_id=last_message_id,
+        messages=messages,
+        **kwargs,
+    )
 
 
 def _job(function: Any, config: JobsConfig, key: str | None = None, **kwargs: Any) -> Job:
@@ -357,17 +377,6 @@ async def _after_process(ctx: JobContext) -> None:
             job.attempts,
             job.error,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSample:
-    """One reading of a queue: jobs by state and how long the oldest has been waiting."""
-
-    queue: str
-    queued: int  # ready, waiting for a worker
-    active: int
-    scheduled: int  # waiting for their time (retries with backoff, cron)
-    oldest_age_s: float  # of the job at the head of the queue; 0 when none waits
 
 
 async def read_queue(queue: Queue) -> QueueSample:

@@ -1,25 +1,11 @@
-"""Long-term memory in PostgreSQL + pgvector: store, supersede, hybrid retrieval, erase.
+"""Long-term memory in PostgreSQL + pgvector: store, supersede, retrieve, list, erase.
 
-Retrieval (docs/memory.md has the full design and the LoCoMo numbers):
-
-1. The query is embedded once.
-2. Two candidate lists of the user's live (not superseded) memories, in one
-   read transaction: vector neighbours by cosine distance (``<=>``) and
-   full-text matches (``search @@ term`` per query term, ranked BM25-style by
-   the terms' inverse document frequency over the user's own memories).
-3. Reciprocal rank fusion, then importance and recency (`memory.ranking`).
-4. The best ``k`` that fit the token budget; their access stats are counted
-   and written in batches off the read path (`memory.access`).
-
-Exactness under the shared HNSW index: a filtered HNSW scan can return fewer
-than ``k`` rows for a user whose memories are a small part of the index (the
-graph walk finds other users' vectors first). For a user with at most
-``exact_scan_max`` live memories we therefore never touch the HNSW index: a
-materialised CTE takes the user's rows by the btree index and sorts them by
-distance, which is exact and cheap at that size. Above it, the HNSW index is
-used with pgvector 0.8 iterative scans (``hnsw.iterative_scan =
-relaxed_order``), which keep walking the graph until enough rows pass the
-filter, and the found rows are re-sorted by exact distance.
+`LongTermMemory` is the one store of a user's memories. Its write paths
+(add, supersede, delete, erase) and listings (list, search, export) are
+here; retrieval's candidate SQL and ranking are in `memory.retrieval`,
+which `retrieve` runs inside one read transaction. Access statistics of
+retrieved memories are counted and written in batches off the read path
+(`memory.access`).
 """
 
 from __future__ import annotations
@@ -27,9 +13,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -37,34 +22,31 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.access import AccessStats
-from memory.errors import MemoryTierError
+from memory.errors import AlreadySuperseded, EmbeddingFailed, InvalidMemory, MemoryNotFound
 from memory.metrics import default_memory_metrics
 from memory.protocols import Embedder
-from memory.ranking import Candidate, RankingConfig, fuse, rank, within_budget
+from memory.retrieval import (
+    Kind,
+    Query,
+    RetrievalConfig,
+    RetrievedMemory,
+    choose,
+    find_candidates,
+)
 
-Kind = Literal["episodic", "semantic"]
+# The store's interface: its config and result types come from `memory.retrieval`.
+__all__ = [
+    "DIMENSIONS",
+    "KINDS",
+    "Kind",
+    "LongTermMemory",
+    "Memory",
+    "RetrievalConfig",
+    "RetrievedMemory",
+]
+
 KINDS: frozenset[str] = frozenset({"episodic", "semantic"})
 DIMENSIONS = 384  # memories.embedding is vector(384)
-
-
-class LongTermMemoryError(MemoryTierError):
-    """Base of the errors of the long-term memory store."""
-
-
-class InvalidMemory(LongTermMemoryError):
-    """A memory was rejected before it reached the database (kind, importance, content)."""
-
-
-class MemoryNotFound(LongTermMemoryError):
-    """No such memory for this user (or it belongs to someone else)."""
-
-
-class AlreadySuperseded(LongTermMemoryError):
-    """Only the current version of a fact can be superseded."""
-
-
-class EmbeddingFailed(LongTermMemoryError):
-    """The embedder raised or returned vectors of the wrong shape."""
 
 
 class Memory(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,97 +65,11 @@ class Memory(msgspec.Struct, frozen=True, kw_only=True):
     last_accessed_at: datetime | None
 
 
-class RetrievedMemory(msgspec.Struct, frozen=True, kw_only=True):
-    """A memory chosen for a prompt, with the score that chose it."""
-
-    id: int
-    content: str
-    kind: Kind
-    importance: float
-    score: float
-    source_message_ids: list[int]
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class RetrievalConfig:
-    """Knobs of `LongTermMemory.retrieve` (defaults documented in docs/memory.md)."""
-
-    candidates: int = 100  # per list; at least 2 * k
-    exact_scan_max: int = 5000  # live memories up to which a user is scanned exactly
-    text_scan_max: int = 5000  # ... and up to which text matches skip the GIN index
-    ef_search: int = 200  # HNSW search width on the index path
-    max_scan_tuples: int = 100_000  # how far an iterative scan may walk
-    token_budget: int = 1500
-    access_flush_s: float = 1.0  # access statistics are written in batches this often
-    ranking: RankingConfig = field(default_factory=RankingConfig)
-
-
-# Live memories of one user, optionally of one conversation: $1 user, $3 conversation.
-_MINE = "user_id = $1 AND superseded_by IS NULL AND ($3::uuid IS NULL OR conversation_id = $3)"
-_CANDIDATE_COLUMNS = "id, kind, content, importance, source_message_ids, created_at"
 _MEMORY_COLUMNS = (
     "id, user_id, conversation_id, kind, content, importance, source_message_ids, "
     "superseded_by, access_count, created_at, last_accessed_at"
 )
 
-# The materialised CTE keeps the planner from pushing ORDER BY distance into the
-# HNSW index: the user's rows come from the btree index and are sorted exactly.
-_EXACT_VECTOR_SQL = f"""
-WITH mine AS MATERIALIZED (
-    SELECT {_CANDIDATE_COLUMNS}, embedding FROM memories WHERE {_MINE}
-)
-SELECT {_CANDIDATE_COLUMNS} FROM mine ORDER BY embedding <=> $2, id DESC LIMIT $4
-"""
-# relaxed_order may return rows slightly out of order; the outer query re-sorts.
-_INDEX_VECTOR_SQL = f"""
-WITH found AS MATERIALIZED (
-    SELECT {_CANDIDATE_COLUMNS}, embedding <=> $2 AS distance FROM memories
-    WHERE {_MINE} ORDER BY embedding <=> $2 LIMIT $4
-)
-SELECT {_CANDIDATE_COLUMNS} FROM found ORDER BY distance, id DESC
-"""
-# BM25-style text candidates: each of the user's live memories scored by the
-# query terms it holds, a term weighted by its inverse document frequency over
-# this user's own memories (a name found in half of them counts for little, a
-# rare word for a lot). Binary term frequency: episodes are short and of bounded
-# size, so term counts and length normalisation add little. Each stemmed
-# lexeme is quoted by hand so that the cast to tsquery does not stem it again.
-#
-# Every (memory, term) match is found once (``hits``); document frequencies and
-# scores are both counted from it. How the matches are found depends on the
-# user's size (see `_text_sql`): a user with few memories has them read once
-# through the btree index and matched in memory, never touching the GIN index,
-# whose posting list for a common word spans every user's memories; a user
-# with many memories is matched through the GIN index.
-_TEXT_TEMPLATE = rf"""
-WITH terms AS MATERIALIZED (
-    SELECT DISTINCT lexeme,
-        ('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''')::tsquery AS term
-    FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS lexeme
-), live AS MATERIALIZED (
-    SELECT count(*) AS n FROM memories WHERE {_MINE}
-), hits AS MATERIALIZED (
-    {{hits}}
-), weighted AS (
-    SELECT lexeme, ln(1 + ((SELECT n FROM live) - count(*) + 0.5) / (count(*) + 0.5)) AS idf
-    FROM hits GROUP BY lexeme
-), scored AS (
-    SELECT h.id, sum(w.idf) AS score FROM hits AS h JOIN weighted AS w USING (lexeme)
-    GROUP BY h.id ORDER BY score DESC, h.id DESC LIMIT $4
-)
-SELECT {_CANDIDATE_COLUMNS} FROM scored JOIN memories USING (id) ORDER BY score DESC, id DESC
-"""
-# The user's rows through the btree index, each matched against every term.
-_SCAN_HITS = f"""SELECT m.id, t.lexeme
-    FROM (SELECT id, search FROM memories WHERE {_MINE} OFFSET 0) AS m
-    JOIN terms AS t ON m.search @@ t.term"""
-# Each term's matches through the GIN index, filtered to the user's rows.
-_INDEX_HITS = f"""SELECT id, t.lexeme FROM terms AS t JOIN memories ON search @@ t.term
-    WHERE {_MINE}"""
-_TEXT_SCAN_SQL = _TEXT_TEMPLATE.format(hits=_SCAN_HITS)
-_TEXT_INDEX_SQL = _TEXT_TEMPLATE.format(hits=_INDEX_HITS)
-_COUNT_SQL = f"SELECT count(*) FROM (SELECT 1 FROM memories WHERE {_MINE} LIMIT $2 + 1) AS s"
 _SEARCH_SQL = f"""
 SELECT {_MEMORY_COLUMNS} FROM memories, websearch_to_tsquery('english', $2) AS q(query)
 WHERE user_id = $1 AND superseded_by IS NULL AND search @@ q.query
@@ -286,31 +182,16 @@ class LongTermMemory:
         if k <= 0 or not query.strip():
             return []
         started = time.perf_counter()
-        vector = await self._vector(query, None)
-        budget = self.config.token_budget if token_budget is None else token_budget
+        wanted = Query(user_id, query, await self._vector(query, None), conversation_id)
         limit = max(self.config.candidates, 2 * k)
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-            live = await self._count(conn, user_id, conversation_id)
-            by_vector = await self._vector_candidates(
-                conn, user_id, vector, conversation_id, limit, live
-            )
-            text_sql = _TEXT_SCAN_SQL if live <= self.config.text_scan_max else _TEXT_INDEX_SQL
-            by_text = await conn.fetch(text_sql, user_id, query, conversation_id, limit)
-        rows = {row["id"]: row for row in [*by_vector, *by_text]}
-        relevance = fuse(
-            [[r["id"] for r in by_vector], [r["id"] for r in by_text]],
-            self.config.ranking.rrf_k,
-        )
-        ranked = rank(
-            {i: _candidate(r) for i, r in rows.items()},
-            relevance,
-            now or datetime.now(UTC),
-            self.config.ranking,
-        )
-        chosen = within_budget(ranked, k, budget)
-        self._access.record([c.id for c, _ in chosen])
-        default_memory_metrics().retrieval.observe(time.perf_counter() - started)
-        return [_retrieved(rows[c.id], score) for c, score in chosen]
+            by_vector, by_text = await find_candidates(conn, self.config, wanted, limit)
+        budget = self.config.token_budget if token_budget is None else token_budget
+        now = now or datetime.now(UTC)
+        chosen = choose(by_vector, by_text, self.config.ranking, k, budget, now)
+        self._access.record([m.id for m in chosen])
+        default_memory_metrics().retrieval_done(time.perf_counter() - started)
+        return chosen
 
     async def flush_access(self) -> None:
         """Write the access statistics of past retrievals now (they are batched)."""
@@ -377,37 +258,6 @@ class LongTermMemory:
             raise EmbeddingFailed(f"expected a {DIMENSIONS}-d embedding, got {vector.shape}")
         return vector
 
-    async def _count(
-        self, conn: asyncpg.Connection, user_id: uuid.UUID, conversation_id: uuid.UUID | None
-    ) -> int:
-        """The user's live memories, counted only up to the larger scan threshold (plus one)."""
-        bound = max(self.config.exact_scan_max, self.config.text_scan_max)
-        return int(await conn.fetchval(_COUNT_SQL, user_id, bound, conversation_id))
-
-    async def _vector_candidates(
-        self,
-        conn: asyncpg.Connection,
-        user_id: uuid.UUID,
-        vector: npt.NDArray[np.float32],
-        conversation_id: uuid.UUID | None,
-        limit: int,
-        live: int | None = None,
-    ) -> _Rows:
-        """Nearest live memories of the user: exact scan when few, else iterative HNSW."""
-        if live is None:
-            live = await self._count(conn, user_id, conversation_id)
-        if live <= self.config.exact_scan_max:
-            exact = await conn.fetch(_EXACT_VECTOR_SQL, user_id, vector, conversation_id, limit)
-            return list(exact)
-        # SET LOCAL equivalents: they end with this transaction.
-        await conn.execute(
-            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-            "set_config('hnsw.ef_search', $1, true), set_config('hnsw.max_scan_tuples', $2, true)",
-            str(max(self.config.ef_search, limit)),
-            str(self.config.max_scan_tuples),
-        )
-        return list(await conn.fetch(_INDEX_VECTOR_SQL, user_id, vector, conversation_id, limit))
-
 
 def _validate(kind: str, content: str, importance: float) -> None:
     if kind not in KINDS:
@@ -434,38 +284,6 @@ async def _insert(
     return int(memory_id)
 
 
-def _candidate(row: Any) -> Candidate:
-    return Candidate(
-        id=row["id"],
-        importance=float(row["importance"]),
-        created_at=row["created_at"],
-        content=row["content"],
-    )
-
-
-def _retrieved(row: Any, score: float) -> RetrievedMemory:
-    return RetrievedMemory(
-        id=row["id"],
-        content=row["content"],
-        kind=row["kind"],
-        importance=float(row["importance"]),
-        score=score,
-        source_message_ids=list(row["source_message_ids"]),
-        created_at=row["created_at"],
-    )
-
-
 def _memory(row: Any) -> Memory:
-    return Memory(
-        id=row["id"],
-        user_id=row["user_id"],
-        conversation_id=row["conversation_id"],
-        kind=row["kind"],
-        content=row["content"],
-        importance=float(row["importance"]),
-        source_message_ids=list(row["source_message_ids"]),
-        superseded_by=row["superseded_by"],
-        access_count=row["access_count"],
-        created_at=row["created_at"],
-        last_accessed_at=row["last_accessed_at"],
-    )
+    # The columns are the fields (_MEMORY_COLUMNS); importance is a real, bigint[] a list.
+    return Memory(**dict(row))

@@ -31,22 +31,9 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from memory.errors import MemoryTierError
+from memory.errors import ConversationNotFoundError, ConversationOwnerError, TailMoved
 
 Role = Literal["system", "user", "assistant"]
-
-
-class ConversationNotFoundError(MemoryTierError):
-    """The conversation does not exist (or was deleted)."""
-
-
-class ConversationOwnerError(MemoryTierError):
-    """The conversation belongs to another user; nothing of it is read or written."""
-
-
-class TailMoved(MemoryTierError):
-    """The message to replace from is no longer the conversation's last user message
-    (another turn stored one after it); nothing was changed."""
 
 
 class Conversation(msgspec.Struct, frozen=True):

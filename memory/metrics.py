@@ -4,20 +4,35 @@ Named like the engine metrics (``companion:...``); `memory` keeps its own
 module since it never imports `inference`. Works in Prometheus multiprocess
 mode: the queue gauges describe one shared Redis queue, so every process
 reports the same numbers and the most recent sample wins.
+
+ARCHITECTURE: the queue reading (`QueueSample`) is defined here, with the
+gauges it feeds, rather than in `memory.jobs` which produces it: jobs imports
+this module, and this module imports nothing of the memory package.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from memory.jobs import QueueSample  # memory.jobs imports this module
-
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _JOB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSample:
+    """One reading of a queue: jobs by state and how long the oldest has been waiting.
+
+    `memory.jobs.read_queue` takes it; `MemoryMetrics.update_queue` publishes it.
+    """
+
+    queue: str
+    queued: int  # ready, waiting for a worker
+    active: int
+    scheduled: int  # waiting for their time (retries with backoff, cron)
+    oldest_age_s: float  # of the job at the head of the queue; 0 when none waits
 
 
 class MemoryMetrics:
@@ -54,6 +69,10 @@ class MemoryMetrics:
         self.oldest_age = gauge(
             "job_queue_oldest_age_seconds", "Age of the oldest job waiting (0: none)", ["queue"]
         )
+
+    def retrieval_done(self, seconds: float) -> None:
+        """Time one long-term memory retrieval (`LongTermMemory.retrieve`)."""
+        self.retrieval.observe(seconds)
 
     def update_queue(self, sample: QueueSample) -> None:
         """Publish one reading of the queue."""

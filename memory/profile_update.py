@@ -30,7 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.episodes import Turn
+from memory.errors import UnusableAnswer
 from memory.extraction import is_grounded
+from memory.model_answers import ask_json, decode_answer
 from memory.profile import Goal, Observation, ProfileStore
 from memory.profile_rules import (
     GOAL_STATUSES,
@@ -126,16 +128,6 @@ class ProfileUpdate(msgspec.Struct, frozen=True, kw_only=True):
     model: ModelStatus = "skipped"
     reason: str | None = None
     dropped: list[str] = msgspec.field(default_factory=list)  # ungrounded model evidence
-
-
-class UnusableAnswer(Exception):
-    """The model's answer cannot be used; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    role: str
-    content: str
 
 
 @dataclass
@@ -236,14 +228,8 @@ class ProfileUpdater:
             f"{i + 1}. {g.description}" for i, g in enumerate(known[: self.config.max_known_goals])
         )
         text = "\n".join(f"{t.speaker}: {t.text}" for t in turns)
-        prompt = [
-            _Message("system", _SYSTEM),
-            _Message("user", f"Known goals:\n{listed or '(none)'}\n\nConversation:\n{text}"),
-        ]
-        try:
-            raw = await generator.generate_json(prompt, PROFILE_SCHEMA, str(user_id))
-        except Exception as exc:  # any failure of the model is an unusable answer
-            raise UnusableAnswer(f"engine error: {type(exc).__name__}: {exc}") from exc
+        question = f"Known goals:\n{listed or '(none)'}\n\nConversation:\n{text}"
+        raw = await ask_json(generator, _SYSTEM, question, PROFILE_SCHEMA, user_id)
         return parse_answer(raw)
 
     async def _apply_model(
@@ -286,14 +272,7 @@ def _known(known: Sequence[Goal], number: int | None, limit: int) -> Goal | None
 
 def parse_answer(raw: str) -> ModelAnswer:
     """Decode and validate the model's answer, or raise `UnusableAnswer` saying why."""
-    if not raw.strip():
-        raise UnusableAnswer("empty output")
-    try:
-        answer = msgspec.json.decode(raw, type=ModelAnswer)
-    except msgspec.ValidationError as exc:
-        raise UnusableAnswer(f"schema mismatch: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise UnusableAnswer(f"invalid JSON: {exc}") from exc
+    answer = decode_answer(raw, ModelAnswer)
     if any(not 0.0 <= t.level <= 1.0 for t in answer.traits):
         raise UnusableAnswer("schema mismatch: level outside [0, 1]")
     goals = [g for g in answer.goals if len(" ".join(g.goal.split())) >= 3]

@@ -1,7 +1,7 @@
 """Pure ranking for long-term memory retrieval: fusion, re-ranking, token budget.
 
 No I/O here, so the formula can be read (and tested) on its own. The SQL that
-produces the candidate lists lives in `memory.longterm`.
+produces the candidate lists lives in `memory.retrieval`.
 
 The formula (see docs/memory.md for why):
 

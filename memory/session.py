@@ -24,7 +24,7 @@ Atomicity, two ways:
   conversation), so the retry is the exception, not the rule.
 
 A conversation belongs to one user: every operation takes the caller's user id
-and refuses (`memory.messages.ConversationOwnerError`) a session recorded for
+and refuses (`memory.errors.ConversationOwnerError`) a session recorded for
 another. Redis being unreachable raises `SessionUnavailableError`.
 """
 
@@ -44,18 +44,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 from redis.typing import EncodableT
 
-from memory.errors import MemoryTierError
-from memory.messages import ConversationOwnerError
+from memory.errors import ConversationOwnerError, SessionConflictError, SessionUnavailableError
 
 CounterField = Literal["explicit_attempts", "route_lock_remaining", "crisis_remaining"]
-
-
-class SessionConflictError(MemoryTierError):
-    """An update lost the race for the session too many times in a row."""
-
-
-class SessionUnavailableError(MemoryTierError):
-    """Redis could not be reached, or returned a session that does not decode."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,9 @@ import asyncpg
 import msgspec
 
 from memory.buffer import Summary
+from memory.errors import UnusableAnswer
 from memory.extraction import is_grounded
+from memory.model_answers import ask_json, decode_answer
 from memory.protocols import JSONGenerator
 
 log = logging.getLogger(__name__)
@@ -109,18 +111,8 @@ class SummaryResult(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
-class UnusableSummary(Exception):
-    """The model's answer cannot be used as a summary; the message says why."""
-
-
 class _Answer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     summary: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    role: str
-    content: str
 
 
 _COLUMNS = (
@@ -245,7 +237,7 @@ class Summariser:
         text = "\n".join(f"{r['role']}: {r['content']}" for r in shown)
         try:
             summary = await self._ask(user_id, previous.text if previous else None, text)
-        except UnusableSummary as exc:
+        except UnusableAnswer as exc:
             reason = str(exc)
             log.warning("conversation summary unusable for %s: %s", conversation_id, reason)
             await self._store.record_failure(conversation_id, user_id, reason)
@@ -270,33 +262,19 @@ class Summariser:
         return SummaryResult(status="applied", through_id=end)
 
     async def _ask(self, user_id: uuid.UUID, previous: str | None, text: str) -> str:
-        prompt = [
-            _Message("system", _SYSTEM),
-            _Message("user", f"Summary so far:\n{previous or '(none)'}\n\nNext messages:\n{text}"),
-        ]
-        try:
-            raw = await self._generator.generate_json(prompt, SUMMARY_SCHEMA, str(user_id))
-        except Exception as exc:  # any failure of the model is an unusable answer
-            raise UnusableSummary(f"engine error: {type(exc).__name__}: {exc}") from exc
+        question = f"Summary so far:\n{previous or '(none)'}\n\nNext messages:\n{text}"
+        raw = await ask_json(self._generator, _SYSTEM, question, SUMMARY_SCHEMA, user_id)
         summary = parse_summary(raw, self.config.min_chars)
         if not is_grounded(summary, f"{previous or ''}\n{text}"):
-            raise UnusableSummary("summary shares no word with the conversation")
+            raise UnusableAnswer("summary shares no word with the conversation")
         return summary
 
 
 def parse_summary(raw: str, min_chars: int) -> str:
-    """The summary in the model's answer, or `UnusableSummary` saying why not."""
-    if not raw.strip():
-        raise UnusableSummary("empty output")
-    try:
-        answer = msgspec.json.decode(raw, type=_Answer)
-    except msgspec.ValidationError as exc:
-        raise UnusableSummary(f"schema mismatch: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise UnusableSummary(f"invalid JSON: {exc}") from exc
-    summary = " ".join(answer.summary.split())
+    """The summary in the model's answer, or `UnusableAnswer` saying why not."""
+    summary = " ".join(decode_answer(raw, _Answer).summary.split())
     if len(summary) < min_chars:
-        raise UnusableSummary(f"summary shorter than {min_chars} characters")
+        raise UnusableAnswer(f"summary shorter than {min_chars} characters")
     return summary
 
 

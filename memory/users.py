@@ -27,7 +27,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from memory.errors import MemoryTierError
+from memory.errors import ErasureFailed
 from memory.jobs import erase_jobs
 from memory.longterm import LongTermMemory, Memory
 from memory.messages import (
@@ -40,10 +40,6 @@ from memory.messages import (
 from memory.profile import Goal, ProfileStore, StoredObservation, TraitEstimate
 from memory.session import SessionState, SessionStore
 from memory.summaries import StoredSummary, SummaryStore
-
-
-class ErasureFailed(MemoryTierError):
-    """Part of a user's data could not be erased; nothing was reported as erased."""
 
 
 class UserRecord(msgspec.Struct, frozen=True):

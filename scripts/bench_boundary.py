@@ -26,7 +26,7 @@ from bench_client import stream_engine
 from bench_harness import distribution, itls
 from bench_report import Column, format_table, machine_info, write_json
 
-from inference.config import ChatEngineConfig
+from inference.config import ChatEngineConfig, LlamaCppOptions
 from inference.engine import Engine
 from inference.factory import create_engine
 from inference.types import ChatMessage, GenerationRequest, SamplingParams
@@ -64,8 +64,7 @@ async def one_round(args: argparse.Namespace, mode: str, n: int) -> dict[str, li
         model_path=args.model or packaged_path("chat"),
         n_ctx=2048,
         n_slots=4,
-        n_threads=args.threads,
-        repack=args.repack,
+        llamacpp=LlamaCppOptions(n_threads=args.threads, repack=args.repack),
         process=mode,
     )
     engine = create_engine(config)

@@ -47,6 +47,7 @@ from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres
 from memory.longterm import LongTermMemory, RetrievalConfig
 from memory.migrate import migrate_url
+from memory.retrieval import vector_candidates
 
 _SUBJECTS = ["my sister", "my dog", "our team", "my landlord", "grandma", "the neighbour", "Alex"]
 _VERBS = ["talked about", "planned", "complained about", "laughed at", "remembered", "visited"]
@@ -216,7 +217,7 @@ async def recall(
     q = (await embedder.embed([query]))[0]
     exact = {int(i) for i in np.argsort(-(mine @ q))[:k]}
     async with pool.acquire() as conn, conn.transaction():
-        rows = await store._vector_candidates(conn, user, q, None, k)  # the path under test
+        rows = await vector_candidates(conn, store.config, user, q, None, k)  # the path under test
         ids = [r["id"] for r in rows]
         sims = await conn.fetch(
             "SELECT source_message_ids[1] AS i FROM memories WHERE id = ANY($1)", ids

@@ -21,7 +21,8 @@ from litestar.params import FromPath, JSONBody
 
 from inference.errors import EngineUnavailable
 from inference.manager import ModelManager, ModelState
-from memory.accounts import AccountError, AccountStore, ApiKeyInfo, Caller, CreatedKey
+from memory.accounts import AccountStore, ApiKeyInfo, Caller, CreatedKey
+from memory.errors import AccountError
 from server.auth import resolve_admin
 
 

@@ -25,6 +25,7 @@ from server.conversations_api import ConversationsController
 from server.dashboard import DashboardController, StatsController, StatsRecorder
 from server.errors import exception_handlers
 from server.health import HealthController
+from server.idempotency import IdempotencyStore
 from server.logs import RequestContext, configure_logging
 from server.memories_api import MemoriesController
 from server.openai_api.routes import OpenAIController
@@ -33,6 +34,7 @@ from server.resources import open_resources
 from server.settings import Settings, host_patterns, load_settings
 from server.sse import UNCOMPRESSED
 from server.status_api import StatusController
+from server.turn.responder import TurnResponder
 from server.web_ui import web_ui
 
 GZIP_MINIMUM_BYTES = 1024
@@ -55,6 +57,10 @@ def create_app(
         async with open_resources(settings) as resources, StatsRecorder().running() as stats:
             app.state.resources = resources
             app.state.stats = stats
+            app.state.responder = TurnResponder(
+                IdempotencyStore(resources.redis, settings.idempotency_ttl_s),
+                settings.sse_keepalive_s,
+            )
             yield
 
     metrics = PrometheusConfig(

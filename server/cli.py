@@ -189,7 +189,7 @@ def keys_list(config: Path | None, username: str | None) -> None:
 @click.pass_obj
 def keys_revoke(config: Path | None, key_id: UUID) -> None:
     """Revoke the key KEY_ID (see `keys list`)."""
-    from memory.accounts import AccountError
+    from memory.errors import AccountError
 
     try:
         _run_accounts(config, lambda s: s.revoke_key(key_id))

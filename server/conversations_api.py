@@ -6,10 +6,10 @@ the same 404: the API never reveals that another user's conversation exists.
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
@@ -19,47 +19,24 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
 from litestar.params import FromPath, JSONBody, Parameter
-from litestar.response import Stream
 
-from inference.errors import EngineUnavailable, InferenceError
-from inference.types import TextDelta
+from inference.errors import EngineUnavailable
 from memory.accounts import AccountStore, Caller
 from memory.db import BIGINT_MAX
-from memory.messages import (
-    Conversation,
-    ConversationNotFoundError,
-    ConversationOwnerError,
-    ConversationStore,
-    MessageStore,
-    StoredMessage,
-    TailMoved,
-)
+from memory.errors import ConversationNotFoundError, ConversationOwnerError
+from memory.messages import Conversation, ConversationStore, MessageStore, StoredMessage
 from memory.users import UserData
-from server import idempotency
 from server.auth import resolve_user
-from server.chat import (
-    ChatTurnService,
-    NothingToAnswer,
-    NotLastMessage,
-    PanelDelta,
-    PanelDone,
-    PanelEvent,
-    PanelMeta,
-    PanelReply,
-    TurnDone,
-    TurnMeta,
-    UnknownPersona,
-)
 from server.concurrency import GenerationGuard
-from server.errors import BACKING_SERVICE_ERRORS
-from server.idempotency import TurnEvents, TurnReply
+from server.idempotency import Claim, TurnReply
 from server.memories_api import long_term_memory
 from server.personas import PersonaCard, cards
 from server.routing import InvalidDateOfBirth, apply_verification
 from server.routing import verify_age as check_age
-from server.sse import KEEPALIVE, UNCOMPRESSED, event, with_keepalive
-
-log = logging.getLogger(__name__)
+from server.sse import UNCOMPRESSED
+from server.turn.errors import NothingToAnswer, NotLastMessage, UnknownPersona
+from server.turn.orchestrator import ChatTurnService
+from server.turn.responder import TurnEvents, TurnResponder, provide_responder
 
 
 class NewConversation(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,25 +63,11 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
 _TURN = {"rate_limit": "turn", UNCOMPRESSED: True}
 # the routes that generate: one user's share of them is capped (`server.concurrency`)
 _GENERATES: dict[str, Any] = {"status_code": 200, "opt": _TURN, "middleware": [GenerationGuard]}
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class PanelIn(msgspec.Struct, forbid_unknown_fields=True):
     content: str
     personas: list[str]
-
-
-class PanelAnswer(msgspec.Struct):
-    persona: str
-    reply: str
-    assistant_message_id: int
-    usage: dict[str, int]
-
-
-class PanelResult(msgspec.Struct):
-    meta: PanelMeta
-    answers: list[PanelAnswer]
-    done: PanelDone
 
 
 class ConversationBody(msgspec.Struct):
@@ -125,11 +88,68 @@ def _body(conversation: Conversation) -> ConversationBody:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TurnCall:
+    """What the handlers that generate share: the caller, the turn service and the
+    responder. The checks run in the order the handler calls them (a blank message is
+    a 422 even where no chat engine is configured)."""
+
+    resources: Any
+    request: Request[Any, Any, Any]
+    user_id: uuid.UUID
+    responder: TurnResponder
+
+    def text(self, content: str) -> str:
+        """The message, checked: not blank, not over ``COMPANION_MAX_MESSAGE_CHARS``."""
+        return _message_text(content, self.resources.settings.max_message_chars)
+
+    def chat(self) -> ChatTurnService:
+        """The turn service (503 without a chat engine and an embedding model)."""
+        if self.resources.chat is None:
+            raise EngineUnavailable("chat needs a chat engine and an embedding model")
+        chat: ChatTurnService = self.resources.chat
+        return chat
+
+    async def owned(self, conversation_id: uuid.UUID) -> Conversation:
+        """The caller's conversation (404 when missing or another user's)."""
+        with _not_found():
+            return await ConversationStore(self.resources.pool).get(conversation_id, self.user_id)
+
+    async def open(
+        self, conversation_id: uuid.UUID, content: str
+    ) -> tuple[str, ChatTurnService, Conversation]:
+        """The checks of a turn with a message: the text, the service, the conversation."""
+        text, chat = self.text(content), self.chat()
+        return text, chat, await self.owned(conversation_id)
+
+    async def claim(self, conversation_id: uuid.UUID, text: str) -> Claim | TurnReply | None:
+        return await self.responder.claim(self.request, self.user_id, conversation_id, text)
+
+    def replay(self, reply: TurnReply) -> Response[Any]:
+        return self.responder.replay(self.request, reply)
+
+    async def respond(self, events: TurnEvents, claim: Claim | None = None) -> Response[Any]:
+        return await self.responder.respond(self.request, events, claim)
+
+
+def _turn_call(
+    state: State,
+    request: Request[Any, Any, Any],
+    user: NamedDependency[Caller],
+    responder: NamedDependency[TurnResponder],
+) -> TurnCall:
+    return TurnCall(state.resources, request, uuid.UUID(user.user_id), responder)
+
+
 class ConversationsController(Controller):
     path = "/api/v1"
     tags = ["conversations"]
     opt = {"rate_limit": "api"}
-    dependencies = {"user": Provide(resolve_user)}
+    dependencies = {
+        "user": Provide(resolve_user),
+        "responder": Provide(provide_responder, sync_to_thread=False),
+        "call": Provide(_turn_call, sync_to_thread=False),
+    }
 
     @get("/personas")
     async def personas(self, state: State, user: NamedDependency[Caller]) -> list[PersonaCard]:
@@ -197,44 +217,33 @@ class ConversationsController(Controller):
         self,
         conversation_id: FromPath[uuid.UUID],
         data: JSONBody[MessageIn],
-        request: Request[Any, Any, Any],
-        state: State,
-        user: NamedDependency[Caller],
+        call: NamedDependency[TurnCall],
     ) -> Response[Any]:
         """One turn: SSE (``meta``, ``token``..., ``done``) or, without it, the whole reply.
 
         With an ``Idempotency-Key`` header a retry returns the first turn (`server.idempotency`).
         """
-        resources = state.resources
-        text = _message_text(data.content, resources.settings.max_message_chars)
-        chat = _chat(resources)
-        conversation = await _owned(resources.pool, conversation_id, user)
-        user_id = uuid.UUID(user.user_id)
-        streamed = "text/event-stream" in request.headers.get("accept", "")
-        claim = await idempotency.claim_for(request, resources, user_id, conversation_id, text)
+        text, chat, conversation = await call.open(conversation_id, data.content)
+        claim = await call.claim(conversation_id, text)
         if isinstance(claim, TurnReply):
-            return _replay(claim, streamed)
-        events = chat.turn(user_id, conversation_id, text, conversation.persona)
-        return await _respond(events, claim, streamed, resources.settings.sse_keepalive_s)
+            return call.replay(claim)
+        events = chat.turn(call.user_id, conversation_id, text, conversation.persona)
+        return await call.respond(events, claim)
 
     @post("/conversations/{conversation_id:uuid}/regenerate", **_GENERATES)
     async def regenerate(
         self,
         conversation_id: FromPath[uuid.UUID],
-        request: Request[Any, Any, Any],
-        state: State,
-        user: NamedDependency[Caller],
+        call: NamedDependency[TurnCall],
     ) -> Response[Any]:
         """A new reply to the last user message, as ``send`` gives it, without storing the
         message again: after a failed or stopped turn, or to replace a reply the user did
         not like (the new one replaces it when complete). 409 when there is no message."""
-        resources = state.resources
-        chat = _chat(resources)
-        conversation = await _owned(resources.pool, conversation_id, user)
-        streamed = "text/event-stream" in request.headers.get("accept", "")
-        events = chat.regenerate(uuid.UUID(user.user_id), conversation_id, conversation.persona)
+        chat = call.chat()
+        conversation = await call.owned(conversation_id)
+        events = chat.regenerate(call.user_id, conversation_id, conversation.persona)
         with _conflict():
-            return await _respond(events, None, streamed, resources.settings.sse_keepalive_s)
+            return await call.respond(events)
 
     @patch("/conversations/{conversation_id:uuid}/messages/{message_id:int}", **_GENERATES)
     async def edit(
@@ -242,50 +251,33 @@ class ConversationsController(Controller):
         conversation_id: FromPath[uuid.UUID],
         message_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
         data: JSONBody[MessageIn],
-        request: Request[Any, Any, Any],
-        state: State,
-        user: NamedDependency[Caller],
+        call: NamedDependency[TurnCall],
     ) -> Response[Any]:
         """The user's last message changed, and answered anew: the turn's events as ``send``
         gives them; the old message and its replies are replaced (new ids). 409 when the
         message is not the user's last one."""
-        resources = state.resources
-        text = _message_text(data.content, resources.settings.max_message_chars)
-        chat = _chat(resources)
-        conversation = await _owned(resources.pool, conversation_id, user)
-        streamed = "text/event-stream" in request.headers.get("accept", "")
-        events = chat.edit(
-            uuid.UUID(user.user_id), conversation_id, message_id, text, conversation.persona
-        )
+        text, chat, conversation = await call.open(conversation_id, data.content)
+        events = chat.edit(call.user_id, conversation_id, message_id, text, conversation.persona)
         with _conflict():
-            return await _respond(events, None, streamed, resources.settings.sse_keepalive_s)
+            return await call.respond(events)
 
     @post("/conversations/{conversation_id:uuid}/panel", **_GENERATES)
     async def panel(
         self,
         conversation_id: FromPath[uuid.UUID],
         data: JSONBody[PanelIn],
-        request: Request[Any, Any, Any],
-        state: State,
-        user: NamedDependency[Caller],
+        call: NamedDependency[TurnCall],
     ) -> Response[Any]:
         """Several personas answer one message in parallel: SSE ``meta``, ``token``s tagged
         with their persona, a ``reply`` as each finishes, ``done``; or all of it as JSON."""
-        resources = state.resources
-        text = _message_text(data.content, resources.settings.max_message_chars)
-        chat = _chat(resources)
+        text, chat = call.text(data.content), call.chat()
         try:
             chat.panel_personas(data.personas)
         except UnknownPersona as exc:
             raise ValidationException(str(exc)) from exc
-        await _owned(resources.pool, conversation_id, user)
-        events = chat.panel(uuid.UUID(user.user_id), conversation_id, text, data.personas)
-        first = await anext(events)
-        assert isinstance(first, PanelMeta)
-        if "text/event-stream" in request.headers.get("accept", ""):
-            stream = _panel_sse(first, events, resources.settings.sse_keepalive_s)
-            return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
-        return Response(await _collect_panel(first, events))
+        await call.owned(conversation_id)
+        events = chat.panel(call.user_id, conversation_id, text, data.personas)
+        return await call.respond(events)
 
     @post("/conversations/{conversation_id:uuid}/verify-age", status_code=200)
     async def verify_age(
@@ -319,13 +311,6 @@ class ConversationsController(Controller):
         return Verification(verified=updated.age_verified)
 
 
-def _chat(resources: Any) -> ChatTurnService:
-    if resources.chat is None:
-        raise EngineUnavailable("chat needs a chat engine and an embedding model")
-    chat: ChatTurnService = resources.chat
-    return chat
-
-
 async def _owned(pool: Any, conversation_id: uuid.UUID, user: Caller) -> Conversation:
     with _not_found():
         return await ConversationStore(pool).get(conversation_id, uuid.UUID(user.user_id))
@@ -356,111 +341,3 @@ def _message_text(content: str, max_chars: int) -> str:
     if len(text) > max_chars:
         raise ValidationException(f"content is longer than {max_chars} characters")
     return text
-
-
-async def _sse(first: TurnMeta, events: TurnEvents, keepalive_s: float) -> AsyncIterator[bytes]:
-    yield event("meta", first)
-    try:
-        async for item in with_keepalive(events, keepalive_s):
-            if isinstance(item, TextDelta):
-                yield event("token", {"text": item.text})
-            elif isinstance(item, TurnDone):
-                yield event("done", item)
-            else:
-                yield KEEPALIVE
-    except InferenceError as exc:  # headers are sent: report in the stream
-        yield event("error", {"code": type(exc).__name__, "message": str(exc)})
-    except TailMoved as exc:  # a newer message came while a reply was regenerated
-        yield event("error", {"code": "conflict", "message": str(exc)})
-    except BACKING_SERVICE_ERRORS as exc:
-        yield _unsaved(exc)
-    finally:
-        await events.aclose()
-
-
-def _unsaved(exc: Exception) -> bytes:
-    """The stream's end when the turn could not be stored (PostgreSQL or Redis went away):
-    the reply is not acknowledged, and the client is told so, instead of a cut stream."""
-    log.warning("turn not stored: backing service unavailable", extra={"error": repr(exc)})
-    message = "a backing service is unavailable; the reply was not saved; try again shortly"
-    return event("error", {"code": "unavailable", "message": message})
-
-
-async def _respond(
-    events: TurnEvents, claim: idempotency.Claim | None, streamed: bool, keepalive_s: float
-) -> Response[Any]:
-    """A turn's response: SSE, or the whole reply as JSON."""
-    try:
-        first = await anext(events)  # refusals become HTTP errors before streaming starts
-    except BaseException:
-        if claim is not None:
-            await claim.release()
-        raise
-    assert isinstance(first, TurnMeta)
-    turn = idempotency.recorded(first, events, claim)
-    if streamed:
-        stream = _sse(first, turn, keepalive_s)
-        return Stream(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
-    return Response(await _collect(first, turn))
-
-
-def _replay(turn: TurnReply, streamed: bool) -> Response[Any]:
-    """A completed turn again, as its first request got it."""
-    headers = {"Idempotent-Replayed": "true"}
-    if not streamed:
-        return Response(turn, headers=headers)
-
-    async def events() -> AsyncIterator[bytes]:
-        yield event("meta", turn.meta)
-        yield event("token", {"text": turn.reply})
-        yield event("done", turn.done)
-
-    return Stream(events(), media_type="text/event-stream", headers=_SSE_HEADERS | headers)
-
-
-async def _panel_sse(
-    first: PanelMeta, events: AsyncGenerator[PanelEvent, None], keepalive_s: float
-) -> AsyncIterator[bytes]:
-    yield event("meta", first)
-    try:
-        async for item in with_keepalive(events, keepalive_s):
-            if isinstance(item, PanelDelta):
-                yield event("token", {"persona": item.persona, "text": item.text})
-            elif isinstance(item, PanelReply):
-                yield event("reply", item)
-            elif isinstance(item, PanelDone):
-                yield event("done", item)
-            else:
-                yield KEEPALIVE
-    except InferenceError as exc:
-        yield event("error", {"code": type(exc).__name__, "message": str(exc)})
-    except BACKING_SERVICE_ERRORS as exc:
-        yield _unsaved(exc)
-    finally:
-        await events.aclose()
-
-
-async def _collect_panel(first: PanelMeta, events: AsyncGenerator[PanelEvent, None]) -> PanelResult:
-    texts: dict[str, list[str]] = {}
-    answers: list[PanelAnswer] = []
-    async for item in events:
-        if isinstance(item, PanelDelta):
-            texts.setdefault(item.persona, []).append(item.text)
-        elif isinstance(item, PanelReply):
-            reply = "".join(texts.get(item.persona, []))
-            answers.append(PanelAnswer(item.persona, reply, item.assistant_message_id, item.usage))
-        elif isinstance(item, PanelDone):
-            return PanelResult(first, answers, item)
-    raise RuntimeError("the panel ended without its done event")
-
-
-async def _collect(first: object, events: TurnEvents) -> TurnReply:
-    parts: list[str] = []
-    done = None
-    async for item in events:
-        if isinstance(item, TextDelta):
-            parts.append(item.text)
-        elif isinstance(item, TurnDone):
-            done = item
-    assert isinstance(first, TurnMeta) and done is not None
-    return TurnReply("".join(parts), first, done)

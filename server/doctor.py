@@ -68,10 +68,10 @@ def _report_engine(settings: Settings, echo: Echo) -> bool:
     try:
         model = config.model_path or packaged_path("chat")
     except FileNotFoundError as exc:
-        echo(f"  {'repacking':<24} {config.repack} (no model: {exc})")
+        echo(f"  {'repacking':<24} {config.llamacpp.repack} (no model: {exc})")
         return runs
-    if config.repack != "auto":
-        echo(f"  {'repacking':<24} {config.repack} (set)")
+    if config.llamacpp.repack != "auto":
+        echo(f"  {'repacking':<24} {config.llamacpp.repack} (set)")
         return runs
     probed = cached_probe(model, config.state_dir)
     if probed is None:

@@ -3,11 +3,17 @@
 One table (`exception_handlers`) maps exceptions to responses. Client errors
 keep their message; server errors say only what kind of failure it was, and
 the details go to the log under the request id, which the body repeats.
+
+ARCHITECTURE: the inference errors' statuses and codes are one table,
+`INFERENCE_ERRORS`, read by both error shapes: this module's and OpenAI's
+(`server.openai_api.errors`). Only the codes OpenAI clients know by another
+name, and OpenAI's ``param``, are written beside the shared ones.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -23,14 +29,17 @@ from inference.errors import (
     DeadlineExceeded,
     EngineOverloaded,
     EngineUnavailable,
+    InferenceError,
     InvalidRequest,
     ModelBusy,
     UnknownModel,
 )
-from memory.errors import DatabaseUnavailable
-from memory.messages import TailMoved
-from memory.session import SessionUnavailableError
-from memory.users import ErasureFailed
+from memory.errors import (
+    DatabaseUnavailable,
+    ErasureFailed,
+    SessionUnavailableError,
+    TailMoved,
+)
 from server.body_errors import decode_failure
 from server.logs import request_id_var
 
@@ -100,9 +109,51 @@ def _http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[d
     return error_response(status, message, headers=exc.headers, details=details)
 
 
-def _overloaded(_: Request[Any, Any, Any], exc: EngineOverloaded) -> Response[dict[str, Any]]:
-    retry_after = str(max(1, round(exc.retry_after_s)))
-    return error_response(503, str(exc), code="overloaded", headers={"Retry-After": retry_after})
+@dataclass(frozen=True, slots=True)
+class InferenceErrorKind:
+    """How an inference error is answered over HTTP, by either API."""
+
+    status: int
+    code: str  # the companion API's code
+    openai_code: str | None  # the OpenAI API's code (its clients know some by other names)
+    openai_param: str | None = None  # the request field OpenAI's body blames
+    retry: bool = False  # send Retry-After (`EngineOverloaded.retry_after_s`)
+
+    def headers(self, exc: Exception) -> dict[str, str] | None:
+        """Retry-After, in whole seconds (at least one), where the error has one."""
+        if not self.retry or not isinstance(exc, EngineOverloaded):
+            return None
+        return {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+
+
+# Most specific class first: the first `isinstance` match answers (`inference_error_kind`).
+INFERENCE_ERRORS: tuple[tuple[type[InferenceError], InferenceErrorKind], ...] = (
+    (EngineOverloaded, InferenceErrorKind(503, "overloaded", "overloaded", retry=True)),
+    (UnknownModel, InferenceErrorKind(404, "model_not_found", "model_not_found", "model")),
+    (ModelBusy, InferenceErrorKind(409, "model_busy", "model_busy")),
+    (
+        ContextLengthExceeded,
+        InferenceErrorKind(413, "context_length_exceeded", "context_length_exceeded", "messages"),
+    ),
+    (InvalidRequest, InferenceErrorKind(400, "invalid_request", None)),
+    (DeadlineExceeded, InferenceErrorKind(504, "deadline_exceeded", "timeout")),
+    (EngineUnavailable, InferenceErrorKind(503, "engine_unavailable", "engine_unavailable")),
+)
+
+
+def inference_error_kind(exc: Exception) -> InferenceErrorKind | None:
+    """The `INFERENCE_ERRORS` row that answers ``exc``; None for any other error."""
+    for kind, answer in INFERENCE_ERRORS:
+        if isinstance(exc, kind):
+            return answer
+    return None
+
+
+def _inference_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    kind = inference_error_kind(exc)
+    if kind is None:  # only inference errors are routed here
+        return _unhandled(_, exc)
+    return error_response(kind.status, str(exc), code=kind.code, headers=kind.headers(exc))
 
 
 def _status_error(status: int, code: str) -> Any:
@@ -151,13 +202,7 @@ def _unhandled(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, 
 
 exception_handlers: ExceptionHandlersMap = {
     HTTPException: _http_exception,
-    EngineOverloaded: _overloaded,
-    ContextLengthExceeded: _status_error(413, "context_length_exceeded"),
-    InvalidRequest: _status_error(400, "invalid_request"),
-    DeadlineExceeded: _status_error(504, "deadline_exceeded"),
-    EngineUnavailable: _status_error(503, "engine_unavailable"),
-    UnknownModel: _status_error(404, "model_not_found"),
-    ModelBusy: _status_error(409, "model_busy"),
+    **{kind: _inference_error for kind, _ in INFERENCE_ERRORS},
     ErasureFailed: _status_error(503, "unavailable"),
     TailMoved: _status_error(409, "conflict"),
     UnicodeDecodeError: _undecodable,

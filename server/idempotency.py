@@ -27,15 +27,13 @@ import re
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
-from litestar import Request
 from litestar.exceptions import ClientException, ValidationException
 from redis.asyncio import Redis
 
 from inference.types import TextDelta
-from server.chat import TurnDone, TurnMeta
+from server.turn.events import TurnDone, TurnEvent, TurnMeta
 
 HEADER = "idempotency-key"
 _VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -60,7 +58,7 @@ class KeyReused(ClientException):
     status_code = 422
 
 
-TurnEvents = AsyncGenerator[TurnMeta | TextDelta | TurnDone, None]
+TurnEvents = AsyncGenerator[TurnEvent, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,23 +108,9 @@ class IdempotencyStore:
         return record.reply
 
 
-async def claim_for(
-    request: Request[Any, Any, Any],
-    resources: Any,
-    user_id: uuid.UUID,
-    conversation_id: uuid.UUID,
-    text: str,
-) -> Claim | TurnReply | None:
-    """The request's claim on its ``Idempotency-Key`` (None without one), or the stored turn."""
-    key = request.headers.get(HEADER)
-    if key is None:
-        return None
-    store = IdempotencyStore(resources.redis, resources.settings.idempotency_ttl_s)
-    return await store.claim(user_id, key, conversation_id, text)
-
-
 async def recorded(first: TurnMeta, events: TurnEvents, claim: Claim | None) -> TurnEvents:
-    """Pass the turn's events through; store the finished turn under ``claim``.
+    """Pass the turn's events through; store the finished turn under ``claim`` (a
+    panel's events pass through: panels take no key).
 
     Anything short of a finished turn (an error, a disconnect) releases the key.
     """

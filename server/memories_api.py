@@ -36,6 +36,7 @@ class _NoEmbedder:
 
 
 def long_term_memory(state: State) -> LongTermMemory:
+    """The long-term memory store over the app's resources (also a handler dependency)."""
     resources = state.resources
     return LongTermMemory(resources.pool, resources.embedder or _NoEmbedder())
 
@@ -54,18 +55,20 @@ class MemoriesController(Controller):
     path = "/api/v1/memories"
     tags = ["memories"]
     opt = {"rate_limit": "api"}
-    dependencies = {"user": Provide(resolve_user)}
+    dependencies = {
+        "user": Provide(resolve_user),
+        "memories": Provide(long_term_memory, sync_to_thread=False),
+    }
 
     @get("/")
     async def list_memories(
         self,
-        state: State,
+        memories: LongTermMemory,
         user: NamedDependency[Caller],
         text: Annotated[str | None, Parameter(query="query", max_length=500)] = None,
         limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
     ) -> list[Memory]:
         """The user's current memories, newest first, or those matching ``?query=``."""
-        memories = long_term_memory(state)
         user_id = uuid.UUID(user.user_id)
         if text and text.strip():
             return list(await memories.search(user_id, text, limit))
@@ -73,7 +76,11 @@ class MemoriesController(Controller):
 
     @post("/", status_code=201)
     async def remember(
-        self, data: JSONBody[NewMemory], state: State, user: NamedDependency[Caller]
+        self,
+        data: JSONBody[NewMemory],
+        state: State,
+        memories: LongTermMemory,
+        user: NamedDependency[Caller],
     ) -> Remembered:
         """Store a memory the user wrote (no source messages, no conversation)."""
         if state.resources.embedder is None:
@@ -81,7 +88,7 @@ class MemoriesController(Controller):
         content = " ".join(data.content.split())
         if not content:
             raise ValidationException("content must not be blank")
-        memory_id = await long_term_memory(state).add(
+        memory_id = await memories.add(
             uuid.UUID(user.user_id), data.kind, content, data.importance, []
         )
         return Remembered(memory_id)
@@ -90,9 +97,9 @@ class MemoriesController(Controller):
     async def forget(
         self,
         memory_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
-        state: State,
+        memories: LongTermMemory,
         user: NamedDependency[Caller],
     ) -> None:
         """Forget one memory (and the older versions it replaced); 404 if not the user's."""
-        if not await long_term_memory(state).delete(uuid.UUID(user.user_id), memory_id):
+        if not await memories.delete(uuid.UUID(user.user_id), memory_id):
             raise NotFoundException("memory not found")

@@ -6,7 +6,8 @@ is the small model for small talk (``COMPANION_CHAT_SMALL_MODEL``), and the
 content judge's model when it has one of its own (``COMPANION_CONTENT_JUDGE``
 naming a catalog model of role ``chat`` or ``guard``: a judge unloaded to make
 room would reload inside a chat turn, far past its deadline). Every
-engine this process runs is opened here (`open_engine`), the pinned ones too.
+engine this process runs is opened by the manager (`inference.opener`), the pinned ones
+too; this module only says which models there are and how each is configured.
 Every chat model of the catalog (`models.catalog`) whose weights are on disk
 is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
 
@@ -21,13 +22,12 @@ is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
 
 A catalog entry may set ``memory_mb`` to replace the estimate
 (`inference.manager.estimate_memory`). Each loaded engine publishes its stats
-as metrics every second and sits behind the response cache, like the default.
+as metrics every second and sits behind the response cache
+(`inference.response_cache`), like the default.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -36,15 +36,11 @@ from contextlib import AsyncExitStack
 from redis.asyncio import Redis
 
 from inference.config import ChatEngineConfig
-from inference.engine import Engine
 from inference.engine_choice import choose
-from inference.errors import EngineUnavailable, UnknownModel
-from inference.factory import create_engine
-from inference.manager import ModelManager, ModelOption, OpenedEngine, estimate_memory
-from inference.metrics import EngineMetrics, default_engine_metrics
-from inference.stats import EngineStats
+from inference.errors import UnknownModel
+from inference.manager import ModelManager, ModelOption, estimate_memory
+from inference.opener import EngineLauncher
 from models.catalog import Catalog, CatalogError, ModelSpec, load_catalog
-from server.response_cache import ResponseCache
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,10 +59,7 @@ async def open_models(
         settings = dataclasses.replace(settings, chat_engine=chosen)
     options = model_options(settings, _catalog(settings))
     _require_judge_model(settings, options)
-
-    async def opener(config: ChatEngineConfig) -> OpenedEngine:
-        return await open_engine(config, redis, settings.response_cache_ttl_s)
-
+    opener = EngineLauncher(redis, settings.response_cache_ttl_s)
     manager = ModelManager(options, memory_budget(settings), opener)
     stack.push_async_callback(manager.close)
     for option in options:
@@ -133,19 +126,20 @@ def catalog_config(
     settings: Settings, catalog: Catalog, spec: ModelSpec
 ) -> ChatEngineConfig | None:
     """How to run ``spec``; None when it cannot run here (weights absent, backend not built)."""
-    base = dataclasses.replace(settings.chat_engine, model_id=spec.id, remote_api_key=None)
+    base = dataclasses.replace(settings.chat_engine, model_id=spec.id)
     extra = spec.extra
     if spec.backend == "remote":
         urls = extra.get("urls")
         if not isinstance(urls, list) or not urls:
             return None
-        return dataclasses.replace(
-            base,
-            backend="remote",
-            remote_urls=tuple(str(u).rstrip("/") for u in urls),
-            remote_model=spec.source.partition(":")[2],
-            remote_flavor=str(extra.get("flavor", "openai")),
+        remote = dataclasses.replace(
+            base.remote,
+            base_urls=tuple(str(u).rstrip("/") for u in urls),
+            upstream_model=spec.source.partition(":")[2],
+            api_key=None,  # the default model's key is not this upstream's
+            flavor=str(extra.get("flavor", "openai")),
         )
+        return dataclasses.replace(base, backend="remote", remote=remote)
     backend = spec.serving_backend(settings.chat_engine.backend)
     path = catalog.resolve(spec.id) if backend in ("llamacpp", "vllm") else None
     if backend is None or path is None:
@@ -158,36 +152,6 @@ def catalog_config(
         n_ctx=min(n_ctx, spec.context_length or n_ctx),
         n_slots=_int(extra.get("n_slots"), base.n_slots),
     )
-
-
-async def open_engine(config: ChatEngineConfig, redis: Redis, cache_ttl_s: int) -> OpenedEngine:
-    """Start the engine for ``config``, with its metrics task and the response cache."""
-    metrics = default_engine_metrics()
-    engine = create_engine(config, observer=metrics)
-    if engine is None:
-        raise EngineUnavailable(f"no engine for {config.model_id}")
-    await engine.start()
-    task = asyncio.create_task(_publish_stats(engine, metrics), name="engine-metrics")
-    served: Engine = ResponseCache(engine, redis, cache_ttl_s)  # TTL 0: counts, caches nothing
-
-    async def close() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await engine.close()
-        metrics.update(_idle(engine.model_id))  # gauges to zero; counters restart at a reload
-
-    return OpenedEngine(served, close)
-
-
-async def _publish_stats(engine: Engine, metrics: EngineMetrics, every_s: float = 1.0) -> None:
-    while True:
-        metrics.update(engine.stats())
-        await asyncio.sleep(every_s)
-
-
-def _idle(model_id: str) -> EngineStats:
-    return EngineStats(model_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def _catalog(settings: Settings) -> Catalog | None:

@@ -25,48 +25,56 @@ from memory.profile import Profile, ProfileStore
 from memory.profile_rules import GoalStatus
 from server.auth import resolve_user
 
+# A goal's id in a path: a positive bigint.
+GoalId = Annotated[int, Parameter(ge=1, le=BIGINT_MAX)]
+
 
 class GoalUpdate(msgspec.Struct, forbid_unknown_fields=True):
     status: GoalStatus
+
+
+def profile_store(state: State) -> ProfileStore:
+    """The profile store over the app's pool (a dependency of `ProfileController`)."""
+    return ProfileStore(state.resources.pool)
 
 
 class ProfileController(Controller):
     path = "/api/v1/me"
     tags = ["profile"]
     opt = {"rate_limit": "api"}
-    dependencies = {"user": Provide(resolve_user)}
+    dependencies = {
+        "user": Provide(resolve_user),
+        "profiles": Provide(profile_store, sync_to_thread=False),
+    }
 
     @get("/profile")
-    async def profile(self, state: State, user: NamedDependency[Caller]) -> Profile:
+    async def profile(self, profiles: ProfileStore, user: NamedDependency[Caller]) -> Profile:
         """Personality estimates and goals, most recently updated goal first."""
-        return await ProfileStore(state.resources.pool).profile(uuid.UUID(user.user_id))
+        return await profiles.profile(uuid.UUID(user.user_id))
 
     @patch("/goals/{goal_id:int}")
     async def set_goal_status(
         self,
-        goal_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
+        goal_id: GoalId,
         data: JSONBody[GoalUpdate],
-        state: State,
+        profiles: ProfileStore,
         user: NamedDependency[Caller],
     ) -> None:
         """Mark a goal achieved, abandoned or active again; 404 if not the user's."""
-        store = ProfileStore(state.resources.pool)
-        if not await store.set_status(uuid.UUID(user.user_id), goal_id, data.status):
+        if not await profiles.set_status(uuid.UUID(user.user_id), goal_id, data.status):
             raise NotFoundException("goal not found")
 
     @delete("/goals/{goal_id:int}")
     async def forget_goal(
-        self,
-        goal_id: Annotated[int, Parameter(ge=1, le=BIGINT_MAX)],
-        state: State,
-        user: NamedDependency[Caller],
+        self, goal_id: GoalId, profiles: ProfileStore, user: NamedDependency[Caller]
     ) -> None:
         """Forget a goal and its notes; 404 if not the user's."""
-        store = ProfileStore(state.resources.pool)
-        if not await store.delete_goal(uuid.UUID(user.user_id), goal_id):
+        if not await profiles.delete_goal(uuid.UUID(user.user_id), goal_id):
             raise NotFoundException("goal not found")
 
     @delete("/personality")
-    async def forget_personality(self, state: State, user: NamedDependency[Caller]) -> None:
+    async def forget_personality(
+        self, profiles: ProfileStore, user: NamedDependency[Caller]
+    ) -> None:
         """Forget the personality estimate and the observations behind it."""
-        await ProfileStore(state.resources.pool).forget_personality(uuid.UUID(user.user_id))
+        await profiles.forget_personality(uuid.UUID(user.user_id))

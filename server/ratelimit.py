@@ -20,10 +20,15 @@ limit applies to which request.
 - When Redis is unreachable the limit is not enforced (logged, counted),
   rather than turning every request into an error: the session layer fails
   those requests anyway, and health reports Redis down.
+
+Both outcomes are counted through `RateLimitMetrics` (the limiter is given
+one; by default the process's, in the default registry), the way the engines
+publish theirs (`inference.metrics`): no metric is a module-level global.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -37,7 +42,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
 from litestar.handlers import BaseRouteHandler
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -46,16 +51,30 @@ from server.settings import RateLimit
 log = logging.getLogger(__name__)
 Connection = ASGIConnection[Any, Any, Any, Any]
 
-REJECTED = Counter(
-    "companion:rate_limit_rejections",
-    "Requests refused with 429, by limit scope (user or ip) and route group",
-    ["scope", "group"],
-)
-UNCHECKED = Counter(
-    "companion:rate_limit_unchecked",
-    "Requests let through unchecked because Redis could not be reached",
-)
 IP_ONLY_GROUPS = frozenset({"auth"})
+
+
+class RateLimitMetrics:
+    """``companion:rate_limit_rejections{scope, group}`` and ``companion:rate_limit_unchecked``."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY, prefix: str = "companion") -> None:
+        self.rejected = Counter(
+            f"{prefix}:rate_limit_rejections",
+            "Requests refused with 429, by limit scope (user or ip) and route group",
+            ["scope", "group"],
+            registry=registry,
+        )
+        self.unchecked = Counter(
+            f"{prefix}:rate_limit_unchecked",
+            "Requests let through unchecked because Redis could not be reached",
+            registry=registry,
+        )
+
+
+@functools.cache
+def default_rate_limit_metrics() -> RateLimitMetrics:
+    """The process's rate-limit metrics (created once: names are global)."""
+    return RateLimitMetrics()
 
 
 class RateLimited(HTTPException):
@@ -85,7 +104,14 @@ class Limits:
 class RateLimiter:
     """Checks and counts requests; one per process, on the app's Redis pool."""
 
-    def __init__(self, redis: Redis, limits: Limits, *, key_prefix: str = "companion:rl") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        limits: Limits,
+        *,
+        key_prefix: str = "companion:rl",
+        metrics: RateLimitMetrics | None = None,
+    ) -> None:
         storage = RedisStorage(
             "async+redis://",
             implementation="redispy",
@@ -95,6 +121,7 @@ class RateLimiter:
         )
         self._limiter = MovingWindowRateLimiter(storage)
         self.limits = limits
+        self._metrics = metrics or default_rate_limit_metrics()
 
     async def hit(self, scope: str, group: str, identity: str, limit: RateLimit) -> None:
         """Count one request of ``identity``; raise `RateLimited` when over ``limit``."""
@@ -104,10 +131,10 @@ class RateLimiter:
                 return
             stats = await self._limiter.get_window_stats(item, scope, group, identity)
         except RedisError as exc:
-            UNCHECKED.inc()
+            self._metrics.unchecked.inc()
             log.warning("rate limit not checked: redis unavailable", extra={"error": str(exc)})
             return
-        REJECTED.labels(scope, group).inc()
+        self._metrics.rejected.labels(scope, group).inc()
         raise RateLimited(scope, max(1, math.ceil(stats.reset_time - time.time())))
 
     async def check_ip(self, connection: Connection) -> None:

@@ -3,8 +3,9 @@
 Order at start: the embedded servers (only where no URL is configured), the
 schema migrations, the PostgreSQL pool and the Redis client, then the chat
 model manager with the pinned chat engines loaded (its model loads off the
-event loop; each loaded engine has a task that publishes its stats as metrics
-every second; see `server.models_setup`), then the embedding model, then (where there
+event loop; the manager opens each engine with a task that publishes its stats
+as metrics every second, behind the response cache: `inference.opener`; which
+models there are is `server.models_setup`), then the embedding model, then (where there
 are GPUs) a task sampling NVML every five seconds, then the memory job queue
 (and, unless ``COMPANION_MEMORY_WORKER=off``, a worker in this process) and
 the chat turn service, whose content classifier asks the judge that
@@ -46,7 +47,6 @@ from memory.migrate import migrate_url
 from memory.profile import ProfileStore
 from memory.redis_client import create_redis
 from memory.session import SessionConfig, SessionStore
-from server.chat import ChatTurnService
 from server.concurrency import UserLeases
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
@@ -54,6 +54,7 @@ from server.models_setup import judge_model_id, open_models, small_model
 from server.personas import Persona, load_personas
 from server.ratelimit import Limits, RateLimiter
 from server.settings import Settings
+from server.turn.orchestrator import ChatTurnService
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from litestar.di import NamedDependency, Provide
 
 from inference.engine import Engine
 from inference.engine_choice import Choice
+from inference.response_cache import ResponseCache
 from memory.accounts import Caller
 from server.auth import resolve_user
 from server.openai_api.service import EMBEDDING_MODEL_ID
-from server.response_cache import ResponseCache
 
 
 class ServedModel(msgspec.Struct):

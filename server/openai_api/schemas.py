@@ -105,10 +105,15 @@ class ChatChoice(msgspec.Struct):
     logprobs: None = None
 
 
-class ChatCompletion(msgspec.Struct):
+class _Reply(msgspec.Struct):
+    """What every completion, and every chunk of one, starts with (OpenAI's field order)."""
+
     id: str
     created: int
     model: str
+
+
+class ChatCompletion(_Reply):
     choices: list[ChatChoice]
     usage: UsageBody
     object: str = "chat.completion"
@@ -126,10 +131,7 @@ class ChunkChoice(msgspec.Struct):
     logprobs: None = None
 
 
-class ChatCompletionChunk(msgspec.Struct):
-    id: str
-    created: int
-    model: str
+class ChatCompletionChunk(_Reply):
     choices: list[ChunkChoice]
     usage: UsageBody | None = None
     object: str = "chat.completion.chunk"
@@ -142,10 +144,7 @@ class TextChoice(msgspec.Struct):
     logprobs: None = None
 
 
-class Completion(msgspec.Struct):
-    id: str
-    created: int
-    model: str
+class Completion(_Reply):
     choices: list[TextChoice]
     usage: UsageBody | None = None
     object: str = "text_completion"

@@ -17,7 +17,7 @@ import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from inference.config import ChatEngineConfig
+from inference.config import ChatEngineConfig, LlamaCppOptions
 from memory.protocols import PromptMessage
 from server.app import create_app
 from server.settings import Settings
@@ -29,6 +29,27 @@ async def new_user(pool: asyncpg.Pool) -> uuid.UUID:
         "INSERT INTO users (username) VALUES ($1) RETURNING id", uuid.uuid4().hex
     )
     return user_id
+
+
+async def remember(
+    pool: asyncpg.Pool,
+    user: uuid.UUID,
+    conversation: uuid.UUID,
+    text: str,
+    sources: Sequence[int],
+) -> int:
+    """An episodic memory drawn from the messages ``sources`` (what extraction stores),
+    with a constant embedding; its id."""
+    memory_id: int = await pool.fetchval(
+        "INSERT INTO memories (user_id, conversation_id, kind, content, embedding,"
+        " source_message_ids) VALUES ($1, $2, 'episodic', $3,"
+        " array_fill(0.1, ARRAY[384])::real[]::vector, $4::bigint[]) RETURNING id",
+        user,
+        conversation,
+        text,
+        list(sources),
+    )
+    return memory_id
 
 
 async def signed_in(client: AsyncTestClient[Litestar]) -> dict[str, str]:
@@ -111,7 +132,11 @@ def catalog_settings(settings: Settings, tiny_gguf: Path, **extra: str) -> Setti
         lines += [f"[models.{name}]", table, ""]
     (settings.data_dir / "models.toml").write_text("\n".join(lines), encoding="utf-8")
     engine = ChatEngineConfig(
-        model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4, host_cache_bytes=0
+        model_path=tiny_gguf,
+        model_id="tiny",
+        n_ctx=2048,
+        n_slots=4,
+        llamacpp=LlamaCppOptions(host_cache_bytes=0),
     )
     per_model = tiny_gguf.stat().st_size + 2048 * 256  # weights + KV (see the estimate test)
     budget_mb = (3 * per_model + per_model // 2) >> 20  # the default and two more

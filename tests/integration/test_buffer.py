@@ -11,13 +11,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import new_user
 from redis.asyncio import Redis
 
 from memory.buffer import BufferConfig, ConversationBuffer, buffer_keys
 from memory.config import RedisConfig
 from memory.conversation_log import ConversationLog
 from memory.embedded import EmbeddedRedis
-from memory.messages import ConversationOwnerError, ConversationStore, MessageStore
+from memory.errors import ConversationOwnerError
+from memory.messages import ConversationStore, MessageStore
 from memory.redis_client import create_redis
 from memory.summaries import SummaryStore
 
@@ -42,9 +44,7 @@ async def own_redis(own_server: EmbeddedRedis) -> AsyncIterator[Redis]:
 
 
 async def new_conversation(pool: asyncpg.Pool) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id: uuid.UUID = await pool.fetchval(
-        "INSERT INTO users (username) VALUES ($1) RETURNING id", f"u{uuid.uuid4().hex[:10]}"
-    )
+    user_id = await new_user(pool)
     conversation = await ConversationStore(pool).create(user_id)
     return conversation.id, user_id
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import ChatEngineConfig
+from inference.config import ChatEngineConfig, LlamaCppOptions
 from inference.engines.process import ProcessEngine
 from inference.errors import (
     DeadlineExceeded,
@@ -64,7 +64,7 @@ async def make_engine(tiny_gguf: Path, tmp_path: Path) -> AsyncIterator[Factory]
             "model_id": "tiny",
             "n_ctx": 2048,
             "n_slots": 4,
-            "n_threads": 1,
+            "llamacpp": LlamaCppOptions(n_threads=1),
             "state_dir": tmp_path / "engines",
         }
         names = ("restart_wait_s", "backoff_s", "stall_s")

@@ -12,13 +12,8 @@ import pytest
 from helpers import new_user
 
 from inference.embedder import SentenceEmbedder
-from memory.longterm import (
-    AlreadySuperseded,
-    InvalidMemory,
-    LongTermMemory,
-    MemoryNotFound,
-    RetrievalConfig,
-)
+from memory.errors import AlreadySuperseded, InvalidMemory, MemoryNotFound
+from memory.longterm import LongTermMemory, RetrievalConfig
 from memory.ranking import estimate_tokens
 
 

@@ -7,21 +7,10 @@ import uuid
 
 import asyncpg
 import pytest
+from helpers import new_user, remember
 
-from memory.messages import (
-    ConversationNotFoundError,
-    ConversationOwnerError,
-    ConversationStore,
-    MessageStore,
-    TailMoved,
-)
-
-
-async def new_user(pool: asyncpg.Pool) -> uuid.UUID:
-    user_id: uuid.UUID = await pool.fetchval(
-        "INSERT INTO users (username) VALUES ($1) RETURNING id", f"u{uuid.uuid4().hex[:10]}"
-    )
-    return user_id
+from memory.errors import ConversationNotFoundError, ConversationOwnerError, TailMoved
+from memory.messages import ConversationStore, MessageStore
 
 
 async def test_append_returns_what_is_stored(pool: asyncpg.Pool) -> None:
@@ -138,22 +127,6 @@ async def test_user_turns_count_only_this_conversations_user_messages(pool: asyn
     await store.append(other.id, user, "user", "elsewhere")
     assert await store.user_turns(one.id) == 3
     assert await store.user_turns(other.id) == 1
-
-
-async def remember(
-    pool: asyncpg.Pool, user: uuid.UUID, conversation: uuid.UUID, text: str, sources: list[int]
-) -> int:
-    """A long-term memory drawn from ``sources`` (what extraction stores)."""
-    memory_id: int = await pool.fetchval(
-        "INSERT INTO memories (user_id, conversation_id, kind, content, embedding,"
-        " source_message_ids) VALUES ($1, $2, 'episodic', $3,"
-        " array_fill(0.1, ARRAY[384])::real[]::vector, $4::bigint[]) RETURNING id",
-        user,
-        conversation,
-        text,
-        sources,
-    )
-    return memory_id
 
 
 async def memory_ids(pool: asyncpg.Pool, user: uuid.UUID) -> set[int]:

@@ -24,11 +24,12 @@ from redis.asyncio import Redis
 from inference.config import ChatEngineConfig
 from inference.errors import ModelBusy, NoRoomForModel, UnknownModel
 from inference.manager import ModelManager, OpenedEngine
+from inference.opener import open_engine
 from inference.types import ChatMessage, GenerationRequest, SamplingParams, StreamEvent
 from memory.accounts import AccountStore
 from models.catalog import load_catalog
 from server.app import create_app
-from server.models_setup import model_options, open_engine
+from server.models_setup import model_options
 from server.settings import Settings
 
 _MB = 1 << 20

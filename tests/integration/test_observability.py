@@ -28,8 +28,8 @@ from inference.config import ChatEngineConfig
 from memory.accounts import AccountStore
 from memory.config import RedisConfig
 from memory.embedded import EmbeddedRedis
-from memory.jobs import QUEUE_NAME, QueueSample, create_queue, read_queue
-from memory.metrics import MemoryMetrics
+from memory.jobs import QUEUE_NAME, create_queue, read_queue
+from memory.metrics import MemoryMetrics, QueueSample
 from server.app import create_app
 from server.settings import Settings
 

@@ -19,7 +19,8 @@ from inference.engines.llamacpp.engine import LlamaCppConfig, LlamaCppEngine
 from inference.engines.process.client import ProcessEngine
 from inference.errors import ContextLengthExceeded
 from inference.types import ChatMessage, GenerationRequest, SamplingParams
-from server.prompt import PromptFitter, PromptParts, upper_bound
+from server.turn.fit import PromptFitter, upper_bound
+from server.turn.prompt import PromptParts
 
 TEXTS = {
     "english": "The quick brown fox jumps over the lazy dog, twice. " * 20,

@@ -19,7 +19,7 @@ from litestar import Litestar, Request, get, post
 from litestar.response import Stream
 from litestar.testing import AsyncTestClient
 
-from inference.config import ChatEngineConfig
+from inference.config import ChatEngineConfig, RemoteOptions
 from inference.engines.remote import RemoteConfig, RemoteEngine
 from inference.errors import EngineOverloaded
 from inference.types import ChatMessage, Finished, GenerationRequest, SamplingParams
@@ -138,8 +138,9 @@ async def test_openai_api_answers_503_with_retry_after(
     engine = ChatEngineConfig(
         backend="remote",
         model_id="m",
-        remote_urls=tuple(fake.served.base_url for fake in fakes),
-        remote_flavor="vllm",
+        remote=RemoteOptions(
+            base_urls=tuple(fake.served.base_url for fake in fakes), flavor="vllm"
+        ),
     )
     remote = dataclasses.replace(settings, chat_engine=engine, response_cache_ttl_s=0)
     body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}

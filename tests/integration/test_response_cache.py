@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+from inference.response_cache import ResponseCache, cache_key
 from inference.types import (
     ChatMessage,
     Finished,
@@ -18,7 +19,6 @@ from inference.types import (
     SamplingParams,
     TextDelta,
 )
-from server.response_cache import ResponseCache, cache_key
 
 
 @pytest.fixture

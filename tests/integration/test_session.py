@@ -13,16 +13,9 @@ import redis
 from redis.asyncio import Redis
 
 from memory.config import RedisConfig
-from memory.messages import ConversationOwnerError
+from memory.errors import ConversationOwnerError, SessionConflictError, SessionUnavailableError
 from memory.redis_client import create_redis
-from memory.session import (
-    SessionConfig,
-    SessionConflictError,
-    SessionState,
-    SessionStore,
-    SessionUnavailableError,
-    session_key,
-)
+from memory.session import SessionConfig, SessionState, SessionStore, session_key
 
 Clients = tuple[Redis, Redis]
 

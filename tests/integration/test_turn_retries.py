@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from helpers import signed_in
+from helpers import remember, signed_in
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
@@ -166,14 +166,8 @@ async def test_regenerate_replaces_an_answered_reply(
     regenerate = f"/api/v1/conversations/{conversation_id}/regenerate"
     me = uuid.UUID((await chat_client.get("/api/v1/me", headers=headers)).json()["id"])
     # the episode extraction takes from the first exchange, quoting the old reply
-    episode = await pool.fetchval(
-        "INSERT INTO memories (user_id, conversation_id, kind, content, embedding,"
-        " source_message_ids) VALUES ($1, $2, 'episodic', 'Tell me about owls.',"
-        " array_fill(0.1, ARRAY[384])::real[]::vector, $3::bigint[]) RETURNING id",
-        me,
-        uuid.UUID(conversation_id),
-        [first["done"]["user_message_id"], first["done"]["assistant_message_id"]],
-    )
+    sources = [first["done"]["user_message_id"], first["done"]["assistant_message_id"]]
+    episode = await remember(pool, me, uuid.UUID(conversation_id), "Tell me about owls.", sources)
 
     again = await chat_client.post(regenerate, headers=headers)
 

@@ -18,13 +18,14 @@ from memory.config import DatabaseConfig, RedisConfig
 from memory.conversation_log import ConversationLog
 from memory.db import create_pool
 from memory.embedded import EmbeddedRedis
+from memory.errors import ErasureFailed
 from memory.longterm import LongTermMemory
 from memory.messages import ConversationStore, MessageStore
 from memory.migrate import migrate_url
 from memory.redis_client import create_redis
 from memory.session import SessionConfig, SessionStore, session_key
 from memory.summaries import SummaryStore
-from memory.users import ErasureFailed, UserData
+from memory.users import UserData
 
 
 class NoEmbedder:

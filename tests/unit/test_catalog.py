@@ -102,9 +102,9 @@ source = "remote:x"
     options = {o.model_id: o for o in model_options(settings, load_catalog(tmp_path))}
     big = options["big"]
     assert big.config.backend == "remote" and big.memory_bytes == 0 and not big.pinned
-    assert big.config.remote_urls == ("http://gpu1:8000/v1", "http://gpu2:8000/v1")
-    assert big.config.remote_model == "meta-llama/Llama-3.1-70B-Instruct"
-    assert big.config.remote_flavor == "vllm"
+    assert big.config.remote.base_urls == ("http://gpu1:8000/v1", "http://gpu2:8000/v1")
+    assert big.config.remote.upstream_model == "meta-llama/Llama-3.1-70B-Instruct"
+    assert big.config.remote.flavor == "vllm"
     assert "nowhere" not in options  # no urls: cannot be served
     assert options["smollm2-135m-instruct"].pinned  # the default model
 

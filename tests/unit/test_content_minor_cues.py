@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from inference.classifiers.content import combine_layers
-from inference.classifiers.content_rules import (
-    CONTENT_LABELS,
-    RuleMatch,
-    match_content_rules,
-    minor_cue,
-    unleet,
-)
+from inference.classifiers.content_minor_cues import minor_cue, unleet
+from inference.classifiers.content_rules import CONTENT_LABELS, RuleMatch, match_content_rules
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 
 from inference.classifiers.content import ContentContext, apply_context, combine_layers
+from inference.classifiers.content_age import declared_age, stated_age
 from inference.classifiers.content_rules import (
     CONTENT_LABELS,
     RULE_CONFIDENCE,
     RuleMatch,
-    declared_age,
     is_de_escalation,
     match_content_rules,
-    stated_age,
 )
 
 

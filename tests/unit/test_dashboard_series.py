@@ -9,8 +9,7 @@ from inference.gpu import GpuMetrics, GpuSample
 from inference.metrics import EngineMetrics
 from inference.stats import EngineStats
 from inference.types import Finished, Timings, Usage
-from memory.jobs import QueueSample
-from memory.metrics import MemoryMetrics
+from memory.metrics import MemoryMetrics, QueueSample
 from server.dashboard.series import Snapshot, points, quantile, take_snapshot
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from memory.errors import UnusableAnswer
 from memory.profile import (
     Goal,
     GoalNote,
@@ -19,7 +20,7 @@ from memory.profile import (
     smooth,
 )
 from memory.profile_rules import goal_statements, progress_kind, trait_signals
-from memory.profile_update import UnusableAnswer, parse_answer
+from memory.profile_update import parse_answer
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 CONFIG = ProfileConfig()

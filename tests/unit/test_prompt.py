@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from inference.types import ChatMessage
-from server.prompt import TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE, PromptParts, upper_bound
+from server.turn.fit import TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE, upper_bound
+from server.turn.prompt import PromptParts
 
 HISTORY = [ChatMessage("user", "I keep bees."), ChatMessage("assistant", "How lovely!")]
 

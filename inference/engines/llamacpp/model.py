@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,8 @@ from llama_cpp.llama_grammar import json_schema_to_gbnf
 from inference.engines.llamacpp.backends import load_cpu_backend
 from inference.errors import EngineUnavailable, InvalidRequest
 from inference.types import ChatMessage, SamplingParams
+
+log = logging.getLogger(__name__)
 
 _backend_ready = False
 
@@ -221,6 +226,23 @@ class LlamaModel:
 
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def lower_priority(nice: int) -> None:
+    """Give this thread, and the compute threads llama.cpp starts from it, niceness ``nice``.
+
+    Linux keeps a niceness per thread and new threads inherit their creator's, so the
+    OpenMP team the first decode creates runs at it too. Elsewhere a "process" priority
+    would renice the whole service: left alone. Never raises priority (no privilege).
+    """
+    if nice <= 0 or sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, thread) < nice:
+            os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except OSError as exc:
+        log.warning("decode thread priority unchanged", extra={"error": str(exc)})
 
 
 def _schema_grammar(schema: dict[str, Any] | None) -> str | None:

@@ -1,9 +1,10 @@
 """`ProcessEngine`: the API side of an engine that runs in its own process.
 
 Like vLLM's engine core, the model runs in a child process
-(`inference.engines.process.worker`) and the API process talks to it over a
-socketpair (`protocol`). A native crash (a segfault in a kernel), a wedged or
-dead decode loop, an out-of-memory kill: each ends the child, never the API.
+(`inference.engines.process.worker`, started and stopped by `child`) and the
+API process talks to it over a socketpair (`protocol`). A native crash (a
+segfault in a kernel), a wedged or dead decode loop, an out-of-memory kill:
+each ends the child, never the API.
 
 The supervisor here notices the end (the channel closes), and then:
 
@@ -29,9 +30,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -39,21 +37,17 @@ from dataclasses import dataclass
 
 from inference.config import ChatEngineConfig
 from inference.engines.exits import exit_text
+from inference.engines.process.child import Child, spawn, stop
 from inference.engines.process.protocol import (
     Abort,
-    Channel,
     Delta,
     Done,
     Failed,
     Forget,
     Forgotten,
-    FromEngine,
-    LoadFailed,
     Measure,
     Measured,
     Observed,
-    Ready,
-    Start,
     Stats,
     Submit,
     error_of,
@@ -93,15 +87,6 @@ class _Died:
 Event = StreamEvent | InferenceError | _Died | PromptSize | None
 
 
-@dataclass
-class _Child:
-    process: asyncio.subprocess.Process
-    channel: Channel
-    started: float
-    reader: asyncio.Task[None] | None = None
-    alive: bool = True
-
-
 class ProcessEngine:
     """The `Engine` protocol over an engine process that is restarted when it dies."""
 
@@ -122,7 +107,7 @@ class ProcessEngine:
         self._stall_s = stall_s
         self._heard = self._progressed = time.monotonic()  # stats arrived; work moved on
         self._work = (0, 0)  # the engine process's own token counters at the last snapshot
-        self._child: _Child | None = None
+        self._child: Child | None = None
         self._streams: dict[str, asyncio.Queue[Event]] = {}
         self._answers: dict[str, asyncio.Queue[Event]] = {}  # measures, forgets: not counted
         self._up: asyncio.Event | None = None
@@ -164,7 +149,7 @@ class ProcessEngine:
                 await supervisor
         child, self._child = self._child, None
         if child is not None:
-            await _stop(child)
+            await stop(child)
         self._fail_streams(_Died("the engine stopped"))
         self._down_reason = "stopped"
 
@@ -205,7 +190,7 @@ class ProcessEngine:
                 return
 
     async def _stream(
-        self, child: _Child, request: GenerationRequest
+        self, child: Child, request: GenerationRequest
     ) -> AsyncGenerator[StreamEvent | _Died, None]:
         rid = request.request_id
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -258,7 +243,7 @@ class ProcessEngine:
         rid = f"forget-{uuid.uuid4().hex}"
         await self._ask(child, rid, Forget(rid, user_id))
 
-    async def _ask(self, child: _Child, rid: str, question: Measure | Forget) -> Event:
+    async def _ask(self, child: Child, rid: str, question: Measure | Forget) -> Event:
         """Send a question that is not a generation; its answer (`_QUESTION_S` at most)."""
         answer: asyncio.Queue[Event] = asyncio.Queue()
         self._answers[rid] = answer
@@ -278,7 +263,7 @@ class ProcessEngine:
         if child is not None and child.alive:
             child.channel.send(Abort(request_id))
 
-    async def _ready_child(self, request: GenerationRequest) -> _Child:
+    async def _ready_child(self, request: GenerationRequest) -> Child:
         if self._up is None or self._closing:
             raise EngineUnavailable(f"engine {self.model_id} is not running")
         if not self._up.is_set():
@@ -299,47 +284,29 @@ class ProcessEngine:
         """Decide weight repacking here, once: the engine processes this one starts (again,
         after a crash) reuse the answer instead of probing each time."""
         config = self.config
-        if config.backend != "llamacpp" or config.repack != "auto" or config.model_path is None:
+        if (
+            config.backend != "llamacpp"
+            or config.llamacpp.repack != "auto"
+            or config.model_path is None
+        ):
             return
         from inference.engines.llamacpp.repack import resolve_repack
 
         path = config.model_path
         repack = await asyncio.to_thread(resolve_repack, "auto", path, config.state_dir)
-        self.config = dataclasses.replace(config, repack="on" if repack else "off")
+        self.config = config.with_llamacpp(repack="on" if repack else "off")
 
     async def _launch(self) -> None:
-        ours, theirs = socket.socketpair()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "inference.engines.process.worker",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                # its own session: a terminal's Ctrl-C reaches the API, which stops the engine
-                start_new_session=True,
-            )
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        child = _Child(process, Channel(reader, writer, FromEngine), time.monotonic())
-        child.channel.send(Start(self.config))
-        first = await child.channel.receive()
-        if not isinstance(first, Ready):
-            await _stop(child)
-            code = process.returncode
-            why = first.message if isinstance(first, LoadFailed) else exit_text(code)
-            raise EngineUnavailable(f"engine {self.model_id} did not start: {why}")
+        child, pid = await spawn(self.config)
         child.reader = asyncio.create_task(self._read(child), name="engine-channel")
         self._heard = self._progressed = time.monotonic()
         self._work = (0, 0)
         self._child = child
         assert self._up is not None
         self._up.set()
-        log.info("engine process ready", extra={"model": self.model_id, "pid": first.pid})
+        log.info("engine process ready", extra={"model": self.model_id, "pid": pid})
 
-    async def _read(self, child: _Child) -> None:
+    async def _read(self, child: Child) -> None:
         while (message := await child.channel.receive()) is not None:
             self._dispatch(message)
         child.alive = False
@@ -366,7 +333,7 @@ class ProcessEngine:
         if (stats.running == 0 and stats.waiting == 0) or work != self._work:
             self._progressed, self._work = now, work
 
-    async def _watch(self, child: _Child, every_s: float = 1.0) -> None:
+    async def _watch(self, child: Child, every_s: float = 1.0) -> None:
         """Kill an engine process that stopped answering or stopped making progress with
         requests in hand (a wedged kernel, a stopped process); the supervisor restarts it."""
         while child.alive:
@@ -404,7 +371,7 @@ class ProcessEngine:
                     log.error("engine restart failed", extra={"error": str(exc)})
                     backoff = min(backoff * 2, self._backoff[1])
 
-    def _on_death(self, child: _Child, reason: str) -> None:
+    def _on_death(self, child: Child, reason: str) -> None:
         assert self._up is not None
         self._up.clear()
         child.alive = False
@@ -446,22 +413,6 @@ def _event_of(message: Delta | Done | Failed | Measured | Forgotten) -> Event:
     if isinstance(message, Forgotten):
         return None
     return error_of(message)
-
-
-async def _stop(child: _Child, grace_s: float = 10.0) -> None:
-    """Close the channel (the child then stops its engine and exits); kill it if it lingers."""
-    child.alive = False
-    child.channel.close()
-    try:
-        await asyncio.wait_for(child.process.wait(), grace_s)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            child.process.kill()
-        await child.process.wait()
-    if child.reader is not None:
-        child.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await child.reader
 
 
 def _empty_stats(model_id: str) -> EngineStats:

@@ -19,15 +19,8 @@ from typing import Any
 
 import msgspec
 
+from inference import errors
 from inference.config import ChatEngineConfig
-from inference.errors import (
-    ContextLengthExceeded,
-    DeadlineExceeded,
-    EngineOverloaded,
-    EngineUnavailable,
-    InferenceError,
-    InvalidRequest,
-)
 from inference.stats import EngineStats
 from inference.types import Finished, GenerationRequest, PromptSize
 
@@ -115,28 +108,30 @@ class Observed(_Message):
 ToEngine = Start | Submit | Abort | Measure | Forget
 FromEngine = Ready | LoadFailed | Delta | Done | Failed | Stats | Observed | Measured | Forgotten
 
-_ERRORS: dict[str, type[InferenceError]] = {
+# The errors a request can fail with, by the name that crosses the wire; any other
+# `InferenceError` crosses as its nearest base here (at worst `EngineUnavailable`).
+_ERRORS: dict[str, type[errors.InferenceError]] = {
     kind.__name__: kind
     for kind in (
-        InvalidRequest,
-        ContextLengthExceeded,
-        EngineOverloaded,
-        DeadlineExceeded,
-        EngineUnavailable,
+        errors.InvalidRequest,
+        errors.ContextLengthExceeded,
+        errors.EngineOverloaded,
+        errors.DeadlineExceeded,
+        errors.EngineUnavailable,
     )
 }
 
 
-def failed(request_id: str, error: InferenceError) -> Failed:
-    retry = error.retry_after_s if isinstance(error, EngineOverloaded) else 1.0
+def failed(request_id: str, error: errors.InferenceError) -> Failed:
+    retry = error.retry_after_s if isinstance(error, errors.EngineOverloaded) else 1.0
     kind = next((k.__name__ for k in type(error).__mro__ if k.__name__ in _ERRORS), "")
-    return Failed(request_id, kind or EngineUnavailable.__name__, str(error), retry)
+    return Failed(request_id, kind or errors.EngineUnavailable.__name__, str(error), retry)
 
 
-def error_of(message: Failed) -> InferenceError:
+def error_of(message: Failed) -> errors.InferenceError:
     """The exception the engine raised, rebuilt on this side."""
-    kind = _ERRORS.get(message.kind, EngineUnavailable)
-    if issubclass(kind, EngineOverloaded):
+    kind = _ERRORS.get(message.kind, errors.EngineUnavailable)
+    if issubclass(kind, errors.EngineOverloaded):
         return kind(message.message, message.retry_after_s)
     return kind(message.message)
 
@@ -181,7 +176,7 @@ class Channel:
             header = await self._reader.readexactly(_HEADER.size)
             (size,) = _HEADER.unpack(header)
             if size > MAX_FRAME:
-                raise EngineUnavailable(f"engine channel frame of {size} bytes refused")
+                raise errors.EngineUnavailable(f"engine channel frame of {size} bytes refused")
             return self._decoder.decode(await self._reader.readexactly(size))
         except (asyncio.IncompleteReadError, ConnectionError):
             return None

@@ -19,17 +19,25 @@ Wrapping the `Engine` protocol puts the cache in one place for the OpenAI
 API, the chat turn and the background jobs. Being the one place every request
 passes, it also counts the background requests (memory jobs) in flight, so the
 web UI's status can say how much of the engine's load is not the user's turn.
+
+ARCHITECTURE: the cache is an inference layer, composed around every engine
+the model manager opens (`inference.opener`); the server only configures it.
+It takes its Redis client as a parameter (inference never opens one itself).
+Its lookups go to a `CacheObserver`; `ResponseCacheMetrics` is the one that
+publishes them to Prometheus (``companion:response_cache_lookups``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import asdict
+from typing import Literal, Protocol
 
 import msgspec
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -51,12 +59,38 @@ _STORED: tuple[FinishReason, ...] = ("stop", "length")
 
 log = logging.getLogger(__name__)
 
-LOOKUPS = Counter(
-    "companion:response_cache_lookups",
-    "Response-cache lookups of deterministic requests, by model and result (hit, miss, error)",
-    ["model_name", "result"],
-)
 _KEY_PREFIX = "companion:rc:"
+
+Lookup = Literal["hit", "miss", "error"]
+
+
+class CacheObserver(Protocol):
+    """Told about every lookup the cache makes."""
+
+    def lookup(self, model_id: str, result: Lookup) -> None: ...
+
+
+class ResponseCacheMetrics:
+    """``companion:response_cache_lookups{model_name, result}``: the `CacheObserver`
+    that publishes lookups to Prometheus."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY, prefix: str = "companion") -> None:
+        self.lookups = Counter(
+            f"{prefix}:response_cache_lookups",
+            "Response-cache lookups of deterministic requests, by model and result"
+            " (hit, miss, error)",
+            ["model_name", "result"],
+            registry=registry,
+        )
+
+    def lookup(self, model_id: str, result: Lookup) -> None:
+        self.lookups.labels(model_id, result).inc()
+
+
+@functools.cache
+def default_response_cache_metrics() -> ResponseCacheMetrics:
+    """The process's response-cache metrics (created once: names are global)."""
+    return ResponseCacheMetrics()
 
 
 class _Entry(msgspec.Struct):
@@ -89,10 +123,13 @@ def cache_key(model_id: str, request: GenerationRequest) -> str:
 class ResponseCache:
     """An `Engine` that answers repeated deterministic requests from Redis."""
 
-    def __init__(self, engine: Engine, redis: Redis, ttl_s: int) -> None:
+    def __init__(
+        self, engine: Engine, redis: Redis, ttl_s: int, observer: CacheObserver | None = None
+    ) -> None:
         self.engine = engine
         self._redis = redis
         self._ttl_s = ttl_s
+        self._observer = observer or default_response_cache_metrics()
         self.background = 0  # background requests (memory jobs) in flight, waiting or running
 
     @property
@@ -153,10 +190,10 @@ class ResponseCache:
         try:
             raw = await self._redis.get(key)
         except RedisError as exc:
-            LOOKUPS.labels(self.model_id, "error").inc()
+            self._observer.lookup(self.model_id, "error")
             log.warning("response cache skipped", extra={"error": str(exc)})
             return None
-        LOOKUPS.labels(self.model_id, "miss" if raw is None else "hit").inc()
+        self._observer.lookup(self.model_id, "miss" if raw is None else "hit")
         return None if raw is None else msgspec.json.decode(raw, type=_Entry)
 
     async def _store(self, key: str, text: str, finished: Finished) -> None:

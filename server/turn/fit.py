@@ -1,12 +1,4 @@
-"""A chat turn's prompt: its parts in a fixed order, fitted to the engine's context.
-
-Order. The most stable parts come first, so each turn's prompt extends the
-previous one and the engine reuses its KV: the persona (public: shared by every
-user of the persona), the profile hint (changes rarely), the summary of older
-turns, the history, then the volatile context (memories, feeling, an age-gate
-note: rebuilt each turn and never kept in the history), the new message, and
-last the panel's instruction naming who answers. The next turn's cache reuse
-ends where this turn's volatile block began.
+"""Fitting a turn's prompt (`server.turn.prompt`) to the engine's context.
 
 Fitting. The prompt is measured in the engine's own tokens (`Engine.measure`:
 the chat template and tokenizer ``generate`` uses). When it and the reply's
@@ -39,45 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from inference.engine import Engine
 from inference.errors import ContextLengthExceeded
 from inference.types import ChatMessage, GenerationRequest, PromptSize
+from server.turn.prompt import PromptParts
 
 TEMPLATE_TOKENS_PER_MESSAGE = 16  # role markers and separators
 TEMPLATE_TOKENS = 128  # text a template adds once (a default system line, dates)
-
-
-@dataclass(frozen=True, slots=True)
-class PromptParts:
-    """What a turn's prompt is made of; `messages` puts it in order."""
-
-    persona: str
-    message: str
-    profile: str | None = None
-    summary: str | None = None
-    history: Sequence[ChatMessage] = ()
-    context: str = ""
-    voice: str | None = None  # the panel's last instruction: who answers now
-
-    def messages(self) -> list[ChatMessage]:
-        messages = [ChatMessage("system", self.persona)]
-        if self.profile:
-            messages.append(ChatMessage("system", f"About this person: {self.profile}"))
-        if self.summary:
-            messages.append(ChatMessage("system", f"Earlier in this conversation: {self.summary}"))
-        messages.extend(self.history)
-        if self.context:
-            messages.append(ChatMessage("system", self.context))
-        messages.append(ChatMessage("user", self.message))
-        if self.voice:
-            messages.append(ChatMessage("system", self.voice))
-        return messages
-
-    def trimmed(self, history_dropped: int) -> PromptParts:
-        """Without the oldest ``history_dropped`` history messages."""
-        return dataclasses.replace(self, history=self.history[history_dropped:])
 
 
 # What goes after the history, in this order, when even no history does not fit.
