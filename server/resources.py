@@ -52,7 +52,7 @@ from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
 from server.models_setup import judge_model_id, open_models, small_model
 from server.personas import Persona, load_personas
-from server.ratelimit import Limits, RateLimiter
+from server.ratelimit import Limits, RateLimiter, default_rate_limit_metrics
 from server.settings import Settings
 from server.turn.orchestrator import ChatTurnService
 
@@ -175,10 +175,12 @@ def _freeze_startup_objects() -> None:
 
 
 def _limiter(settings: Settings, redis: Redis) -> RateLimiter | None:
+    # the metrics exist with limits off too: the dashboards query them (and read 0)
+    metrics = default_rate_limit_metrics()
     if not settings.rate_limits:
         return None
     limits = Limits(settings.rate_limit_user, settings.rate_limit_ip, settings.rate_limit_routes)
-    return RateLimiter(redis, limits)
+    return RateLimiter(redis, limits, metrics=metrics)
 
 
 async def _chat_service(

@@ -14,10 +14,12 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 
 from inference.gpu import GpuMetrics
-from inference.metrics import default_understanding_metrics
+from inference.metrics import default_engine_metrics, default_understanding_metrics
+from inference.response_cache import default_response_cache_metrics
 from memory.metrics import default_memory_metrics
 from server.app import create_app
 from server.settings import Settings
+from server.turn.metrics import default_turn_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "companion.json"
@@ -42,6 +44,9 @@ async def test_grafana_queries_only_metrics_the_app_exports(settings: Settings) 
         assert (await client.get("/health/live")).status_code == 200  # the HTTP metrics exist now
         default_understanding_metrics()  # registered on first use by the embedder and classifiers
         default_memory_metrics()  # by retrieval and the job queue
+        default_engine_metrics()  # by the model manager when it opens an engine
+        default_response_cache_metrics()  # by the cache layer around each engine
+        default_turn_metrics()  # by the chat turn service (none without an engine)
         families = list(REGISTRY.collect())
     families += _gpu_families()
     exported = exposed_names(families)
