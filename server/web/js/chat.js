@@ -473,6 +473,7 @@ export class ChatView {
   }
 
   finish(outcome, reply) {
+    reply.settle();
     if (outcome.ended === "done") {
       reply.node.classList.add("done");
       if (outcome.cut) showCut(reply.state);
@@ -569,7 +570,7 @@ function bubble(role, content) {
   const state = el("p", { class: "state", hidden: true });
   const who = el("span", { class: "visually-hidden", text: reply ? "Reply: " : "You: " });
   const node = el("li", { class: `message ${role}`, "data-role": role }, who, text, about, state);
-  const parts = { node, text, about, state, source: content, grow: null };
+  const parts = { node, text, about, state, source: content, grow: null, settle: () => {} };
   if (!reply) {
     text.textContent = content;
     node.append(el("div", { class: "actions" }, actionButton("edit", "Edit")));
@@ -587,6 +588,10 @@ function bubble(role, content) {
       pending = true;
       requestAnimationFrame(render);
     }
+  };
+  // when the turn ends, what arrived is on the page before it is marked done or stopped
+  parts.settle = () => {
+    if (pending) render();
   };
   render();
   node.append(el("div", { class: "actions" }, copyButton(() => parts.source), actionButton("regenerate", "Regenerate")));
