@@ -11,6 +11,10 @@ Background jobs (memory extraction, profile updates) call `mark_background`
 first: their texts wait while any request's are pending, so a chat turn's
 embedding never queues behind a batch of new memories.
 
+`token_states` gives one text's token states after an inner layer from that
+same shared pass (the emotion head branches off layer 5), so classifiers that
+read more of the model than the pooled vector add no second model call.
+
 The transformer runs on ONNX Runtime by default (``runtime="onnx"``, about
 twice as fast on a CPU, same vectors: see `inference.embedder_onnx`) and on
 torch with ``runtime="torch"`` or when onnxruntime is not installed.
@@ -80,6 +84,10 @@ class SentenceEmbedder:
         # content classifiers and for retrieval, not all at the same moment.
         self._recent: OrderedDict[str, Vectors] = OrderedDict()
         self._in_flight: dict[str, asyncio.Future[Vectors]] = {}  # single texts being embedded
+        # Token states of one inner layer, kept from the same pass for a classifier that
+        # branches off the model (the emotion head): set by the first `token_states` call.
+        self._state_layer: int | None = None
+        self._recent_states: OrderedDict[str, Vectors] = OrderedDict()
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None  # kept so it is not collected mid-run
 
@@ -103,6 +111,21 @@ class SentenceEmbedder:
             list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def encode_with_states(
+        self, texts: Sequence[str], layer: int, batch_size: int = 64
+    ) -> tuple[Vectors, list[Vectors]]:
+        """`encode`'s vectors and each text's token states after transformer ``layer``.
+
+        On ONNX Runtime both come from one pass (an extra output of the same graph), so a
+        classifier branching off the model's upper layers costs no second pass, and the
+        vectors are exactly those `encode` returns. The torch fallback runs two passes.
+        States are per text, [tokens, hidden], float32, without padding.
+        """
+        model = self._loaded()
+        if self._onnx is not None:
+            return self._onnx.encode_with_states(texts, layer, batch_size)
+        return self.encode(texts, batch_size), _torch_states(model, texts, layer)
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """How many tokens the model sees for each text (for usage reports)."""
@@ -133,6 +156,24 @@ class SentenceEmbedder:
         default_understanding_metrics().embedding.observe(time.perf_counter() - started)
         return vectors
 
+    async def token_states(self, text: str, layer: int) -> Vectors:
+        """``text``'s token states after transformer ``layer``, from the pass that embeds it.
+
+        The first call makes every later embedding pass keep that layer's states, so a
+        chat turn's classifiers and retrieval still share one model call per message.
+        """
+        if self._state_layer is None:
+            self._state_layer = layer
+        await self.embed([text])
+        states = self._recent_states.get(text) if layer == self._state_layer else None
+        if states is None:  # embedded before states were kept, evicted, or another layer
+            loop = asyncio.get_running_loop()
+            _, per_text = await loop.run_in_executor(
+                self._executor, self.encode_with_states, [text], layer
+            )
+            states = per_text[0]
+        return states
+
     async def warm_up(self) -> None:
         """Load the model off the event loop (the first call would otherwise pay for it)."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded)
@@ -155,10 +196,12 @@ class SentenceEmbedder:
                 # content, retrieval): each distinct text is encoded once.
                 unique = list(dict.fromkeys(texts))
                 try:
-                    encoded = await loop.run_in_executor(self._executor, self.encode, unique)
+                    encoded, states = await loop.run_in_executor(
+                        self._executor, self._encode_keeping_states, unique
+                    )
                     row = {text: i for i, text in enumerate(unique)}
                     vectors = encoded[[row[t] for t in texts]]
-                    self._remember(unique, encoded)
+                    self._remember(unique, encoded, states)
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
@@ -168,12 +211,24 @@ class SentenceEmbedder:
         finally:
             self._draining = False
 
-    def _remember(self, texts: list[str], vectors: Vectors) -> None:
+    def _encode_keeping_states(self, texts: list[str]) -> tuple[Vectors, list[Vectors] | None]:
+        if self._state_layer is None:
+            return self.encode(texts), None
+        return self.encode_with_states(texts, self._state_layer)
+
+    def _remember(self, texts: list[str], vectors: Vectors, states: list[Vectors] | None) -> None:
         for text, vector in zip(texts, vectors, strict=True):
             self._recent[text] = vector
             self._recent.move_to_end(text)
         while len(self._recent) > RECENT_TEXTS:
             self._recent.popitem(last=False)
+        if states is None:
+            return
+        for text, tokens in zip(texts, states, strict=True):
+            self._recent_states[text] = tokens
+            self._recent_states.move_to_end(text)
+        while len(self._recent_states) > RECENT_TEXTS:
+            self._recent_states.popitem(last=False)
 
     def _take_batch(self) -> _Pending:
         pending = self._pending or self._pending_background
@@ -206,6 +261,21 @@ class SentenceEmbedder:
         """The runtime the transformer actually runs on (after loading)."""
         self._loaded()
         return "onnx" if self._onnx is not None else "torch"
+
+
+def _torch_states(model: Any, texts: Sequence[str], layer: int) -> list[Vectors]:
+    import torch
+
+    transformer = model[0].auto_model.eval()
+    features = model.tokenize(list(texts))
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features]
+    with torch.inference_mode():
+        output = transformer(**{n: features[n] for n in names}, output_hidden_states=True)
+    lengths = features["attention_mask"].sum(dim=1).tolist()
+    hidden = output.hidden_states[layer].numpy()
+    return [
+        np.ascontiguousarray(h[:n], dtype=np.float32) for h, n in zip(hidden, lengths, strict=True)
+    ]
 
 
 def _onnx_encoder(model: Any, threads: int) -> OnnxSentenceEncoder | None:

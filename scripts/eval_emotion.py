@@ -5,8 +5,9 @@
 
 Prints accuracy, macro-F1, per-class F1, how many rows each layer decided (and
 how often it was right), and latency: ms per text for layers 1-2 on
-precomputed embeddings, and with the embedding (timed on the first
-``--timed`` texts, one at a time, as the service sees messages). Multi-label
+precomputed layer-5 token states, and with the MiniLM pass (timed on the first
+``--timed`` texts, one at a time, as the service sees messages;
+scripts/bench_emotion_latency.py measures latency properly). Multi-label
 rows: a prediction is correct when it is any gold label (see
 inference/classifiers/dataset.py for the per-class convention).
 """
@@ -16,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from itertools import pairwise
 from pathlib import Path
 
-from emotion_cache import cached_embeddings
+import numpy as np
+from emotion_cache import cached_token_states
 
 from inference.classifiers.dataset import EMOTION_LABELS, LabelledText, read_tsv, score
 from inference.classifiers.emotion import EmotionClassifier, EmotionResult
+from inference.classifiers.head import BRANCH_LAYER, Floats
 from inference.embedder import SentenceEmbedder
 
 
@@ -45,16 +49,40 @@ def _top(result: EmotionResult) -> str:
 
 
 def time_per_text(classifier: EmotionClassifier, texts: list[str]) -> tuple[float, float]:
-    """(ms per text after the embedding, ms per text with it), one text per call."""
-    vectors = classifier.embedder.encode(texts)
+    """(ms per text after the MiniLM pass, ms per text with it), one text per call."""
+    _, states = classifier.embedder.encode_with_states(texts, BRANCH_LAYER)
     start = time.perf_counter()
-    for i, text in enumerate(texts):
-        classifier.decide([text], vectors[i : i + 1])
+    for text, tokens in zip(texts, states, strict=True):
+        classifier.decide([text], [tokens])
     after = (time.perf_counter() - start) * 1000 / len(texts)
     start = time.perf_counter()
     for text in texts:
         classifier.classify_batch([text])
     return after, (time.perf_counter() - start) * 1000 / len(texts)
+
+
+def token_states(
+    path: Path, rows: list[LabelledText], embedder: SentenceEmbedder, cache: bool
+) -> list[Floats]:
+    """Each row's layer-5 token states (cached on disk for whole files)."""
+    if not cache:
+        return embedder.encode_with_states([row.text for row in rows], BRANCH_LAYER)[1]
+    flat, offsets = cached_token_states(path, rows, embedder, BRANCH_LAYER)
+    return [np.asarray(flat[a:b], dtype=np.float32) for a, b in pairwise(offsets)]
+
+
+def batched_decide(
+    classifier: EmotionClassifier, texts: list[str], states: list[Floats], size: int = 256
+) -> list[EmotionResult]:
+    """`decide` in batches of similar lengths (little padding), results in input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(states[i]))
+    results: list[EmotionResult | None] = [None] * len(texts)
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        decided = classifier.decide([texts[i] for i in rows], [states[i] for i in rows])
+        for i, result in zip(rows, decided, strict=True):
+            results[i] = result
+    return [r for r in results if r is not None]
 
 
 def main() -> None:
@@ -68,13 +96,9 @@ def main() -> None:
     rows = read_tsv(args.data)[: args.limit]
     embedder = SentenceEmbedder()
     classifier = EmotionClassifier(embedder, use_rules=not args.no_rules)
-    vectors = (
-        cached_embeddings(args.data, rows, embedder)
-        if args.limit is None
-        else embedder.encode([row.text for row in rows])
-    )
     texts = [row.text for row in rows]
-    results = classifier.escalate(texts, classifier.decide(texts, vectors))
+    states = token_states(args.data, rows, embedder, args.limit is None)
+    results = classifier.escalate(texts, batched_decide(classifier, texts, states))
     scores = score([r.labels for r in rows], [EMOTION_LABELS.index(x.label) for x in results])
     after, full = time_per_text(classifier, texts[: args.timed])
     print(f"{args.data}  rows {len(rows)}")

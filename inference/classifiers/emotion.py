@@ -1,8 +1,10 @@
 """The emotion classifier: Ekman's six plus neutral, cheapest layer first.
 
 1. ``rules``: `lexicon.match_rules`, only for unmistakable statements.
-2. ``head``: `head.EmotionHead` on the MiniLM sentence embedding (always computed
-   for the scores, even when a rule decides, so every result carries all seven).
+2. ``head``: `head.EmotionHead`, a fine-tuned copy of MiniLM's last layer run on
+   the layer-5 token states of the embedding pass the service already makes
+   (always computed for the scores, even when a rule decides, so every result
+   carries all seven).
 3. ``transformer``: an optional larger classifier (any `TransformerLayer`, e.g. a
    fine-tuned BERT loaded from a local path by the operator), consulted only
    for texts whose head confidence is below ``escalate_below``. Nothing is
@@ -22,7 +24,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from inference.classifiers.dataset import EMOTION_LABELS
-from inference.classifiers.head import EmotionHead, Floats
+from inference.classifiers.head import BRANCH_LAYER, EmotionHead, Floats
 from inference.classifiers.lexicon import match_rules
 from inference.embedder import SentenceEmbedder
 from inference.metrics import default_understanding_metrics
@@ -68,10 +70,10 @@ class EmotionClassifier:
         self.use_rules = use_rules
 
     async def classify(self, text: str) -> EmotionResult:
-        """Classify one message, sharing the embedding call with concurrent callers."""
+        """Classify one message, sharing the embedding pass with concurrent callers."""
         started = time.perf_counter()
-        vectors = await self.embedder.embed([text])
-        result = self.decide([text], vectors)[0]
+        states = await self.embedder.token_states(text, BRANCH_LAYER)
+        result = self.decide([text], [states])[0]
         if self._should_escalate(result) and self.transformer is not None:
             loop = asyncio.get_running_loop()
             scores = await loop.run_in_executor(None, self.transformer, [text])
@@ -82,11 +84,12 @@ class EmotionClassifier:
 
     def classify_batch(self, texts: Sequence[str]) -> list[EmotionResult]:
         """Classify many texts on this thread (evaluation, training scripts)."""
-        return self.escalate(texts, self.decide(texts, self.embedder.encode(texts)))
+        _, states = self.embedder.encode_with_states(texts, BRANCH_LAYER)
+        return self.escalate(texts, self.decide(texts, states))
 
-    def decide(self, texts: Sequence[str], vectors: Floats) -> list[EmotionResult]:
-        """Layers 1 and 2 on precomputed embeddings (what the latency budget covers)."""
-        probabilities = self.head.probabilities(vectors, texts)
+    def decide(self, texts: Sequence[str], states: Sequence[Floats]) -> list[EmotionResult]:
+        """Layers 1 and 2 on precomputed layer-5 token states, one array per text."""
+        probabilities = self.head.probabilities(states, texts)
         return [self._decide_one(text, row) for text, row in zip(texts, probabilities, strict=True)]
 
     def escalate(self, texts: Sequence[str], results: list[EmotionResult]) -> list[EmotionResult]:

@@ -35,7 +35,7 @@ def classifier() -> Iterator[EmotionClassifier]:
 
 def test_artifact_loads_with_seven_labels() -> None:
     head = EmotionHead.load(ARTIFACT_DIR)
-    assert head.w2.shape[1] == len(EMOTION_LABELS) == head.bias.shape[0]
+    assert head.net.classifier.out_features == len(EMOTION_LABELS) == head.bias.shape[0]
 
 
 @pytest.mark.parametrize(("label", "text"), sorted(HEAD_CASES.items()))
