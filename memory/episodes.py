@@ -7,6 +7,13 @@ embedding and the text index, and it still records every turn it holds in
 ``source_message_ids``, so provenance stays exact. Windows never cross a
 session (a gap in time), and they carry the session's date, because questions
 about the past are so often questions about when.
+
+Each episode after the first of a session also carries its ``context``: the
+episode before it. The store folds that into the episode's embedding (not into
+its text, so the prompt pays nothing for it): a window often continues a topic
+the previous one named ("Wow, I'm excited too!" after "I entered a dance
+competition"). Only the episode *before* is used, because that is all the
+write path knows when a turn is stored; see `LongTermMemory.add`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class Episode:
     content: str
     source_message_ids: list[int]
     occurred_at: datetime | None
+    context: str | None = None  # the previous episode of the same session
 
 
 def cut_episodes(
@@ -57,15 +65,21 @@ def cut_episodes(
     window: list[Turn] = []
     for turn in session:
         if window and estimate_tokens(_episode([*window, turn], occurred_at).content) > max_tokens:
-            episodes.append(_episode(window, occurred_at))
+            episodes.append(_episode(window, occurred_at, _last(episodes)))
             window = []
         window.append(turn)
     if window:
-        episodes.append(_episode(window, occurred_at))
+        episodes.append(_episode(window, occurred_at, _last(episodes)))
     return episodes
 
 
-def _episode(turns: Sequence[Turn], occurred_at: datetime | None) -> Episode:
+def _last(episodes: Sequence[Episode]) -> str | None:
+    return episodes[-1].content if episodes else None
+
+
+def _episode(
+    turns: Sequence[Turn], occurred_at: datetime | None, context: str | None = None
+) -> Episode:
     lines = [f"{turn.speaker}: {turn.text}" for turn in turns]
     if occurred_at is not None:
         # "8 May 2023": the words people use in questions, for the text index too.
@@ -74,4 +88,5 @@ def _episode(turns: Sequence[Turn], occurred_at: datetime | None) -> Episode:
         content="\n".join(lines),
         source_message_ids=[turn.message_id for turn in turns],
         occurred_at=occurred_at,
+        context=context,
     )

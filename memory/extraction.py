@@ -221,6 +221,7 @@ class Extractor:
                     episode.source_message_ids,
                     conversation_id=conversation_id,
                     occurred_at=episode.occurred_at,
+                    context=episode.context,  # folded into the vector (memory.longterm)
                 )
             ids.append(int(found))
         return ids

@@ -6,6 +6,14 @@ here; retrieval's candidate SQL and ranking are in `memory.retrieval`,
 which `retrieve` runs inside one read transaction. Access statistics of
 retrieved memories are counted and written in batches off the read path
 (`memory.access`).
+
+An episode may be added with its ``context`` (the episode before it): its
+stored vector is then ``normalise(embed(content) + CONTEXT_WEIGHT *
+embed(context))``. The work is done once, at write time, so retrieval stays
+one query over one vector per memory; the content and the prompt are
+unchanged. On the LoCoMo dev set it raised recall@10 by about 0.01
+(docs/memory.md, "Second round"). The weight 0.3 keeps the episode's own
+words dominant: the cosine to its own embedding stays above 0.95.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ __all__ = [
 
 KINDS: frozenset[str] = frozenset({"episodic", "semantic"})
 DIMENSIONS = 384  # memories.embedding is vector(384)
+CONTEXT_WEIGHT = 0.3  # share of the previous episode in an episode's vector
 
 
 class Memory(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,10 +131,18 @@ class LongTermMemory:
         conversation_id: uuid.UUID | None = None,
         embedding: npt.NDArray[np.float32] | None = None,
         occurred_at: datetime | None = None,
+        context: str | None = None,
     ) -> int:
-        """Store a memory and return its id. ``occurred_at`` defaults to now."""
+        """Store a memory and return its id. ``occurred_at`` defaults to now.
+
+        ``context`` (what came just before, e.g. the previous episode) is folded
+        into the vector when no ``embedding`` is given; it is not stored.
+        """
         _validate(kind, content, importance)
-        vector = await self._vector(content, embedding)
+        if embedding is None and context and context.strip():
+            vector = await self._vector_in_context(content, context)
+        else:
+            vector = await self._vector(content, embedding)
         async with self._pool.acquire() as conn:
             return await _insert(
                 conn,
@@ -188,7 +205,7 @@ class LongTermMemory:
             by_vector, by_text = await find_candidates(conn, self.config, wanted, limit)
         budget = self.config.token_budget if token_budget is None else token_budget
         now = now or datetime.now(UTC)
-        chosen = choose(by_vector, by_text, self.config.ranking, k, budget, now)
+        chosen = choose(by_vector, by_text, self.config.ranking, k, budget, now, wanted.vector)
         self._access.record([m.id for m in chosen])
         default_memory_metrics().retrieval_done(time.perf_counter() - started)
         return chosen
@@ -243,6 +260,17 @@ class LongTermMemory:
         """Delete every memory of the user; return how many there were."""
         status = await self._pool.execute("DELETE FROM memories WHERE user_id = $1", user_id)
         return int(status.split()[-1])
+
+    async def _vector_in_context(self, text: str, context: str) -> npt.NDArray[np.float32]:
+        """The unit vector of ``text`` + CONTEXT_WEIGHT * ``context`` (one embedding call)."""
+        try:
+            own, before = await self._embedder.embed([text, context])
+        except Exception as exc:
+            raise EmbeddingFailed(f"embedding failed: {exc}") from exc
+        own_vector = await self._vector(text, own)
+        mixed = own_vector + CONTEXT_WEIGHT * await self._vector(context, before)
+        norm = float(np.linalg.norm(mixed))
+        return (mixed / norm).astype(np.float32) if norm > 0 else own_vector
 
     async def _vector(
         self, text: str, given: npt.NDArray[np.float32] | None

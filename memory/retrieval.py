@@ -8,7 +8,11 @@
    read transaction: vector neighbours by cosine distance (``<=>``) and
    full-text matches (``search @@ term`` per query term, ranked BM25-style by
    the terms' inverse document frequency over the user's own memories).
-3. Reciprocal rank fusion, then importance and recency (`memory.ranking`).
+3. A convex combination of the normalised cosine similarity and text score
+   (it replaced reciprocal rank fusion; `memory.ranking` says why); then a
+   second hop: the query vector moves towards the best three, and the
+   candidates (their vectors came with them) are scored again, in memory;
+   then importance and recency.
 4. The best ``k`` that fit the token budget (the store counts their access).
 
 Exactness under the shared HNSW index: a filtered HNSW scan can return fewer
@@ -39,7 +43,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from memory.ranking import Candidate, RankingConfig, fuse, rank, within_budget
+from memory.ranking import Candidate, RankingConfig, combine, rank, second_hop, within_budget
 
 Kind = Literal["episodic", "semantic"]
 
@@ -72,15 +76,18 @@ class RetrievedMemory(msgspec.Struct, frozen=True, kw_only=True):
 
 # Live memories of one user, optionally of one conversation: $1 user, $3 conversation.
 _MINE = "user_id = $1 AND superseded_by IS NULL AND ($3::uuid IS NULL OR conversation_id = $3)"
-_CANDIDATE_COLUMNS = "id, kind, content, importance, source_message_ids, created_at"
+_FIELDS = ("id", "kind", "content", "importance", "source_message_ids", "created_at")
+# Candidates also bring their vectors, for the second hop (memory.ranking).
+_CANDIDATE_COLUMNS = ", ".join([*_FIELDS, "embedding"])
 
 # The materialised CTE keeps the planner from pushing ORDER BY distance into the
 # HNSW index: the user's rows come from the btree index and are sorted exactly.
 _EXACT_VECTOR_SQL = f"""
 WITH mine AS MATERIALIZED (
-    SELECT {_CANDIDATE_COLUMNS}, embedding FROM memories WHERE {_MINE}
+    SELECT {_CANDIDATE_COLUMNS} FROM memories WHERE {_MINE}
 )
-SELECT {_CANDIDATE_COLUMNS} FROM mine ORDER BY embedding <=> $2, id DESC LIMIT $4
+SELECT {_CANDIDATE_COLUMNS}, embedding <=> $2 AS distance FROM mine
+ORDER BY distance, id DESC LIMIT $4
 """
 # relaxed_order may return rows slightly out of order; the outer query re-sorts.
 _INDEX_VECTOR_SQL = f"""
@@ -88,7 +95,7 @@ WITH found AS MATERIALIZED (
     SELECT {_CANDIDATE_COLUMNS}, embedding <=> $2 AS distance FROM memories
     WHERE {_MINE} ORDER BY embedding <=> $2 LIMIT $4
 )
-SELECT {_CANDIDATE_COLUMNS} FROM found ORDER BY distance, id DESC
+SELECT {_CANDIDATE_COLUMNS}, distance FROM found ORDER BY distance, id DESC
 """
 # BM25-style text candidates: each of the user's live memories scored by the
 # query terms it holds, a term weighted by its inverse document frequency over
@@ -119,7 +126,8 @@ WITH terms AS MATERIALIZED (
     SELECT h.id, sum(w.idf) AS score FROM hits AS h JOIN weighted AS w USING (lexeme)
     GROUP BY h.id ORDER BY score DESC, h.id DESC LIMIT $4
 )
-SELECT {_CANDIDATE_COLUMNS} FROM scored JOIN memories USING (id) ORDER BY score DESC, id DESC
+SELECT {_CANDIDATE_COLUMNS}, score FROM scored JOIN memories USING (id)
+ORDER BY score DESC, id DESC
 """
 # The user's rows through the btree index, each matched against every term.
 _SCAN_HITS = f"""SELECT m.id, t.lexeme
@@ -204,12 +212,40 @@ def choose(
     k: int,
     token_budget: int,
     now: datetime,
+    query: npt.NDArray[np.float32] | None = None,
 ) -> list[RetrievedMemory]:
-    """Fuse the two lists, re-rank, and keep the best ``k`` within ``token_budget``."""
+    """Combine the two lists, re-rank, and keep the best ``k`` within ``token_budget``.
+
+    Vector rows carry their cosine ``distance``, text rows their ``score``,
+    both their ``embedding``. With the ``query`` vector and
+    ``ranking.feedback_top`` > 0, relevance comes from the second hop.
+    """
     rows = {row["id"]: row for row in [*by_vector, *by_text]}
-    relevance = fuse([[r["id"] for r in by_vector], [r["id"] for r in by_text]], ranking.rrf_k)
+    text = [(r["id"], float(r["score"])) for r in by_text]
+    relevance = combine(
+        [(r["id"], float(r["distance"])) for r in by_vector], text, ranking.vector_weight
+    )
+    if query is not None and ranking.feedback_top > 0 and rows:
+        ids = list(rows)
+        vectors = _units(np.stack([_array(rows[i]["embedding"]) for i in ids]))
+        limit = max(len(by_vector), 1)
+        relevance = second_hop(_units(_array(query)), ids, vectors, relevance, text, ranking, limit)
     ranked = rank({i: _candidate(r) for i, r in rows.items()}, relevance, now, ranking)
     return [_retrieved(rows[c.id], score) for c, score in within_budget(ranked, k, token_budget)]
+
+
+def _array(vector: Any) -> npt.NDArray[np.float32]:
+    """A float32 array from a pgvector ``Vector`` or an array."""
+    return np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, np.float32)
+
+
+def _units(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Vectors scaled to unit length along their last axis (zero vectors stay zero)."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    units: npt.NDArray[np.float32] = np.divide(
+        vectors, norms, out=np.zeros_like(vectors), where=norms > 0
+    )
+    return units
 
 
 def _candidate(row: Any) -> Candidate:
@@ -222,5 +258,6 @@ def _candidate(row: Any) -> Candidate:
 
 
 def _retrieved(row: Any, score: float) -> RetrievedMemory:
-    # The columns are the fields but the score (_CANDIDATE_COLUMNS).
-    return RetrievedMemory(**dict(row), score=score)
+    # The candidate columns are the fields, but the list's own distance or text score.
+    fields = {name: row[name] for name in _FIELDS}
+    return RetrievedMemory(**fields, score=score)

@@ -4,8 +4,11 @@ Each conversation is ingested through the real memory pipeline: one user and
 one conversation row per LoCoMo conversation, every dialog turn a `messages`
 row (with its session's date), and episodic memories cut from the turns by
 `memory.episodes.cut_episodes` and stored with `LongTermMemory.add` (embedded
-by the packaged MiniLM through `SentenceEmbedder.embed`). Both speakers' turns
-belong to that user's memory.
+by the packaged MiniLM through `SentenceEmbedder.embed`), each episode with
+the one before it in its session as context (`LongTermMemory.add`'s
+``context``). Both speakers' turns belong to that user's memory.
+``--no-context`` and ``--feedback-top 0`` measure the retrieval without the
+episode context and without the second hop (docs/memory.md, "Second round").
 
 Then every question of categories 1-4 is asked with `LongTermMemory.retrieve`
 and scored by provenance: recall@k is the share of the question's evidence
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import statistics
@@ -45,9 +49,9 @@ from memory.config import DatabaseConfig
 from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres
 from memory.episodes import DEFAULT_EPISODE_TOKENS, Turn, cut_episodes
-from memory.longterm import LongTermMemory
+from memory.longterm import LongTermMemory, RetrievalConfig
 from memory.migrate import migrate_url
-from memory.ranking import estimate_tokens
+from memory.ranking import RankingConfig, estimate_tokens
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 # Lenient on purpose: the data has entries like "D8:6; D9:17" and "D:11:26".
@@ -152,7 +156,11 @@ async def insert_messages(
 
 
 async def ingest(
-    store: LongTermMemory, pool: asyncpg.Pool, sample: dict[str, Any], episode_tokens: int
+    store: LongTermMemory,
+    pool: asyncpg.Pool,
+    sample: dict[str, Any],
+    episode_tokens: int,
+    use_context: bool = True,
 ) -> tuple[uuid.UUID, dict[str, int], int]:
     """One LoCoMo conversation into one user's memory; returns user, dia map, memory count."""
     conversation = sample["conversation"]
@@ -178,6 +186,7 @@ async def ingest(
                 e.source_message_ids,
                 ids[1],
                 occurred_at=e.occurred_at,
+                context=e.context if use_context else None,
             )
             for e in episodes
         )
@@ -278,11 +287,14 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     embedder = SentenceEmbedder()
     await embedder.warm_up()
     pool = await create_pool(DatabaseConfig(pool_min=1, pool_max=8), url)
-    store = LongTermMemory(pool, embedder)
+    ranking = dataclasses.replace(RankingConfig(), feedback_top=args.feedback_top)
+    store = LongTermMemory(pool, embedder, RetrievalConfig(ranking=ranking))
     report, memories = Report(), 0
     try:
         for sample in samples:
-            user_id, dia_map, count = await ingest(store, pool, sample, args.episode_tokens)
+            user_id, dia_map, count = await ingest(
+                store, pool, sample, args.episode_tokens, not args.no_context
+            )
             memories += count
             await evaluate(store, user_id, questions_of(sample, dia_map, report), args.k, report)
     finally:
@@ -298,6 +310,17 @@ def main() -> None:
     parser.add_argument("--k", default="5,10,20", help="comma-separated k values")
     parser.add_argument(
         "--episode-tokens", type=int, default=DEFAULT_EPISODE_TOKENS, help="episode size bound"
+    )
+    parser.add_argument(
+        "--no-context",
+        action="store_true",
+        help="embed each episode alone, without the episode before it (the earlier design)",
+    )
+    parser.add_argument(
+        "--feedback-top",
+        type=int,
+        default=RankingConfig().feedback_top,
+        help="memories the second hop moves the query towards (0: one hop)",
     )
     parser.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     args = parser.parse_args()

@@ -13,7 +13,8 @@ the HNSW iterative-scan path (``exact_scan_max=0``), and then also the text
 search through the GIN index (``text_scan_max=0``), as a user with more than
 5000 memories would get. The query embedding is also timed alone, and the
 default path once more without it (query vectors computed beforehand), so the
-table shows where the time goes.
+table shows where the time goes; and that once more without the second hop
+(``no-embedding-one-hop``), for what the hop costs.
 
 Run it from the repository root with ``PYTHONPATH=.`` when the virtual
 environment's editable install points at another checkout.
@@ -47,6 +48,7 @@ from memory.db import create_pool
 from memory.embedded import EmbeddedPostgres
 from memory.longterm import LongTermMemory, RetrievalConfig
 from memory.migrate import migrate_url
+from memory.ranking import RankingConfig
 from memory.retrieval import vector_candidates
 
 _SUBJECTS = ["my sister", "my dog", "our team", "my landlord", "grandma", "the neighbour", "Alex"]
@@ -143,8 +145,15 @@ async def run(args: argparse.Namespace, pool: asyncpg.Pool) -> dict[str, Any]:
         await store.close()
     # The default path once more with the query vectors computed beforehand: the
     # database and ranking part alone.
-    store = LongTermMemory(pool, await Precomputed.of(embedder, QUERIES))
+    precomputed = await Precomputed.of(embedder, QUERIES)
+    store = LongTermMemory(pool, precomputed)
     results["no-embedding"] = await measure(store, pool, embedder, by_user, args)
+    await store.close()
+    # ... and without the second hop (the candidates' vectors are still fetched):
+    # what re-scoring the candidates against the moved query costs.
+    one_hop = RetrievalConfig(ranking=RankingConfig(feedback_top=0))
+    store = LongTermMemory(pool, precomputed, one_hop)
+    results["no-embedding-one-hop"] = await measure(store, pool, embedder, by_user, args)
     await store.close()
     embedder.close()
     return results
@@ -232,8 +241,9 @@ def report(results: dict[str, Any]) -> None:
     for name in PATHS:
         r = results[name]
         print(f"{name:<16}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['recall']:>9.3f}")
-    r = results["no-embedding"]
-    print(f"{'no-embedding':<16}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['recall']:>9.3f}")
+    for name in ("no-embedding", "no-embedding-one-hop"):
+        r = results[name]
+        print(f"{name:<16}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}{r['recall']:>9.3f}")
     e = results["embedding"]
     print(f"{'embedding only':<16}{e['p50_ms']:>10.1f}{e['p95_ms']:>10.1f}{'-':>9}")
 

@@ -13,8 +13,8 @@ from helpers import new_user
 
 from inference.embedder import SentenceEmbedder
 from memory.errors import AlreadySuperseded, InvalidMemory, MemoryNotFound
-from memory.longterm import LongTermMemory, RetrievalConfig
-from memory.ranking import estimate_tokens
+from memory.longterm import CONTEXT_WEIGHT, LongTermMemory, RetrievalConfig
+from memory.ranking import RankingConfig, estimate_tokens
 
 
 @pytest.fixture
@@ -223,7 +223,9 @@ async def test_text_candidates_are_the_same_through_the_gin_index(
 async def test_filtered_retrieval_is_exact_among_many_users(
     pool: asyncpg.Pool, embedder: SentenceEmbedder, exact_scan_max: int
 ) -> None:
-    config = RetrievalConfig(exact_scan_max=exact_scan_max)
+    # One hop: this checks the candidate search; the second hop re-orders by design.
+    one_hop = RankingConfig(feedback_top=0)
+    config = RetrievalConfig(exact_scan_max=exact_scan_max, ranking=one_hop)
     store = LongTermMemory(pool, embedder, config)
     user = await new_user(pool)
     query = "a quiet evening reading by the fire"
@@ -241,3 +243,30 @@ async def test_filtered_retrieval_is_exact_among_many_users(
     found = await store.retrieve(user, query, k=10)  # no text match: the vector order alone
 
     assert {m.id for m in found} == exact
+
+
+async def test_an_episode_added_with_its_context_is_embedded_with_it(
+    store: LongTermMemory, pool: asyncpg.Pool, embedder: SentenceEmbedder
+) -> None:
+    user = await new_user(pool)
+    before = "Gina: I signed up for the regional dance competition in March!"
+    episode = "Jon: Wow, I'm excited too! This is gonna be great!"
+    with_context = await store.add(user, "episodic", episode, 0.5, [], context=before)
+    alone = await store.add(user, "episodic", episode, 0.5, [])
+
+    own, previous, question = await embedder.embed(
+        [episode, before, "Who is excited about the dance competition?"]
+    )
+    expected = own + CONTEXT_WEIGHT * previous
+    expected /= np.linalg.norm(expected)
+    stored = {
+        row["id"]: np.asarray(row["embedding"].to_numpy(), dtype=np.float32)
+        for row in await pool.fetch("SELECT id, embedding FROM memories WHERE user_id = $1", user)
+    }
+    assert np.allclose(stored[with_context], expected, atol=1e-5)
+    assert np.allclose(stored[alone], own / np.linalg.norm(own), atol=1e-5)
+    # The follow-up now answers to the topic its lead-in named, and its text is unchanged.
+    assert stored[with_context] @ question > stored[alone] @ question + 0.05
+    found = await store.retrieve(user, "Who is excited about the dance competition?", k=1)
+    assert [m.id for m in found] == [with_context]
+    assert found[0].content == episode
