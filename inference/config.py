@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# A companion prompt at full size: persona (~500 tokens), retrieved memories (up to the
+# 1,500-token budget), the summary and recent history, and the reply. A slot smaller than
+# this would squeeze the history out of every prompt; "auto" then keeps the unified pool.
+PER_SLOT_MIN_CELLS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class LlamaCppOptions:
@@ -31,6 +36,20 @@ class LlamaCppOptions:
     prefill_chunk: int = 128  # prompt tokens per step while others generate
     host_cache_bytes: int = 512 << 20  # KV saved in host RAM for conversations evicted
     repack: str = "auto"  # "auto", "on" or "off" (inference.engines.llamacpp.repack)
+    # "unified": one pool of n_ctx cells for every sequence (a long conversation may take
+    # most of it; a shared persona is stored once), but every decoded token attends over
+    # the whole pool in use, idle conversations' cells included. "per_slot": each of the
+    # n_slots sequences gets n_ctx/n_slots cells of its own and attends over those only
+    # (llama-server's layout); a shared persona is copied, not referenced. "auto": per
+    # slot when each slot gets at least PER_SLOT_MIN_CELLS, else unified.
+    # docs/inference.md "KV layout" has the measurements.
+    kv_layout: str = "auto"
+
+    def per_slot(self, n_ctx: int, n_slots: int) -> bool:
+        """Whether ``n_ctx`` cells over ``n_slots`` sequences are laid out per slot."""
+        if self.kv_layout == "auto":
+            return n_ctx // n_slots >= PER_SLOT_MIN_CELLS
+        return self.kv_layout == "per_slot"
 
 
 @dataclass(frozen=True, slots=True)

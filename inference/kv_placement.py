@@ -18,7 +18,9 @@ and tells the placement five things:
 - ``extend``: a sequence decoded these tokens;
 - ``release``: a request finished; its sequence stays as cache;
 - ``make_room``: free cells before a decode by saving and evicting the least
-  recently used idle sequences;
+  recently used idle sequences (unified layout only: ``per_slot`` gives each
+  sequence cells of its own, so idle sequences never stand in a running one's way
+  and leave only when their slot is wanted);
 - ``forget`` / ``drop_saved``: a user's cached KV goes.
 
 `KVOps` is what `LlamaModel` already offers (``llama_memory_seq_rm``,
@@ -117,7 +119,9 @@ class KVPlacement:
         *,
         min_shared_wait: int = MIN_SHARED_WAIT,
         clock: Callable[[], float] = time.monotonic,
+        per_slot: bool = False,
     ) -> None:
+        self._per_slot = per_slot
         self._slots = SlotTable(n_slots)
         self._cells = KVCells(n_cells)
         self._host = HostCache(host_cache_bytes)
@@ -146,7 +150,10 @@ class KVPlacement:
         plan = self._slots.plan(want.owner, want.prompt, want.public_len, self._host)
         if plan is None or self._prefix_in_progress(want, plan.reuse):
             return None
-        if self._cells_needed(want, plan) > self._cells_available(plan) - reserved:
+        # per slot, a sequence's cells are its own (the engine refuses what exceeds them)
+        if not self._per_slot and (
+            self._cells_needed(want, plan) > self._cells_available(plan) - reserved
+        ):
             return None
         return self._place(want, plan)
 
@@ -219,8 +226,9 @@ class KVPlacement:
 
     def make_room(self, cells: int, protect: Collection[int] = ()) -> bool:
         """Evict idle sequences, least recently used first (saving them to host RAM),
-        until ``cells`` are free; False when the idle ones do not free enough."""
-        while self._cells.free < cells:
+        until ``cells`` are free; False when the idle ones do not free enough.
+        Per slot, no sequence takes another's cells: nothing to evict."""
+        while not self._per_slot and self._cells.free < cells:
             candidates = [s for s in self._slots.idle() if s.tokens and s.seq_id not in protect]
             if not candidates:
                 return False

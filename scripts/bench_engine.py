@@ -82,6 +82,7 @@ class Options:
     server_binary: Path
     server_args: tuple[str, ...]
     repack: str = "auto"  # the engine's weight repacking (COMPANION_CHAT_REPACK)
+    kv_layout: str = "unified"  # the engine's KV layout (COMPANION_CHAT_KV_LAYOUT)
 
 
 _request_ids = itertools.count()
@@ -127,9 +128,11 @@ class EngineBackend:
             n_slots=self._options.slots,
             n_threads=self._options.threads,
             repack=self._options.repack,
+            kv_layout=self._options.kv_layout,
         )
         self._engine = LlamaCppEngine(config)
         await self._engine.start()
+        self._cpu_started = time.process_time()
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -155,7 +158,11 @@ class EngineBackend:
 
     def extras(self) -> dict[str, Any]:
         stats = self._engine.stats()
-        return {"engine_stats": asdict(stats)}
+        # the process's CPU time (all threads) per generated token, prompts included: a
+        # measure of the work that a shared machine's other load does not inflate much
+        cpu_s = time.process_time() - self._cpu_started
+        per_token = cpu_s * 1000 / max(1, stats.generated_tokens)
+        return {"engine_stats": asdict(stats), "cpu_ms_per_generated_token": round(per_token, 2)}
 
 
 # --- openai: any OpenAI-compatible server, streamed
@@ -375,6 +382,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--repack", default="auto", choices=("auto", "on", "off"), help="engine weight repacking"
     )
+    p.add_argument(
+        "--kv-layout", default="unified", choices=("unified", "per_slot"), help="engine KV layout"
+    )
     p.add_argument("--json", type=Path, help="write results here")
     p.add_argument("--png", type=Path, help="draw the plot here")
     p.add_argument("--label", help="name of this run (JSON, plot title)")
@@ -530,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_binary=args.server_binary,
         server_args=tuple(args.server_arg),
         repack=args.repack,
+        kv_layout=args.kv_layout,
     )
     sizes = token_counts(options.model)
     print(f"model {options.model.name}: {sizes}", file=sys.stderr)

@@ -159,6 +159,12 @@ FIELDS: tuple[Field, ...] = (
         "llamacpp.prefill_chunk",
     ),
     _engine_field(
+        "chat_kv_layout",
+        "COMPANION_CHAT_KV_LAYOUT",
+        parse.choice("auto", "unified", "per_slot"),
+        "llamacpp.kv_layout",
+    ),
+    _engine_field(
         "chat_max_waiting", "COMPANION_CHAT_MAX_WAITING", parse.integer(1, 100_000), "max_waiting"
     ),
     # in MB here, in bytes in the engine's config (`settings._chat_engine`)

@@ -106,9 +106,16 @@ class Clock:
 class Harness:
     """Drives a `KVPlacement` the way the engine does, over a `SimCache`."""
 
-    def __init__(self, n_slots: int = 4, n_cells: int = 1000, host_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        n_slots: int = 4,
+        n_cells: int = 1000,
+        host_bytes: int = 1 << 20,
+        *,
+        per_slot: bool = False,
+    ) -> None:
         self.sim = SimCache()
-        self.kv = KVPlacement(n_slots, n_cells, host_bytes, clock=Clock())
+        self.kv = KVPlacement(n_slots, n_cells, host_bytes, clock=Clock(), per_slot=per_slot)
         self.kv.attach(self.sim)
         self.n_slots = n_slots
 
@@ -277,6 +284,22 @@ def test_idle_cache_counts_as_free_but_kept_prefix_does_not() -> None:
     h2.turn("ann", list(range(60)), [1])
     # ann's next turn keeps 61 cells and needs 29 + 11 more: 101 > 100
     assert h2.admit("ann", [*range(60), 1, *range(100, 129)], max_tokens=11) is None
+
+
+def test_per_slot_an_idle_sequence_stays_until_its_slot_is_wanted() -> None:
+    """Per slot, each sequence has n_cells/n_slots cells of its own (the engine refuses a
+    request that needs more): idle conversations never stand in a running one's way."""
+    h = Harness(n_slots=2, n_cells=40, per_slot=True)
+    idle = h.turn("ann", [1] * 15, [2])
+    running = h.admit("bea", [3] * 15, max_tokens=5, reserved=0)
+    assert running is not None
+    assert h.kv.make_room(40)  # nothing to free: every sequence's cells are its own
+    h.decode(running.seq, [3] * 15)
+    assert len(h.sim.tokens(idle.seq)) == 16  # ann's conversation is still there
+    h.finish(running.seq)
+    assert h.admit("cid", [4] * 15) is not None  # a slot is wanted: the oldest idle one goes
+    assert h.sim.tokens(idle.seq) == ()
+    assert [owner for owner, _ in h.sim.saved.values()] == ["ann"]
 
 
 def test_waits_while_another_request_computes_a_shareable_prefix() -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from inference.config import ChatEngineConfig
 from server.settings import Environment, RateLimit, SettingsError, load_settings, mask_url
 
 GOOD_SECRET = "s" * 32
@@ -266,3 +267,23 @@ def test_the_content_judge_is_off_unless_it_names_a_model() -> None:
     assert load_settings({"COMPANION_CONTENT_JUDGE": "Qwen2.5-7B"}).content_judge == "Qwen2.5-7B"
     with pytest.raises(SettingsError, match="COMPANION_CONTENT_JUDGE_DEADLINE"):
         load_settings({"COMPANION_CONTENT_JUDGE_DEADLINE": "0"})
+
+
+def test_the_kv_layout_is_per_slot_only_when_each_slot_holds_a_whole_companion_prompt(
+    tmp_path: Path,
+) -> None:
+    def engine(**env: str) -> ChatEngineConfig:
+        return load_settings({"COMPANION_DATA_DIR": str(tmp_path), **env}).chat_engine
+
+    default = engine()
+    assert default.llamacpp.kv_layout == "auto"
+    # 8192 cells over 16 slots: 512 each, too few for persona, memories and history
+    assert not default.llamacpp.per_slot(default.n_ctx, default.n_slots)
+    roomy = engine(COMPANION_CHAT_CTX="32768", COMPANION_CHAT_SLOTS="8")
+    assert roomy.llamacpp.per_slot(roomy.n_ctx, roomy.n_slots)  # 4096 each
+    forced = engine(COMPANION_CHAT_KV_LAYOUT="unified", COMPANION_CHAT_CTX="32768")
+    assert not forced.llamacpp.per_slot(forced.n_ctx, forced.n_slots)
+    small = engine(COMPANION_CHAT_KV_LAYOUT="per_slot")
+    assert small.llamacpp.per_slot(small.n_ctx, small.n_slots)
+    with pytest.raises(SettingsError, match="COMPANION_CHAT_KV_LAYOUT"):
+        engine(COMPANION_CHAT_KV_LAYOUT="paged")

@@ -98,7 +98,18 @@ class LlamaCppConfig:
     # weight repacking: "auto" probes once per model, CPU and build (`repack.resolve_repack`),
     # caching the answer in ``state_dir``
     repack: str = _OPTIONS.repack
+    kv_layout: str = _OPTIONS.kv_layout  # "auto", "unified" or "per_slot" (inference.config)
     state_dir: Path | None = None
+
+    @property
+    def per_slot(self) -> bool:
+        options = LlamaCppOptions(kv_layout=self.kv_layout)
+        return options.per_slot(self.n_ctx, self.n_slots)
+
+    @property
+    def seq_cells(self) -> int:
+        """The most cells one sequence may hold."""
+        return self.n_ctx // self.n_slots if self.per_slot else self.n_ctx
 
 
 class LlamaCppEngine:
@@ -115,9 +126,11 @@ class LlamaCppEngine:
         self._scheduler: Scheduler[Active] = Scheduler(max_waiting=config.max_waiting)
         self._running: list[Active] = []
         # sequences change on the decode thread only; `forget` drops host copies (lock held)
-        self._kv = KVPlacement(config.n_slots, config.n_ctx, config.host_cache_bytes)
+        self._kv = KVPlacement(
+            config.n_slots, config.n_ctx, config.host_cache_bytes, per_slot=config.per_slot
+        )
         self._counters = {"queried": 0, "hit": 0, "prompt": 0, "generated": 0}
-        self._max_seq_len = config.n_ctx
+        self._max_seq_len = config.seq_cells
         self._forgetting: set[str] = set()  # users whose idle slots the decode thread clears
 
     @property
@@ -134,10 +147,12 @@ class LlamaCppEngine:
             n_seq_max=self.config.n_slots,
             n_batch=self.config.n_batch,
             n_threads=self.config.n_threads or default_threads(),
+            kv_unified=not self.config.per_slot,
         )
         self._model = await asyncio.to_thread(self._load, shape)
         self._kv.attach(self._model)
-        self._max_seq_len = min(self.config.n_ctx, self._model.n_ctx_train or self.config.n_ctx)
+        cells = self.config.seq_cells
+        self._max_seq_len = min(cells, self._model.n_ctx_train or cells)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="llamacpp-decode", daemon=True)
         self._thread.start()

@@ -38,6 +38,7 @@ class ContextShape:
     n_seq_max: int
     n_batch: int
     n_threads: int
+    kv_unified: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,16 @@ class LlamaModel:
         llama_cpp.llama_memory_seq_rm(self._memory, seq, keep, -1)
 
     def seq_share_prefix(self, src: int, dst: int, n: int) -> None:
-        llama_cpp.llama_memory_seq_cp(self._memory, src, dst, 0, n)
+        if self.shape.kv_unified:  # the cells get a second owner: nothing is copied
+            llama_cpp.llama_memory_seq_cp(self._memory, src, dst, 0, n)
+            return
+        # One stream per sequence: llama.cpp copies only whole streams, and only at the
+        # next decode, after whatever this step still writes into the donor's stream (a
+        # restore, another user's prompt). A copy through the host is taken now; the
+        # donor's tokens past the shared prefix are dropped before anything reads them.
+        if not self.seq_restore(dst, self.seq_save(src)):
+            raise EngineUnavailable(f"could not copy sequence {src}'s prefix")
+        llama_cpp.llama_memory_seq_rm(self._memory, dst, n, -1)
 
     def seq_save(self, seq: int) -> bytes:
         size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
@@ -216,7 +226,7 @@ class LlamaModel:
         params.n_ubatch = shape.n_batch
         params.n_seq_max = shape.n_seq_max
         params.n_threads = params.n_threads_batch = shape.n_threads or default_threads()
-        params.kv_unified = True  # one pool of cells, shared prefixes stored once
+        params.kv_unified = shape.kv_unified  # one pool of cells, shared prefixes stored once
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
