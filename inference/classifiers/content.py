@@ -95,7 +95,9 @@ class ContentContext:
 
     ``route`` and ``route_lock_remaining`` come from the session;
     ``known_age`` is an age stated earlier (or from a date of birth) and
-    ``minor`` the user's permanent minor flag.
+    ``minor`` the user's permanent minor flag. ``user_id`` is whose message it
+    is: the judge's request runs under it, so the engine keeps that KV with the
+    user's own (never shared, and dropped when the user is erased).
     """
 
     recent_labels: tuple[str, ...] = ()
@@ -103,6 +105,7 @@ class ContentContext:
     route_lock_remaining: int = 0
     known_age: int | None = None
     minor: bool = False
+    user_id: str | None = None
 
     @property
     def is_minor(self) -> bool:

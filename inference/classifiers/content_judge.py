@@ -88,7 +88,8 @@ class EngineJudge:
         """The generation request for one message (public: tests inspect it)."""
         return GenerationRequest(
             request_id=f"content-judge-{uuid.uuid4().hex}",
-            user_id="content-judge",
+            # the writer's id: their message's KV is theirs (erasing them drops it)
+            user_id=context.user_id or "content-judge",
             messages=(
                 ChatMessage("system", JUDGE_PROMPT),
                 ChatMessage("user", describe(text, context)),

@@ -90,7 +90,7 @@ class Gatherer:
         )
         try:
             loaded = await clock.timed("load", self._load(user_id, conversation_id))
-            context = _content_context(loaded.session, loaded.minor)
+            context = _content_context(loaded.session, loaded.minor, user_id)
             content = await clock.timed("classify", self._content.classify(text, context))
             emotion, memories = await early
         except BaseException:
@@ -150,12 +150,13 @@ class Gatherer:
         return decided[0]
 
 
-def _content_context(session: SessionState, minor: bool) -> ContentContext:
+def _content_context(session: SessionState, minor: bool, user_id: uuid.UUID) -> ContentContext:
     return ContentContext(
         recent_labels=(session.last_content_label,) if session.last_content_label else (),
         route=session.route,
         route_lock_remaining=session.route_lock_remaining,
         minor=minor,
+        user_id=str(user_id),
     )
 
 

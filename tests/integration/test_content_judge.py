@@ -129,3 +129,23 @@ async def test_a_judge_model_that_cannot_run_stops_the_start(
     with pytest.raises(UnknownModel, match="COMPANION_CONTENT_JUDGE=nope"):
         async with AsyncExitStack() as stack:
             await open_models(stack, configured, shared_redis)
+
+
+async def test_erasing_a_user_drops_the_judges_kv_of_their_messages(tiny_gguf: Path) -> None:
+    """The judge asks under the writer's id, so `forget` clears it with their own KV."""
+    config = ChatEngineConfig(
+        model_path=tiny_gguf, model_id="tiny", n_ctx=2048, n_slots=4, process="inline"
+    )
+    engine = create_engine(config)
+    assert engine is not None
+    await engine.start()
+    try:
+        judge = EngineJudge(engine, deadline_s=60)
+        context = dataclasses.replace(NO_CONTEXT, user_id="alice")
+        assert judge.request(UNSURE, context).user_id == "alice"
+        await judge.judge(UNSURE, context)
+        assert engine.stats().kv_cells_cached > 0  # the judged message stays as cache
+        await engine.forget("alice")
+        assert engine.stats().kv_cells_cached == 0
+    finally:
+        await engine.close()
