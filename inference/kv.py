@@ -238,11 +238,18 @@ class SlotTable:
         return Plan(target.seq_id, "none", 0)
 
     def _best_own(self, owner: str, tokens: Sequence[int], limit: int) -> tuple[Slot, int] | None:
+        """The owner's idle sequence this prompt continues: it shares at least half of
+        what the sequence holds (a next turn shares all but a re-tokenized tail). Another
+        request of the same user (a background job, the content judge) that shares only
+        the chat template's first tokens must not cut their conversation down to them:
+        it goes elsewhere, and the conversation stays, or is saved when evicted."""
         best: tuple[Slot, int] | None = None
         for slot in self.idle():
             if slot.owner != owner:
                 continue
             shared = min(common_prefix(slot.tokens, tokens), limit)
+            if shared * 2 < len(slot.tokens):
+                continue
             if best is None or shared > best[1]:
                 best = (slot, shared)
         return best

@@ -166,16 +166,19 @@ def test_client_disconnect_aborts_generation(client: openai.OpenAI, server: Runn
     for _, _chunk in zip(range(3), stream, strict=False):
         pass
     stream.close()  # the client goes away mid-reply
+    # Wait for both: the running gauge comes from the engine's periodic stats and may
+    # read 0 before the request was ever counted, while the abort is counted when the
+    # engine reports the request's end.
     deadline = time.monotonic() + 15
-    running = None
+    running = finished = None
     while time.monotonic() < deadline:
         metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
         running = _gauge(metrics, "companion:num_requests_running")
-        if running == 0:
+        finished = _gauge(metrics, 'companion:request_success_total{finished_reason="abort"')
+        if running == 0 and finished is not None and finished >= 1:
             break
         time.sleep(0.3)
     assert running == 0
-    finished = _gauge(metrics, 'companion:request_success_total{finished_reason="abort"')
     assert finished is not None and finished >= 1
 
 

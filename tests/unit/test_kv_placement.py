@@ -188,6 +188,21 @@ def test_a_diverging_tail_is_truncated_not_saved() -> None:
     assert h.kv.usage().host_entries == 0
 
 
+def test_another_request_of_the_same_user_leaves_their_conversation_alone() -> None:
+    """The content judge or a memory job asks under the user's id; sharing the chat
+    template's first tokens is no reason to cut the conversation down to them."""
+    h = Harness(n_slots=2)
+    conversation = h.turn("alice", [7, 7, *range(100, 140)], list(range(200, 210)))
+    held = h.sim.tokens(conversation.seq)
+    job = h.admit("alice", [7, 7, *range(300, 320)])
+    assert job is not None and job.seq != conversation.seq
+    assert h.sim.tokens(conversation.seq) == held
+    h.finish(job.seq)
+    next_turn = h.admit("alice", [*held, 9, 9])
+    assert next_turn is not None
+    assert (next_turn.seq, next_turn.source, next_turn.reused) == (conversation.seq, "slot", 52)
+
+
 def test_public_prefix_is_shared_and_its_cells_count_once() -> None:
     h = Harness()
     alice = h.turn("alice", [*PERSONA, 1, 2], [3], public=40)
