@@ -47,9 +47,15 @@ class LlamaCppOptions:
 
     def per_slot(self, n_ctx: int, n_slots: int) -> bool:
         """Whether ``n_ctx`` cells over ``n_slots`` sequences are laid out per slot."""
-        if self.kv_layout == "auto":
-            return n_ctx // n_slots >= PER_SLOT_MIN_CELLS
-        return self.kv_layout == "per_slot"
+        return per_slot_layout(self.kv_layout, n_ctx, n_slots)
+
+
+def per_slot_layout(kv_layout: str, n_ctx: int, n_slots: int) -> bool:
+    """``kv_layout`` ("auto", "unified", "per_slot") decided for ``n_ctx`` cells over
+    ``n_slots`` sequences: True when each sequence gets cells of its own."""
+    if kv_layout == "auto":
+        return n_ctx // n_slots >= PER_SLOT_MIN_CELLS
+    return kv_layout == "per_slot"
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference.config import ChatEngineConfig, LlamaCppOptions
+from inference.config import ChatEngineConfig, LlamaCppOptions, per_slot_layout
 from inference.engines.llamacpp.backends import load_cpu_backend
 from inference.engines.llamacpp.batch import Active, Span, build_batch, threadsafe_sink
 from inference.engines.llamacpp.model import (
@@ -103,8 +103,7 @@ class LlamaCppConfig:
 
     @property
     def per_slot(self) -> bool:
-        options = LlamaCppOptions(kv_layout=self.kv_layout)
-        return options.per_slot(self.n_ctx, self.n_slots)
+        return per_slot_layout(self.kv_layout, self.n_ctx, self.n_slots)
 
     @property
     def seq_cells(self) -> int:

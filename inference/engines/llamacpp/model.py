@@ -226,7 +226,8 @@ class LlamaModel:
         params.n_ubatch = shape.n_batch
         params.n_seq_max = shape.n_seq_max
         params.n_threads = params.n_threads_batch = shape.n_threads or default_threads()
-        params.kv_unified = shape.kv_unified  # one pool of cells, shared prefixes stored once
+        # one pool of cells (shared prefixes stored once), or one stream per sequence
+        params.kv_unified = shape.kv_unified
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
