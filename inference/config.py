@@ -33,7 +33,11 @@ class LlamaCppOptions:
 
     n_threads: int = 0  # 0: every core this process may use
     nice: int = 10  # the decode threads' niceness (Linux): requests are served first
-    prefill_chunk: int = 128  # prompt tokens per step while others generate
+    # The step time to aim for while streams generate: prompt tokens of waiting requests
+    # fill what the decodes leave of it (`engines.llamacpp.step_budget`, fitted to this
+    # machine's own step times). 0: a fixed prefill_chunk per step instead.
+    itl_target_ms: int = 150
+    prefill_chunk: int = 128  # prompt tokens per step before the step times are known
     host_cache_bytes: int = 512 << 20  # KV saved in host RAM for conversations evicted
     repack: str = "auto"  # "auto", "on" or "off" (inference.engines.llamacpp.repack)
     # "unified": one pool of n_ctx cells for every sequence (a long conversation may take

@@ -153,6 +153,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     _engine_field("chat_nice", "COMPANION_CHAT_NICE", parse.integer(0, 19), "llamacpp.nice"),
     _engine_field(
+        "chat_itl_target_ms",
+        "COMPANION_CHAT_ITL_TARGET_MS",
+        parse.integer(0, 60_000),
+        "llamacpp.itl_target_ms",
+    ),
+    _engine_field(
         "chat_prefill_chunk",
         "COMPANION_CHAT_PREFILL_CHUNK",
         parse.integer(8, 8192),

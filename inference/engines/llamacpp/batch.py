@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from inference.engines.llamacpp.model import BatchItem
+from inference.engines.llamacpp.step_budget import StepBudget
 from inference.errors import InferenceError
 from inference.scheduler import Ticket
 from inference.text import TextStream
@@ -128,9 +129,10 @@ class Span:
 
 
 def build_batch(
-    work: list[Active], prefill_chunk: int, n_batch: int
+    work: list[Active], budget: StepBudget, n_batch: int
 ) -> tuple[list[BatchItem], list[Span]]:
-    """One step's batch: every generating request's next token, then prompt chunks."""
+    """One step's batch: every generating request's next token, then prompt chunks
+    (as many prompt tokens as ``budget`` gives a step with that many streams)."""
     items: list[BatchItem] = []
     spans: list[Span] = []
     for active in work:
@@ -139,17 +141,17 @@ def build_batch(
             items.append(BatchItem(active.next_token, active.n_past, active.seq, True))
     # Prompts are computed first come, first served within a per-step budget: on a
     # compute-bound device a token costs about the same alone or batched, so finishing
-    # one prompt before starting the next gives earlier first tokens, and a small
-    # budget keeps the generating streams flowing. With none generating, use it all.
-    # A user's prompt goes before any background job's admitted earlier (the sort is
-    # stable: admission order within a priority).
-    budget = min(prefill_chunk if items else n_batch, n_batch - len(items))
+    # one prompt before starting the next gives earlier first tokens, and the budget
+    # keeps the generating streams flowing (`step_budget`). With none generating, use
+    # it all. A user's prompt goes before any background job's admitted earlier (the
+    # sort is stable: admission order within a priority).
+    left = budget.prompt_tokens(len(items), n_batch)
     for active in sorted(work, key=lambda a: int(a.request.priority)):
-        if not active.prefilling or budget <= 0 or active.seq is None:
+        if not active.prefilling or left <= 0 or active.seq is None:
             continue
-        n = min(len(active.prompt) - active.n_past, budget)
+        n = min(len(active.prompt) - active.n_past, left)
         _add_chunk(items, spans, active, n)
-        budget -= n
+        left -= n
     return items, spans
 
 

@@ -5,8 +5,8 @@ requests, (2) admits waiting requests in the scheduler's order while their KV
 need fits, placing each on a sequence whose cached tokens it can reuse
 (`inference.kv_placement.KVPlacement`), and (3) decodes one batch that holds the
 next token of every generating sequence plus chunks of prompts still being
-prefilled (`batch.build_batch`), so running streams keep flowing while a long
-prompt is computed.
+prefilled (`batch.build_batch`), as many prompt tokens as fit a target step time
+(`step_budget`), so running streams keep flowing while a long prompt is computed.
 
 Finished sequences stay in their slot as cache: the conversation's next turn
 starts from them. When a slot or cells are needed, the least recently used
@@ -50,6 +50,7 @@ from inference.engines.llamacpp.model import (
 )
 from inference.engines.llamacpp.prompt import prompt_tokens, prompt_with_public_len
 from inference.engines.llamacpp.repack import resolve_repack
+from inference.engines.llamacpp.step_budget import StepBudget
 from inference.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -87,7 +88,8 @@ class LlamaCppConfig:
     n_ctx: int = _SHARED.n_ctx
     n_slots: int = _SHARED.n_slots
     n_batch: int = 512  # tokens decoded per step, all sequences together
-    prefill_chunk: int = _OPTIONS.prefill_chunk  # prompt tokens per step while others generate
+    itl_target_ms: int = _OPTIONS.itl_target_ms  # the step time to aim for (`step_budget`)
+    prefill_chunk: int = _OPTIONS.prefill_chunk  # prompt tokens per step until steps are timed
     n_threads: int = _OPTIONS.n_threads  # 0: every core this process may use
     # Niceness of the decode threads (Linux; 0: unchanged). Decoding is batch work: the
     # event loop, the classifiers, PostgreSQL and Redis should get a core the moment a
@@ -129,6 +131,7 @@ class LlamaCppEngine:
             config.n_slots, config.n_ctx, config.host_cache_bytes, per_slot=config.per_slot
         )
         self._counters = {"queried": 0, "hit": 0, "prompt": 0, "generated": 0}
+        self._budget = StepBudget(config.itl_target_ms / 1000.0, config.prefill_chunk)
         self._max_seq_len = config.seq_cells
         self._forgetting: set[str] = set()  # users whose idle slots the decode thread clears
 
@@ -374,9 +377,11 @@ class LlamaCppEngine:
     def _step(self, work: list[Active]) -> None:
         """Decode one batch. The lock guards bookkeeping only: the event loop never
         waits for the model (only this thread changes slots and cells)."""
-        items, spans = build_batch(work, self.config.prefill_chunk, self.config.n_batch)
+        started = time.perf_counter()
+        items, spans = build_batch(work, self._budget, self.config.n_batch)
         if not items:
             return
+        decodes = sum(1 for span in spans if not span.active.prefilling)
         with self._lock:
             room = self._kv.make_room(len(items))
         if not (room and self._decode(items)):
@@ -390,6 +395,8 @@ class LlamaCppEngine:
                 token = self._require_model().sample(span.active.sampler, span.logit_index)
                 with self._lock:
                     self._on_token(span.active, token)
+        # the whole step as a stream sees it: batch, decode, sampling, text
+        self._budget.observe(decodes, len(items) - decodes, time.perf_counter() - started)
 
     def _decode(self, items: list[BatchItem]) -> bool:
         model = self._require_model()
