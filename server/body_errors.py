@@ -87,6 +87,8 @@ def decode_failure(exc: BaseException) -> DecodeFailure | None:
         seen.add(id(current))
         if isinstance(current, UndecodableBody | UnicodeDecodeError):
             return "utf8"
+        if isinstance(current, msgspec.ValidationError):
+            return None  # well-formed JSON of the wrong shape: the validator's words stand
         if isinstance(current, msgspec.DecodeError):
             return "json"
         current = current.__cause__ or current.__context__

@@ -125,8 +125,15 @@ def _inference(exc: Exception, kind: InferenceErrorKind) -> OpenAIError:
 
 def _validation_message(exc: ValidationException) -> str:
     details = exc.extra if isinstance(exc.extra, list) else []
-    parts = [str(d.get("message", "")) for d in details if isinstance(d, dict)]
-    return "; ".join(p for p in parts if p) or exc.detail
+    parts = [_detail(d) for d in details if isinstance(d, dict) and d.get("message")]
+    return "; ".join(parts) or exc.detail
+
+
+def _detail(detail: dict[str, Any]) -> str:
+    """One validation failure, with the field it is about (Litestar names the body "data")."""
+    key = detail.get("key")
+    where = f" (at `{key}`)" if key and key != "data" else ""
+    return f"{detail['message']}{where}"
 
 
 def _handle(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -120,6 +120,36 @@ async def test_undecodable_bodies_get_the_services_own_words(
     assert (await client.get(url, headers=headers)).json() == []
 
 
+async def test_well_formed_json_of_the_wrong_shape_is_named_as_such(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    """JSON that parses but does not fit (an unknown field, a wrong type) is not called
+    malformed: the answer names the field, and nothing is stored or created."""
+    headers, _ = await user(client)
+    sent = {**headers, "Content-Type": "application/json"}
+    created = (await client.post("/api/v1/conversations", json={}, headers=headers)).json()
+    url = f"/api/v1/conversations/{created['id']}/messages"
+    cases = [
+        (url, b'{"content": 5}', "`content`", "Expected `str`"),
+        (
+            "/api/v1/auth/register",
+            b'{"username": "shape", "password": "long enough pass", "nickname": 1}',
+            None,
+            "unknown field `nickname`",
+        ),
+        ("/v1/chat/completions", b'{"model": "m", "messages": 3}', None, "messages"),
+    ]
+    for path, body, key, words in cases:
+        refused = await client.post(path, content=body, headers=sent)
+        assert refused.status_code == 400, body
+        answer = refused.json()["error"]
+        assert "not valid JSON" not in answer["message"], body
+        assert words in str(answer), answer
+        if key is not None:
+            assert key.strip("`") in str(answer.get("details")), answer
+    assert (await client.get(url, headers=headers)).json() == []
+
+
 async def test_untitled_conversations_are_named_after_their_first_message(
     client: AsyncTestClient[Litestar], pool: asyncpg.Pool
 ) -> None:
