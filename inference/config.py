@@ -35,8 +35,10 @@ class LlamaCppOptions:
     nice: int = 10  # the decode threads' niceness (Linux): requests are served first
     # The step time to aim for while streams generate: prompt tokens of waiting requests
     # fill what the decodes leave of it (`engines.llamacpp.step_budget`, fitted to this
-    # machine's own step times). 0: a fixed prefill_chunk per step instead.
-    itl_target_ms: int = 150
+    # machine's own step times). 0: a fixed prefill_chunk per step instead. 100 ms: of
+    # the targets measured (docs/benchmarks.md, "Decode speed: the step-time budget"),
+    # the one with the shortest tails that kept first tokens as quick as the fixed chunk.
+    itl_target_ms: int = 100
     prefill_chunk: int = 128  # prompt tokens per step before the step times are known
     host_cache_bytes: int = 512 << 20  # KV saved in host RAM for conversations evicted
     repack: str = "auto"  # "auto", "on" or "off" (inference.engines.llamacpp.repack)

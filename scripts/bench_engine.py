@@ -83,6 +83,7 @@ class Options:
     server_args: tuple[str, ...]
     repack: str = "auto"  # the engine's weight repacking (COMPANION_CHAT_REPACK)
     kv_layout: str = "unified"  # the engine's KV layout (COMPANION_CHAT_KV_LAYOUT)
+    itl_target_ms: int = 100  # the engine's step-time target (COMPANION_CHAT_ITL_TARGET_MS)
 
 
 _request_ids = itertools.count()
@@ -129,6 +130,7 @@ class EngineBackend:
             n_threads=self._options.threads,
             repack=self._options.repack,
             kv_layout=self._options.kv_layout,
+            itl_target_ms=self._options.itl_target_ms,
         )
         self._engine = LlamaCppEngine(config)
         await self._engine.start()
@@ -385,6 +387,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--kv-layout", default="unified", choices=("unified", "per_slot"), help="engine KV layout"
     )
+    p.add_argument(
+        "--itl-target-ms",
+        type=int,
+        default=100,
+        help="engine step-time target while streams generate (0: the fixed prefill chunk)",
+    )
     p.add_argument("--json", type=Path, help="write results here")
     p.add_argument("--png", type=Path, help="draw the plot here")
     p.add_argument("--label", help="name of this run (JSON, plot title)")
@@ -541,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_args=tuple(args.server_arg),
         repack=args.repack,
         kv_layout=args.kv_layout,
+        itl_target_ms=args.itl_target_ms,
     )
     sizes = token_counts(options.model)
     print(f"model {options.model.name}: {sizes}", file=sys.stderr)

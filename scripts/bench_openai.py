@@ -205,7 +205,8 @@ async def open_target(
 ) -> tuple[httpx.AsyncClient, str]:
     """A client for ``target`` (closed with ``stack``), its chat model, warm-up done."""
     headers = {"Authorization": f"Bearer {target.key}"} if target.key else {}
-    connections = max(args.conversations, *(int(s.value) for s in args.loads if s.kind == "fixed"))
+    fixed = [int(s.value) for s in args.loads if s.kind == "fixed"]
+    connections = max([args.conversations, *fixed])
     limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections)
     timeout = httpx.Timeout(args.request_timeout, connect=10)
     client = await stack.enter_async_context(

@@ -2,12 +2,13 @@
 
 Every step decodes the next token of each generating stream, and prompt tokens of
 requests still being prefilled ride along (`batch.build_batch`). Those prompt tokens
-are what stretches a step: on a two-core CPU one costs a couple of milliseconds, so a
-fixed 128-token chunk turned a 60 ms decode step into a 400-500 ms gap in every other
-user's stream. Here the chunk is what fits a target step time instead
-(``COMPANION_CHAT_ITL_TARGET_MS``): decodes first, and prefill fills the rest (the
-idea of Sarathi-Serve's stall-free batching, and of vLLM's ``max_num_batched_tokens``,
-except that the budget is time, not tokens, so one setting fits any CPU and model).
+are what stretches a step: on a two-core CPU one riding in a decode step costs ~6 ms
+(docs/benchmarks.md, "Decode speed: the step-time budget"), so a fixed 128-token chunk
+turned a 75 ms decode step into a ~530 ms gap in every other user's stream. Here the
+chunk is what fits a target step time instead (``COMPANION_CHAT_ITL_TARGET_MS``):
+decodes first, and prefill fills the rest (the idea of Sarathi-Serve's stall-free
+batching, and of vLLM's ``max_num_batched_tokens``, except that the budget is time, not
+tokens, so one setting fits any CPU and model).
 
 The time a step takes is learnt from the engine's own steps, as
 
@@ -20,8 +21,11 @@ seen steps of both kinds the configured fixed chunk is used.
 
 A floor of `MIN_PROMPT_TOKENS` a step holds whatever the estimate: when the decodes
 alone already take longer than the target (many streams on a slow CPU), prompts still
-advance, or a waiting user would never get a first token. With nothing generating the
-whole ``n_batch`` goes to prompts, as before: there is no stream to keep smooth.
+advance, or a waiting user would never get a first token. 16, measured against 8 and 4
+at 8 streams on two cores: a lower floor shortens the slowest gaps further (ITL p99 172
+-> 105 ms at 4) but triples the later turns' TTFT p90; first tokens matter more. With
+nothing generating the whole ``n_batch`` goes to prompts, as before: there is no stream
+to keep smooth.
 """
 
 from __future__ import annotations
