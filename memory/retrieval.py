@@ -10,7 +10,7 @@
    the terms' inverse document frequency over the user's own memories).
 3. A convex combination of the normalised cosine similarity and text score
    (it replaced reciprocal rank fusion; `memory.ranking` says why); then a
-   second hop: the query vector moves towards the best three, and the
+   second hop: the query vector moves towards the best two, and the
    candidates (their vectors came with them) are scored again, in memory;
    then importance and recency.
 4. The best ``k`` that fit the token budget (the store counts their access).

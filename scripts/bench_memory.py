@@ -17,6 +17,15 @@ cover, averaged over questions. k counts memories (an episode holds a few
 turns). Also reported: tokens@10 (mean estimated tokens of the ten retrieved
 memories together) and retrieval latency (embedding included).
 
+``--ceiling 20,30,50`` also reports, per category, the best recall@10 that
+any choice of ten memories among the top N of ``retrieve(k=max N)`` could
+reach (up to N = 50 that is the ranking of the usual 100 candidates per
+list; a deeper one fetches 2N): how much a better ordering of today's
+candidates could still give, as against finding new ones. It is a greedy
+cover of the evidence turns, exact for a question with at most ten evidence
+turns (each pick adds at least one turn until all that the top N hold are
+covered); the dev set has at most nine.
+
 Examples (from the repository root)::
 
     .venv/bin/python scripts/bench_memory.py --locomo ../shared/data/locomo/locomo-dev.json
@@ -71,6 +80,7 @@ class Question:
 class Result:
     category: int
     covered: dict[int, float]  # k -> recall
+    ceiling: dict[int, float]  # N -> best recall of ten memories among the top N
     tokens10: int
     latency_s: float
 
@@ -200,8 +210,14 @@ async def evaluate(
     questions: Sequence[Question],
     ks: Sequence[int],
     report: Report,
+    ceilings: Sequence[int] = (),
 ) -> None:
-    """Ask every question; record recall at each k from one top-max(k) retrieval."""
+    """Ask every question; record recall at each k from one top-max(k) retrieval.
+
+    The ceilings come from a second, deeper retrieval, untimed: `retrieve`
+    fetches max(100, 2k) candidates per list, so a deeper one may rank its
+    first k differently, and must not change the recall figures.
+    """
     for question in questions:
         started = time.perf_counter()
         found = await store.retrieve(user_id, question.text, k=max(ks), token_budget=_NO_BUDGET)
@@ -210,8 +226,28 @@ async def evaluate(
         for k in ks:
             turns = {i for memory in found[:k] for i in memory.source_message_ids}
             covered[k] = len(turns & question.evidence) / len(question.evidence)
+        ceiling = {}
+        if ceilings:
+            deep = await store.retrieve(
+                user_id, question.text, k=max(ceilings), token_budget=_NO_BUDGET
+            )
+            sources = [set(m.source_message_ids) for m in deep]
+            ceiling = {n: best_cover(sources[:n], question.evidence, 10) for n in ceilings}
         tokens = sum(estimate_tokens(m.content) for m in found[:10])
-        report.results.append(Result(question.category, covered, tokens, latency))
+        report.results.append(Result(question.category, covered, ceiling, tokens, latency))
+
+
+def best_cover(sources: Sequence[set[int]], evidence: set[int], k: int) -> float:
+    """Recall of the ``k`` memories among ``sources`` that cover most evidence (greedy)."""
+    covered: set[int] = set()
+    left = list(sources)
+    for _ in range(k):
+        best = max(left, key=lambda turns: len((turns & evidence) - covered), default=None)
+        if best is None or not (best & evidence) - covered:
+            break
+        covered |= best & evidence
+        left.remove(best)
+    return len(covered) / len(evidence)
 
 
 def questions_of(sample: dict[str, Any], dia_map: dict[str, int], report: Report) -> list[Question]:
@@ -233,17 +269,20 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def summarize(report: Report, ks: Sequence[int]) -> dict[str, Any]:
+def summarize(report: Report, ks: Sequence[int], ceilings: Sequence[int] = ()) -> dict[str, Any]:
     results = report.results
     by_category: dict[int, list[Result]] = defaultdict(list)
     for result in results:
         by_category[result.category].append(result)
     summary: dict[str, Any] = {f"recall@{k}": _mean(r.covered[k] for r in results) for k in ks}
+    for n in ceilings:
+        summary[f"best10_of_top{n}"] = _mean(r.ceiling[n] for r in results)
     summary["tokens@10"] = _mean(r.tokens10 for r in results)
     summary["per_category"] = {
         CATEGORIES[c]: {
             "questions": len(rs),
             **{f"recall@{k}": _mean(r.covered[k] for r in rs) for k in ks},
+            **{f"best10_of_top{n}": _mean(r.ceiling[n] for r in rs) for n in ceilings},
         }
         for c, rs in sorted(by_category.items())
     }
@@ -259,13 +298,15 @@ def _mean(values: Any) -> float:
     return statistics.fmean(items) if items else 0.0
 
 
-def print_table(summary: dict[str, Any], ks: Sequence[int]) -> None:
+def print_table(summary: dict[str, Any], ks: Sequence[int], ceilings: Sequence[int] = ()) -> None:
     header = f"{'category':<12} {'questions':>9} " + " ".join(f"{'R@' + str(k):>6}" for k in ks)
+    header += "".join(f" {'best10/' + str(n):>10}" for n in ceilings)
     print(header)
     print("-" * len(header))
     rows = [*summary["per_category"].items(), ("all", summary)]
     for name, row in rows:
         cells = " ".join(f"{row[f'recall@{k}']:>6.3f}" for k in ks)
+        cells += "".join(f" {row[f'best10_of_top{n}']:>10.3f}" for n in ceilings)
         print(f"{name:<12} {row['questions']:>9} {cells}")
     latency = summary["latency_ms"]
     print(
@@ -296,11 +337,12 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
                 store, pool, sample, args.episode_tokens, not args.no_context
             )
             memories += count
-            await evaluate(store, user_id, questions_of(sample, dia_map, report), args.k, report)
+            questions = questions_of(sample, dia_map, report)
+            await evaluate(store, user_id, questions, args.k, report, args.ceiling)
     finally:
         await pool.close()
         embedder.close()
-    return {**summarize(report, args.k), "memories": memories}
+    return {**summarize(report, args.k, args.ceiling), "memories": memories}
 
 
 def main() -> None:
@@ -322,9 +364,15 @@ def main() -> None:
         default=RankingConfig().feedback_top,
         help="memories the second hop moves the query towards (0: one hop)",
     )
+    parser.add_argument(
+        "--ceiling",
+        default="",
+        help="comma-separated N: also the best recall of ten memories among the top N",
+    )
     parser.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     args = parser.parse_args()
     args.k = sorted({int(k) for k in args.k.split(",")})
+    args.ceiling = sorted({int(n) for n in args.ceiling.split(",") if n.strip()})
     if args.database_url:
         summary = asyncio.run(run(args, args.database_url))
     else:
@@ -334,7 +382,7 @@ def main() -> None:
                 summary = asyncio.run(run(args, server.start()))
             finally:
                 server.stop()
-    print_table(summary, args.k)
+    print_table(summary, args.k, args.ceiling)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -88,3 +88,28 @@ def test_the_moved_query_is_a_unit_vector_and_none_moves_nothing() -> None:
     moved = feedback_query(query, [_unit(3, 2, 1), _unit(0, 1, 0)])
     assert np.linalg.norm(moved) == pytest.approx(1.0, abs=1e-6)
     assert feedback_query(query, []) is query
+
+
+def test_the_second_hop_moves_towards_the_best_two_by_default() -> None:
+    # 1 and 2 answer the query; 1 leans towards topic x. 3 is a weaker match
+    # that leans towards topic z. 4 is about x, 5 about z; both are equally far
+    # from the query, so the first hop ranks 5 (newer) first. Moving towards the
+    # best two finds x; a third memory in the feedback would pull towards z.
+    query = _unit(1, 0, 0, 0)
+    vectors = {
+        1: _unit(0.95, 0.3, 0, 0),
+        2: _unit(0.95, 0, 0, 0.3),
+        3: _unit(0.72, 0, 0.69, 0),
+        4: _unit(0.3, 0.95, 0, 0),
+        5: _unit(0.3, 0, 0.95, 0),
+    }
+    first = combine([(i, 1.0 - float(v @ query)) for i, v in vectors.items()], [], 0.5)
+    assert first[4] == first[5]
+    ids = list(vectors)
+    matrix = np.stack([vectors[i] for i in ids])
+
+    second = second_hop(query, ids, matrix, first, [], RankingConfig(), limit=5)
+    three = second_hop(query, ids, matrix, first, [], RankingConfig(feedback_top=3), limit=5)
+
+    assert second[4] > second[5]
+    assert three[5] > three[4]  # what the default avoids
