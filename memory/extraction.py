@@ -9,7 +9,8 @@ One extraction of a window of turns:
    `FACTS_SCHEMA`: facts, each with an importance and optionally the reference
    of the listed fact it replaces (a changed fact: moved city, new job).
 3. The answer is parsed and validated here. Unusable answers (engine error,
-   empty, invalid JSON, wrong shape, nothing grounded in the turns) give a
+   empty, invalid JSON, wrong shape, nothing grounded in the turns: a fact
+   must share a content word with the turns and name the user, `is_about_user`) give a
    result with status ``unusable`` and the reason, logged; the episode stays.
 4. Each fact is decided against the user's most similar live fact (cosine of
    MiniLM embeddings, exact scan of the user's semantic memories):
@@ -186,7 +187,7 @@ class Extractor:
             return _unusable(user_id, episode_ids, str(exc))
         if not facts:
             return ExtractionResult(status="empty", episode_ids=episode_ids)
-        grounded = [f for f in facts if is_grounded(f.content, text)]
+        grounded = [f for f in facts if is_grounded(f.content, text) and is_about_user(f.content)]
         dropped = [f.content for f in facts if f not in grounded]
         if not grounded:
             return _unusable(user_id, episode_ids, "no fact grounded in the turns", dropped)
@@ -258,6 +259,10 @@ class Extractor:
             memory_id = await self._store.supersede(
                 user_id, target.id, fact.content, importance, sources, vector
             )
+            # A later fact of the same answer naming it again (the small model does) is
+            # decided by similarity: the stored fact it names is no longer current.
+            for ref in [ref for ref, stored in refs.items() if stored.id == target.id]:
+                del refs[ref]
         return Decision(
             action=action,
             content=fact.content,
@@ -340,6 +345,17 @@ def content_words(text: str) -> set[str]:
 def is_grounded(fact: str, turns_text: str) -> bool:
     """Whether the fact shares a content word with the turns (a cheap hallucination guard)."""
     return bool(content_words(fact) & content_words(turns_text))
+
+
+_USER = re.compile(r"\buser\b", re.IGNORECASE)
+
+
+def is_about_user(fact: str) -> bool:
+    """Whether the fact is a statement about the user: it names them ("The user ...",
+    "... the user's sister"), as the prompt asks every fact to. What the 135M model
+    writes instead is titles, copied sentences and loops (docs/memory.md,
+    "Extraction, measured"): none of it names the user."""
+    return bool(_USER.search(fact))
 
 
 def _unusable(

@@ -5,7 +5,11 @@ pinned: loaded at start, never unloaded, handed to the companion chat turn; so
 is the small model for small talk (``COMPANION_CHAT_SMALL_MODEL``), and the
 content judge's model when it has one of its own (``COMPANION_CONTENT_JUDGE``
 naming a catalog model of role ``chat`` or ``guard``: a judge unloaded to make
-room would reload inside a chat turn, far past its deadline). Every
+room would reload inside a chat turn, far past its deadline), and the memory jobs' model
+when it is not the chat model (``COMPANION_MEMORY_MODEL`` naming a catalog model of
+role ``chat``, where this process runs the memory worker: the packaged 135M model
+extracts no usable facts, docs/memory.md "Extraction, measured"; pinned so that a job
+never waits for a reload, and so that a model that cannot run stops the start). Every
 engine this process runs is opened by the manager (`inference.opener`), the pinned ones
 too; this module only says which models there are and how each is configured.
 Every chat model of the catalog (`models.catalog`) whose weights are on disk
@@ -59,6 +63,7 @@ async def open_models(
         settings = dataclasses.replace(settings, chat_engine=chosen)
     options = model_options(settings, _catalog(settings))
     _require_judge_model(settings, options)
+    _require_memory_model(settings, options)
     opener = EngineLauncher(redis, settings.response_cache_ttl_s)
     manager = ModelManager(options, memory_budget(settings), opener)
     stack.push_async_callback(manager.close)
@@ -96,6 +101,26 @@ def _require_judge_model(settings: Settings, options: list[ModelOption]) -> None
         )
 
 
+def memory_model_id(settings: Settings) -> str | None:
+    """The catalog model the memory jobs ask, when not the default chat model; None also
+    where this process runs no memory worker (it never asks it)."""
+    model = settings.memory_model
+    if settings.memory_worker != "inprocess" or model in ("chat", settings.chat_engine.model_id):
+        return None
+    return model
+
+
+def _require_memory_model(settings: Settings, options: list[ModelOption]) -> None:
+    """Refuse to start without the memory model the operator named: the jobs falling
+    back to the chat model would write the facts it was named to avoid."""
+    model = memory_model_id(settings)
+    if model is not None and model not in (option.model_id for option in options):
+        raise UnknownModel(
+            f"COMPANION_MEMORY_MODEL={model}: no catalog model of role chat with that id"
+            " can run here (unknown, weights not on disk, or backend not installed)"
+        )
+
+
 def memory_budget(settings: Settings) -> int:
     """``COMPANION_MODEL_MEMORY_MB``, or half of this machine's memory when it is 0."""
     if settings.model_memory_mb:
@@ -105,20 +130,21 @@ def memory_budget(settings: Settings) -> int:
 
 def model_options(settings: Settings, catalog: Catalog | None) -> list[ModelOption]:
     """The pinned default model, then every catalog chat model that can be loaded (the
-    judge's own model among them, pinned)."""
+    judge's and the memory jobs' own models among them, pinned)."""
     pinned = [settings.chat_engine]
     small = small_model(settings)
     if small is not None and small.model_id != settings.chat_engine.model_id:
         pinned.append(small)
     options = [ModelOption(c.model_id, c, estimate_memory(c), pinned=True) for c in pinned]
-    judge = judge_model_id(settings)
+    judge, memory = judge_model_id(settings), memory_model_id(settings)
     for spec in catalog.list() if catalog else []:
         served = spec.role == "chat" or (spec.id == judge and spec.role == "guard")
         if not served or spec.id in (c.model_id for c in pinned):
             continue
         config = catalog_config(settings, catalog, spec) if catalog else None
         if config is not None:
-            options.append(ModelOption(spec.id, config, _memory(spec, config), spec.id == judge))
+            pinned_here = spec.id in (judge, memory)
+            options.append(ModelOption(spec.id, config, _memory(spec, config), pinned_here))
     return options
 
 

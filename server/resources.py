@@ -7,7 +7,8 @@ event loop; the manager opens each engine with a task that publishes its stats
 as metrics every second, behind the response cache: `inference.opener`; which
 models there are is `server.models_setup`), then the embedding model, then (where there
 are GPUs) a task sampling NVML every five seconds, then the memory job queue
-(and, unless ``COMPANION_MEMORY_WORKER=off``, a worker in this process) and
+(and, unless ``COMPANION_MEMORY_WORKER=off``, a worker in this process, asking the
+model ``COMPANION_MEMORY_MODEL`` names) and
 the chat turn service, whose content classifier asks the judge that
 ``COMPANION_CONTENT_JUDGE`` names about unsure messages. Shutdown closes them
 in reverse order. A failure part-way closes what was opened.
@@ -50,7 +51,7 @@ from memory.session import SessionConfig, SessionStore
 from server.concurrency import UserLeases
 from server.health import Probe
 from server.memory_jobs import MemoryJobs, start_memory_jobs
-from server.models_setup import judge_model_id, open_models, small_model
+from server.models_setup import judge_model_id, memory_model_id, open_models, small_model
 from server.personas import Persona, load_personas
 from server.ratelimit import Limits, RateLimiter, default_rate_limit_metrics
 from server.settings import Settings
@@ -123,7 +124,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 stack,
                 redis_url,
                 pool,
-                engine,
+                memory_engine(settings, models, engine),
                 embedder,
                 run_worker=settings.memory_worker == "inprocess",
                 extract_every=settings.memory_extract_every,
@@ -259,6 +260,14 @@ def content_judge(
     if judging is None:
         return None
     return EngineJudge(judging, deadline_s=settings.content_judge_deadline_s)
+
+
+def memory_engine(settings: Settings, models: ModelManager | None, engine: Engine) -> Engine:
+    """The engine the memory jobs ask (``COMPANION_MEMORY_MODEL``): the default chat
+    ``engine``, or the memory model's own (pinned, so loaded by now)."""
+    own = memory_model_id(settings)
+    found = models.loaded_engine(own) if own is not None and models else None
+    return found if found is not None else engine
 
 
 def _small_engine(settings: Settings, models: ModelManager | None) -> Engine | None:

@@ -101,6 +101,7 @@ class Settings:
     memory_worker: str
     memory_extract_every: int
     memory_job_concurrency: int
+    memory_model: str  # "chat" (the default chat model) or a catalog model id
     session_ttl_s: int
     buffer_size: int
     content_judge: str  # "off", "chat" (the default chat model) or a catalog model id
@@ -172,6 +173,7 @@ class Settings:
             "embedder": self.embedder,
             "embedder_runtime": f"{self.embedder_runtime}, {self.embedder_threads} threads",
             "memory_worker": self.memory_worker,
+            "memory_model": self.memory_model,
             "session_ttl_s": str(self.session_ttl_s),
             "buffer_size": str(self.buffer_size),
             "chat_engine": self.chat_engine.backend,

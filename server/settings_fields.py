@@ -254,6 +254,9 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("memory_extract_every", "COMPANION_MEMORY_EXTRACT_EVERY", parse.integer(1, 100), 1),
     Field("memory_job_concurrency", "COMPANION_MEMORY_JOB_CONCURRENCY", parse.integer(1, 64), 2),
+    # The model the memory jobs ask (extraction, summaries, profile, consolidation):
+    # "chat" or a catalog model id (docs/memory.md, "Extraction, measured")
+    Field("memory_model", "COMPANION_MEMORY_MODEL", parse.chat_or_model, "chat"),
     Field(
         "session_ttl_s",
         "COMPANION_SESSION_TTL",

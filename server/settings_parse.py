@@ -249,6 +249,13 @@ def judge(raw: object) -> str:
     return keyword if keyword in ("off", "chat") else text
 
 
+def chat_or_model(raw: object) -> str:
+    """``chat`` (the default chat model) or a catalog model's id, which is checked
+    against the catalog when the models open (`server.models_setup`)."""
+    text = string(raw)
+    return "chat" if text.lower() in ("", "chat") else text
+
+
 def optional_file(raw: object) -> Path | None:
     """An existing model file, made absolute; None when empty."""
     text = string(raw)
