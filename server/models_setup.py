@@ -93,12 +93,7 @@ def judge_model_id(settings: Settings) -> str | None:
 def _require_judge_model(settings: Settings, options: list[ModelOption]) -> None:
     """Refuse to start without the judge the operator named: a safety layer that is
     silently missing is worse than a service that says why it did not start."""
-    judge = judge_model_id(settings)
-    if judge is not None and judge not in (option.model_id for option in options):
-        raise UnknownModel(
-            f"COMPANION_CONTENT_JUDGE={judge}: no catalog model of role chat or guard"
-            " with that id can run here (unknown, weights not on disk, or backend not installed)"
-        )
+    _require("COMPANION_CONTENT_JUDGE", judge_model_id(settings), "chat or guard", options)
 
 
 def memory_model_id(settings: Settings) -> str | None:
@@ -113,11 +108,15 @@ def memory_model_id(settings: Settings) -> str | None:
 def _require_memory_model(settings: Settings, options: list[ModelOption]) -> None:
     """Refuse to start without the memory model the operator named: the jobs falling
     back to the chat model would write the facts it was named to avoid."""
-    model = memory_model_id(settings)
+    _require("COMPANION_MEMORY_MODEL", memory_model_id(settings), "chat", options)
+
+
+def _require(setting: str, model: str | None, roles: str, options: list[ModelOption]) -> None:
+    """UnknownModel when ``model`` (named by ``setting``) is not among ``options``."""
     if model is not None and model not in (option.model_id for option in options):
         raise UnknownModel(
-            f"COMPANION_MEMORY_MODEL={model}: no catalog model of role chat with that id"
-            " can run here (unknown, weights not on disk, or backend not installed)"
+            f"{setting}={model}: no catalog model of role {roles} with that id can run"
+            " here (unknown, weights not on disk, or backend not installed)"
         )
 
 
