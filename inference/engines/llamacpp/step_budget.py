@@ -82,7 +82,7 @@ class StepBudget:
         px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
         denom = FORGET + sum(x[i] * px[i] for i in range(3))
         gain = [v / denom for v in px]
-        error = seconds - sum(self.theta[i] * x[i] for i in range(3))
+        error = seconds - self.estimate_s(decodes, prompt_tokens)
         self.theta = [self.theta[i] + gain[i] * error for i in range(3)]
         cov = [[(p[i][j] - gain[i] * px[j]) / FORGET for j in range(3)] for i in range(3)]
         trace = cov[0][0] + cov[1][1] + cov[2][2]
