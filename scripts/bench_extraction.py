@@ -67,6 +67,7 @@ from typing import Any, cast
 
 import asyncpg
 import numpy as np
+from bench_memory import create_user
 
 from inference.embedder import SentenceEmbedder
 from inference.engine import Engine
@@ -249,16 +250,6 @@ async def run_session(
     return run
 
 
-async def new_conversation(pool: asyncpg.Pool, name: str) -> tuple[uuid.UUID, uuid.UUID]:
-    user_id = await pool.fetchval(
-        "INSERT INTO users (username) VALUES ($1) RETURNING id", f"{name}-{uuid.uuid4().hex[:8]}"
-    )
-    conversation_id = await pool.fetchval(
-        "INSERT INTO conversations (user_id, title) VALUES ($1, $2) RETURNING id", user_id, name
-    )
-    return user_id, conversation_id
-
-
 def open_engine(model: Path | None, threads: int) -> tuple[LlamaCppEngine, str]:
     """The llama.cpp engine on ``model`` (default: the packaged chat model)."""
     path = model or packaged_path("chat")
@@ -291,7 +282,7 @@ async def extract_all(args: argparse.Namespace, url: str, chosen: list[Session])
     try:
         for session in chosen:
             if session.conversation not in users:
-                users[session.conversation] = await new_conversation(
+                users[session.conversation] = await create_user(
                     pool, f"locomo-{session.conversation}"
                 )
             run = await run_session(ctx, metered, users[session.conversation], session)

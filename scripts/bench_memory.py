@@ -132,7 +132,10 @@ def evidence_ids(entries: Any, dia_to_message: dict[str, int]) -> set[int]:
     return ids
 
 
-async def create_user(conn: asyncpg.Connection, name: str) -> tuple[uuid.UUID, uuid.UUID]:
+async def create_user(
+    conn: asyncpg.Connection | asyncpg.Pool, name: str
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A user and a conversation of theirs, named ``name`` (a suffix keeps names unique)."""
     user_id = await conn.fetchval(
         "INSERT INTO users (username) VALUES ($1) RETURNING id", f"{name}-{uuid.uuid4().hex[:8]}"
     )
