@@ -25,6 +25,11 @@ from typing import Any
 # 1,500-token budget), the summary and recent history, and the reply. A slot smaller than
 # this would squeeze the history out of every prompt; "auto" then keeps the unified pool.
 PER_SLOT_MIN_CELLS = 4096
+# COMPANION_CHAT_CTX=0 (the default) sizes the KV cache for the model (`auto_kv_cells`):
+# PER_SLOT_MIN_CELLS for every slot when their KV takes at most 1/KV_MEMORY_SHARE of this
+# machine's memory, else AUTO_UNIFIED_CELLS in one pool (also vLLM's longest sequence).
+AUTO_UNIFIED_CELLS = 8192
+KV_MEMORY_SHARE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,22 @@ class LlamaCppOptions:
     def per_slot(self, n_ctx: int, n_slots: int) -> bool:
         """Whether ``n_ctx`` cells over ``n_slots`` sequences are laid out per slot."""
         return per_slot_layout(self.kv_layout, n_ctx, n_slots)
+
+
+def auto_kv_cells(n_slots: int, kv_bytes_per_token: int, memory_bytes: int) -> int:
+    """The KV cells of ``COMPANION_CHAT_CTX=0`` for a llama.cpp model whose cache takes
+    ``kv_bytes_per_token`` a cell, on a machine with ``memory_bytes``.
+
+    Cells of their own for every slot (the per-slot layout: a decoded token attends over
+    its own conversation only, whatever the other slots hold; docs/inference.md "KV
+    layout"), as long as that stays within an eighth of the machine: 16 slots of the
+    packaged 135M model take 1.5 GB (23 KB a cell), of a 1B model ~2 GB. A larger model
+    gets one pool of AUTO_UNIFIED_CELLS instead (an 8B model: 1 GB rather than 8).
+    """
+    per_slot = n_slots * PER_SLOT_MIN_CELLS
+    if per_slot * kv_bytes_per_token <= memory_bytes // KV_MEMORY_SHARE:
+        return per_slot
+    return AUTO_UNIFIED_CELLS
 
 
 def per_slot_layout(kv_layout: str, n_ctx: int, n_slots: int) -> bool:
@@ -103,14 +124,16 @@ class ChatEngineConfig:
     (``model_path`` a Hugging Face directory or a GGUF to convert); "none" runs no engine (the API
     then answers chat requests with 503); "remote" forwards to OpenAI-compatible
     upstream replicas (``remote.base_urls``). ``n_ctx`` KV cells are shared by
-    ``n_slots`` sequences: running requests plus conversations kept for reuse.
+    ``n_slots`` sequences: running requests plus conversations kept for reuse; 0 sizes
+    them for the model (llama.cpp: `auto_kv_cells`, by the factory; vLLM: the longest
+    sequence is AUTO_UNIFIED_CELLS, its cache ``vllm.kv_cache_mb``).
     """
 
     # "llamacpp", "vllm", "auto" (the faster of the two: inference.engine_choice), "remote", "none"
     backend: str = "llamacpp"
     model_path: Path | None = None
     model_id: str = "smollm2-135m-instruct"
-    n_ctx: int = 8192
+    n_ctx: int = 0  # 0: sized for the model (see above)
     n_slots: int = 16
     max_waiting: int = 256
     # "separate" runs the engine in a process of its own (inference.engines.process),
@@ -123,6 +146,11 @@ class ChatEngineConfig:
     llamacpp: LlamaCppOptions = LlamaCppOptions()
     remote: RemoteOptions = RemoteOptions()
     vllm: VllmOptions = VllmOptions()
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest sequence (prompt and reply) a vLLM engine of this config takes."""
+        return self.n_ctx or AUTO_UNIFIED_CELLS
 
     def deadline_for(self, requested_s: float | None) -> float | None:
         """A request's deadline: the one it set, else ``deadline_s`` (0: none)."""

@@ -8,13 +8,18 @@ along here one by one.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from pathlib import Path
 
-from inference.config import ChatEngineConfig
+from inference.config import AUTO_UNIFIED_CELLS, ChatEngineConfig, auto_kv_cells
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
 from inference.stats import EngineObserver
+from models.gguf import GGUFError, GGUFShape, read_shape
 from models.packaged import packaged_path
+
+log = logging.getLogger(__name__)
 
 
 def create_engine(
@@ -29,13 +34,12 @@ def create_engine(
         return _vllm(config, observer)
     if config.backend != "llamacpp":
         raise EngineUnavailable(f"unknown chat engine backend {config.backend!r}")
+    path = config.model_path or _packaged_chat_model()
+    config = dataclasses.replace(config, model_path=path, n_ctx=kv_cells(config, gguf_shape(path)))
     if config.process == "separate":
         from inference.engines.process import ProcessEngine
 
-        located = dataclasses.replace(
-            config, model_path=config.model_path or _packaged_chat_model()
-        )
-        return ProcessEngine(located, observer)
+        return ProcessEngine(config, observer)
     try:
         from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
     except ImportError as exc:
@@ -43,7 +47,7 @@ def create_engine(
             "llama-cpp-python is not installed (pip install 'companion[cpu]')"
         ) from exc
     llama_config = LlamaCppConfig(
-        model_path=config.model_path or _packaged_chat_model(),
+        model_path=path,
         model_id=config.model_id,
         n_ctx=config.n_ctx,
         n_slots=config.n_slots,
@@ -52,6 +56,32 @@ def create_engine(
         **dataclasses.asdict(config.llamacpp),
     )
     return LlamaCppEngine(llama_config, observer)
+
+
+def kv_cells(config: ChatEngineConfig, shape: GGUFShape | None) -> int:
+    """The KV cells a llama.cpp engine of ``config`` gets for a model of ``shape``:
+    ``COMPANION_CHAT_CTX``, or, when that is 0, `auto_kv_cells` (AUTO_UNIFIED_CELLS
+    when the model's header could not be read)."""
+    if config.n_ctx:
+        return config.n_ctx
+    if shape is None:
+        return AUTO_UNIFIED_CELLS
+    return auto_kv_cells(config.n_slots, shape.kv_bytes_per_token(), machine_memory())
+
+
+def gguf_shape(path: Path) -> GGUFShape | None:
+    """The KV-relevant hyper-parameters of the GGUF at ``path``; None (logged) when its
+    header cannot be read: llama.cpp then says what is wrong with the file when it loads it."""
+    try:
+        return read_shape(path)
+    except (GGUFError, OSError) as exc:
+        log.warning("cannot read the GGUF header", extra={"path": str(path), "error": str(exc)})
+        return None
+
+
+def machine_memory() -> int:
+    """Bytes of memory this machine has."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _packaged_chat_model() -> Path:

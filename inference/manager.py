@@ -15,8 +15,9 @@ unloaded: the companion chat turn and the memory jobs hold their engine.
 
 Memory estimate of a llama.cpp model (`estimate_memory`), unless the catalog
 gives ``memory_mb``: the GGUF file size (the weights are mapped whole) plus
-the KV cache, ``n_ctx x layers x kv_heads x (key_length + value_length) x 2``
-bytes (f16 cells, from the GGUF header), plus the host-RAM KV cache bound
+the KV cache, ``cells x layers x kv_heads x (key_length + value_length) x 2``
+bytes (f16 cells, from the GGUF header; ``cells`` as `inference.factory.kv_cells`
+gives the engine), plus the host-RAM KV cache bound
 (``llamacpp.host_cache_bytes``). llama.cpp's compute buffers (some tens of MB) are not
 counted. Remote models cost nothing here: their memory is the upstream's.
 
@@ -40,8 +41,8 @@ from pathlib import Path
 from inference.config import ChatEngineConfig
 from inference.engine import Engine
 from inference.errors import ModelBusy, NoRoomForModel, UnknownModel
+from inference.factory import gguf_shape, kv_cells
 from inference.types import GenerationRequest, StreamEvent
-from models.gguf import GGUFError, read_shape
 from models.packaged import packaged_path
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,11 @@ def estimate_memory(config: ChatEngineConfig) -> int:
     if path is None:
         return 0
     size = path.stat().st_size
-    try:
-        shape = read_shape(path)
-    except (GGUFError, OSError) as exc:
-        log.warning("cannot read the GGUF header", extra={"path": str(path), "error": str(exc)})
+    shape = gguf_shape(path)
+    if shape is None:
         return size + config.llamacpp.host_cache_bytes
-    n_ctx = min(config.n_ctx, shape.context_length or config.n_ctx)
-    return size + n_ctx * shape.kv_bytes_per_token() + config.llamacpp.host_cache_bytes
+    cells = kv_cells(config, shape)
+    return size + cells * shape.kv_bytes_per_token() + config.llamacpp.host_cache_bytes
 
 
 def _vllm_memory(config: ChatEngineConfig) -> int:

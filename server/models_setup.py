@@ -17,7 +17,8 @@ is loadable on demand within ``COMPANION_MODEL_MEMORY_MB``:
 
 - ``backend = "llamacpp"``: the engine settings of the default model
   (``COMPANION_CHAT_CTX``, slots, threads...), with ``n_ctx`` capped by the
-  spec's ``context_length`` and overridable per model (``n_ctx``, ``n_slots``);
+  spec's ``context_length`` and overridable per model (``n_ctx``, ``n_slots``); an
+  ``n_ctx`` of 0 (the default) is sized for each model by the factory (`kv_cells`);
 - ``backend = "vllm"``: the same, on vLLM (`inference.engines.vllm`); the source is a
   Hugging Face model directory (``path:DIR``) or a GGUF that is converted once; the
   vLLM settings (``COMPANION_VLLM_*``) are the default model's;
@@ -34,14 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from contextlib import AsyncExitStack
 
 from redis.asyncio import Redis
 
-from inference.config import ChatEngineConfig
+from inference.config import AUTO_UNIFIED_CELLS, ChatEngineConfig
 from inference.engine_choice import choose
 from inference.errors import UnknownModel
+from inference.factory import machine_memory
 from inference.manager import ModelManager, ModelOption, estimate_memory
 from inference.opener import EngineLauncher
 from models.catalog import Catalog, CatalogError, ModelSpec, load_catalog
@@ -124,7 +125,7 @@ def memory_budget(settings: Settings) -> int:
     """``COMPANION_MODEL_MEMORY_MB``, or half of this machine's memory when it is 0."""
     if settings.model_memory_mb:
         return settings.model_memory_mb * _MB
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return machine_memory() // 2
 
 
 def model_options(settings: Settings, catalog: Catalog | None) -> list[ModelOption]:
@@ -170,11 +171,13 @@ def catalog_config(
     if backend is None or path is None:
         return None
     n_ctx = _int(extra.get("n_ctx"), base.n_ctx)
+    if n_ctx or backend == "vllm":  # llama.cpp sizes 0 for the model (factory.kv_cells)
+        n_ctx = min(n_ctx or AUTO_UNIFIED_CELLS, spec.context_length or AUTO_UNIFIED_CELLS)
     return dataclasses.replace(
         base,
         backend=backend,
         model_path=path,
-        n_ctx=min(n_ctx, spec.context_length or n_ctx),
+        n_ctx=n_ctx,
         n_slots=_int(extra.get("n_slots"), base.n_slots),
     )
 

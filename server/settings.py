@@ -179,7 +179,8 @@ class Settings:
             "chat_engine": self.chat_engine.backend,
             "chat_model": str(self.chat_engine.model_path or "(packaged default)"),
             "chat_small_model": str(self.chat_small_model or "(none)"),
-            "chat_kv": f"{self.chat_engine.n_ctx} cells, {self.chat_engine.n_slots} slots",
+            "chat_kv": f"{self.chat_engine.n_ctx or 'auto'} cells,"
+            f" {self.chat_engine.n_slots} slots, {self.chat_engine.llamacpp.kv_layout} layout",
             "model_memory_mb": str(self.model_memory_mb or "(half the machine's memory)"),
             "content_judge": f"{self.content_judge}, {self.content_judge_deadline_s:g} s deadline",
         }

@@ -146,7 +146,9 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("chat_model", "COMPANION_CHAT_MODEL", parse.optional_model, ""),
     Field("chat_small_model", "COMPANION_CHAT_SMALL_MODEL", parse.optional_file, ""),
-    _engine_field("chat_ctx", "COMPANION_CHAT_CTX", parse.integer(256, 1 << 20), "n_ctx"),
+    _engine_field(
+        "chat_ctx", "COMPANION_CHAT_CTX", parse.zero_or(parse.integer(256, 1 << 20)), "n_ctx"
+    ),
     _engine_field("chat_slots", "COMPANION_CHAT_SLOTS", parse.integer(1, 256), "n_slots"),
     _engine_field(
         "chat_threads", "COMPANION_CHAT_THREADS", parse.integer(0, 512), "llamacpp.n_threads"

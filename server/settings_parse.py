@@ -64,6 +64,20 @@ def integer(low: int, high: int) -> Callable[[object], int]:
     return parse
 
 
+def zero_or(inner: Callable[[object], int]) -> Callable[[object], int]:
+    """A parser of 0 ("decide for me") or whatever ``inner`` accepts."""
+
+    def parse(raw: object) -> int:
+        if isinstance(raw, (int, str)) and not isinstance(raw, bool) and str(raw).strip() == "0":
+            return 0
+        try:
+            return inner(raw)
+        except ValueError as exc:
+            raise ValueError(f"expected 0 or {str(exc).removeprefix('expected ')}") from None
+
+    return parse
+
+
 def seconds(raw: object) -> float:
     """A positive number of seconds."""
     try:

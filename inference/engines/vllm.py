@@ -171,7 +171,7 @@ class VllmEngine:
             model=str(self.model_dir),
             served_model_name=[self.model_id],
             dtype=options.dtype,  # type: ignore[arg-type]  # checked by the settings
-            max_model_len=self.config.n_ctx,
+            max_model_len=self.config.max_model_len,
             max_num_seqs=self.config.n_slots,
             enable_prefix_caching=True,
             scheduling_policy="priority",

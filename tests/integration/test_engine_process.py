@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import ChatEngineConfig, LlamaCppOptions
+from inference.config import (
+    AUTO_UNIFIED_CELLS,
+    KV_MEMORY_SHARE,
+    PER_SLOT_MIN_CELLS,
+    ChatEngineConfig,
+    LlamaCppOptions,
+)
 from inference.engines.process import ProcessEngine
 from inference.errors import (
     DeadlineExceeded,
@@ -28,7 +34,7 @@ from inference.errors import (
     EngineUnavailable,
     InvalidRequest,
 )
-from inference.factory import create_engine
+from inference.factory import create_engine, machine_memory
 from inference.types import (
     ChatMessage,
     Finished,
@@ -137,6 +143,37 @@ async def test_the_engine_runs_in_another_process_and_answers_like_inline(
     assert text_of(separate) == text_of(same) and text_of(same)
     finished = separate[-1]
     assert isinstance(finished, Finished) and finished.usage.completion_tokens == 8
+
+
+async def test_by_default_the_packaged_model_gets_cells_of_its_own_for_every_slot(
+    tmp_path: Path,
+) -> None:
+    """The default install's engine (COMPANION_CHAT_CTX=0, 16 slots, the packaged Q4_1
+    model) is sized per slot where the machine has the memory (CI's and a laptop's of
+    16 GiB and more: 1.5 GB of KV), and two users' conversations decode side by side."""
+    from models.packaged import packaged_path
+
+    model = packaged_path("chat")
+    config = ChatEngineConfig(llamacpp=LlamaCppOptions(n_threads=1), state_dir=tmp_path)
+    assert config.n_ctx == 0 and config.n_slots == 16
+    engine = create_engine(config)
+    assert isinstance(engine, ProcessEngine) and engine.config.model_path == model
+    enough = machine_memory() >= 16 * PER_SLOT_MIN_CELLS * 23_040 * KV_MEMORY_SHARE
+    assert engine.config.n_ctx == (16 * PER_SLOT_MIN_CELLS if enough else AUTO_UNIFIED_CELLS)
+    assert engine.config.llamacpp.per_slot(engine.config.n_ctx, 16) == enough
+    await engine.start()
+    try:
+        alice = request("Hello! How was your day?", max_tokens=16)
+        bob = request("Tell me about the sea.", max_tokens=16, user_id="bob")
+        answers = await asyncio.gather(collect(engine, alice), collect(engine, bob))
+        await until(lambda: engine.stats().kv_cells_total > 0, "the child's stats")
+        assert engine.stats().kv_cells_total == engine.config.n_ctx  # what the child built
+    finally:
+        await engine.close()
+    for events in answers:
+        finished = events[-1]
+        assert isinstance(finished, Finished) and finished.usage.completion_tokens == 16
+        assert text_of(events).strip()
 
 
 async def test_errors_cross_the_boundary_as_their_own_kind(make_engine: Factory) -> None:
@@ -250,7 +287,7 @@ _ORPHAN = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from inference.config import ChatEngineConfig
-    from inference.factory import create_engine
+    from inference.factory import create_engine, machine_memory
 
     async def main():
         engine = create_engine(ChatEngineConfig(model_path=Path(sys.argv[1]), n_ctx=512))

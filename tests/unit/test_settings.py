@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import ChatEngineConfig
+from inference.config import (
+    AUTO_UNIFIED_CELLS,
+    PER_SLOT_MIN_CELLS,
+    ChatEngineConfig,
+    auto_kv_cells,
+    per_slot_layout,
+)
 from server.settings import Environment, RateLimit, SettingsError, load_settings, mask_url
 
 GOOD_SECRET = "s" * 32
@@ -277,8 +283,10 @@ def test_the_kv_layout_is_per_slot_only_when_each_slot_holds_a_whole_companion_p
 
     default = engine()
     assert default.llamacpp.kv_layout == "auto"
+    assert default.n_ctx == 0  # sized for the model when the engine is built (below)
     # 8192 cells over 16 slots: 512 each, too few for persona, memories and history
-    assert not default.llamacpp.per_slot(default.n_ctx, default.n_slots)
+    unified = engine(COMPANION_CHAT_CTX="8192")
+    assert not unified.llamacpp.per_slot(unified.n_ctx, unified.n_slots)
     roomy = engine(COMPANION_CHAT_CTX="32768", COMPANION_CHAT_SLOTS="8")
     assert roomy.llamacpp.per_slot(roomy.n_ctx, roomy.n_slots)  # 4096 each
     forced = engine(COMPANION_CHAT_KV_LAYOUT="unified", COMPANION_CHAT_CTX="32768")
@@ -287,3 +295,28 @@ def test_the_kv_layout_is_per_slot_only_when_each_slot_holds_a_whole_companion_p
     assert small.llamacpp.per_slot(small.n_ctx, small.n_slots)
     with pytest.raises(SettingsError, match="COMPANION_CHAT_KV_LAYOUT"):
         engine(COMPANION_CHAT_KV_LAYOUT="paged")
+
+
+def test_chat_ctx_0_sizes_the_kv_cache_for_the_model_and_the_machine(tmp_path: Path) -> None:
+    def ctx(value: str) -> int:
+        env = {"COMPANION_DATA_DIR": str(tmp_path), "COMPANION_CHAT_CTX": value}
+        return load_settings(env).chat_engine.n_ctx
+
+    assert ctx("0") == 0 and ctx("256") == 256
+    with pytest.raises(SettingsError, match=r"COMPANION_CHAT_CTX.*0 or an integer from 256"):
+        ctx("100")
+    with pytest.raises(SettingsError, match="COMPANION_CHAT_CTX"):
+        ctx("auto")
+    gib = 1 << 30
+    smollm2_135m = 23_040  # bytes of K and V a cell: 30 layers x 3 heads x 64 x 2 x 2
+    # 16 slots of 4096 cells (1.5 GB) within an eighth of 24 GiB: cells of its own each
+    assert auto_kv_cells(16, smollm2_135m, 24 * gib) == 16 * PER_SLOT_MIN_CELLS
+    assert per_slot_layout("auto", 16 * PER_SLOT_MIN_CELLS, 16)
+    # not within an eighth of 8 GiB, nor an 8B model's 128 KB a cell within 24 GiB: one pool
+    assert auto_kv_cells(16, smollm2_135m, 8 * gib) == AUTO_UNIFIED_CELLS
+    assert auto_kv_cells(16, 131_072, 24 * gib) == AUTO_UNIFIED_CELLS
+    assert auto_kv_cells(4, 131_072, 24 * gib) == 4 * PER_SLOT_MIN_CELLS  # 2 GiB of 3
+    assert not per_slot_layout("auto", AUTO_UNIFIED_CELLS, 16)
+    # vLLM takes the cells as its longest sequence: 0 is AUTO_UNIFIED_CELLS there
+    assert ChatEngineConfig().max_model_len == AUTO_UNIFIED_CELLS
+    assert ChatEngineConfig(n_ctx=4096).max_model_len == 4096

@@ -164,6 +164,9 @@ class LlamaCppEngine:
         repack = resolve_repack(self.config.repack, path, self.config.state_dir)
         model = LlamaModel(path, shape, repack=repack)
         log.info("llama.cpp CPU backend: %s", load_cpu_backend().describe())
+        cells, slots = self.config.n_ctx, self.config.n_slots
+        layout = f"{cells // slots} per slot" if self.config.per_slot else "one unified pool"
+        log.info("KV cache: %d cells for %d sequences, %s", cells, slots, layout)
         return model
 
     async def close(self) -> None:
