@@ -95,5 +95,10 @@ class AlreadySuperseded(LongTermMemoryError):
     """Only the current version of a fact can be superseded."""
 
 
+class SourcesGone(LongTermMemoryError):
+    """A memory drawn from messages was not stored: one of them is gone (the user
+    edited, regenerated or deleted it while a job was still working on it)."""
+
+
 class EmbeddingFailed(LongTermMemoryError):
     """The embedder raised or returned vectors of the wrong shape."""

@@ -48,14 +48,14 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.episodes import Turn, cut_episodes
-from memory.errors import UnusableAnswer
+from memory.errors import SourcesGone, UnusableAnswer
 from memory.longterm import DIMENSIONS, LongTermMemory
 from memory.model_answers import ask_json, decode_answer
 from memory.protocols import Embedder, JSONGenerator
 
 log = logging.getLogger(__name__)
 
-Status = Literal["applied", "empty", "unusable"]
+Status = Literal["applied", "empty", "unusable", "sources_gone"]
 Action = Literal["add", "update", "noop"]
 
 FACTS_SCHEMA: dict[str, Any] = {
@@ -177,7 +177,25 @@ class Extractor:
         turns: Sequence[Turn],
         occurred_at: datetime | None = None,
     ) -> ExtractionResult:
-        """Store the turns as episodes, then extract and apply facts from them."""
+        """Store the turns as episodes, then extract and apply facts from them.
+
+        Every memory is stored only while the messages it comes from still exist
+        (``require_sources``): a turn the user edits or regenerates while this runs
+        leaves nothing behind (status ``sources_gone``; what was stored before the
+        edit went with the messages, `MessageStore.replace_tail`)."""
+        try:
+            return await self._extract(user_id, conversation_id, turns, occurred_at)
+        except SourcesGone as exc:
+            log.info("extraction dropped: %s", exc, extra={"user_id": str(user_id)})
+            return ExtractionResult(status="sources_gone", reason=str(exc), episode_ids=[])
+
+    async def _extract(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID | None,
+        turns: Sequence[Turn],
+        occurred_at: datetime | None,
+    ) -> ExtractionResult:
         episode_ids = await self._store_episodes(user_id, conversation_id, turns, occurred_at)
         text = "\n".join(f"{t.speaker}: {t.text}" for t in turns)
         known = await self._nearest(user_id, await self._embed(text), self.config.context_facts)
@@ -223,6 +241,7 @@ class Extractor:
                     conversation_id=conversation_id,
                     occurred_at=episode.occurred_at,
                     context=episode.context,  # folded into the vector (memory.longterm)
+                    require_sources=True,
                 )
             ids.append(int(found))
         return ids
@@ -253,11 +272,18 @@ class Extractor:
         memory_id = None
         if action == "add":
             memory_id = await self._store.add(
-                user_id, "semantic", fact.content, importance, sources, conversation_id, vector
+                user_id,
+                "semantic",
+                fact.content,
+                importance,
+                sources,
+                conversation_id,
+                vector,
+                require_sources=True,
             )
         elif action == "update" and target is not None:
             memory_id = await self._store.supersede(
-                user_id, target.id, fact.content, importance, sources, vector
+                user_id, target.id, fact.content, importance, sources, vector, require_sources=True
             )
             # A later fact of the same answer naming it again (the small model does) is
             # decided by similarity: the stored fact it names is no longer current.

@@ -30,7 +30,13 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.access import AccessStats
-from memory.errors import AlreadySuperseded, EmbeddingFailed, InvalidMemory, MemoryNotFound
+from memory.errors import (
+    AlreadySuperseded,
+    EmbeddingFailed,
+    InvalidMemory,
+    MemoryNotFound,
+    SourcesGone,
+)
 from memory.metrics import default_memory_metrics
 from memory.protocols import Embedder
 from memory.retrieval import (
@@ -84,13 +90,27 @@ SELECT {_MEMORY_COLUMNS} FROM memories, websearch_to_tsquery('english', $2) AS q
 WHERE user_id = $1 AND superseded_by IS NULL AND search @@ q.query
 ORDER BY ts_rank_cd(search, q.query) DESC, id DESC LIMIT $3
 """
-# The conversation, when given, must be the user's own.
+# The conversation, when given, must be the user's own. With $9 (``require_sources``)
+# every source message must still exist, and is locked (FOR SHARE) until the insert
+# commits: a concurrent `MessageStore.replace_tail` either removed it first (then
+# nothing is stored) or waits, and then removes this memory with the others drawn
+# from the messages it removes.
 _INSERT_SQL = """
 INSERT INTO memories (user_id, conversation_id, kind, content, embedding, importance,
                       source_message_ids, created_at)
 SELECT $1, $2, $3, $4, $5, $6, $7, coalesce($8, now())
-WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM conversations WHERE id = $2 AND user_id = $1)
+WHERE ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM conversations WHERE id = $2 AND user_id = $1))
+  AND (NOT $9 OR (SELECT count(DISTINCT s) FROM unnest($7::bigint[]) AS s) = (
+      SELECT count(*) FROM (
+          SELECT 1 FROM messages WHERE id = ANY($7::bigint[]) AND user_id = $1 FOR SHARE
+      ) AS kept))
 RETURNING id
+"""
+_SOURCES_GONE_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM unnest($2::bigint[]) AS s
+    WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = s AND user_id = $1)
+)
 """
 # A fact and every older version of it (the versions it superseded, transitively).
 _DELETE_SQL = """
@@ -132,11 +152,15 @@ class LongTermMemory:
         embedding: npt.NDArray[np.float32] | None = None,
         occurred_at: datetime | None = None,
         context: str | None = None,
+        require_sources: bool = False,
     ) -> int:
         """Store a memory and return its id. ``occurred_at`` defaults to now.
 
         ``context`` (what came just before, e.g. the previous episode) is folded
         into the vector when no ``embedding`` is given; it is not stored.
+        ``require_sources``: store it only if every source message still exists, else
+        `SourcesGone` (a job writing what it drew from messages the user may have
+        replaced meanwhile).
         """
         _validate(kind, content, importance)
         if embedding is None and context and context.strip():
@@ -149,6 +173,7 @@ class LongTermMemory:
                 (user_id, conversation_id, kind, content, vector, importance),
                 source_message_ids,
                 occurred_at,
+                require_sources,
             )
 
     async def supersede(
@@ -159,11 +184,13 @@ class LongTermMemory:
         importance: float | None = None,
         source_message_ids: Sequence[int] = (),
         embedding: npt.NDArray[np.float32] | None = None,
+        require_sources: bool = False,
     ) -> int:
         """Store ``content`` as the new version of memory ``old_id``; return the new id.
 
         The new memory keeps the old one's kind and conversation (and importance
         unless given); the old one points at it and leaves retrieval for good.
+        ``require_sources`` as in `add`: with a source gone, nothing changes.
         """
         vector = await self._vector(content, embedding)  # before taking a connection
         async with self._pool.acquire() as conn, conn.transaction():
@@ -180,7 +207,7 @@ class LongTermMemory:
             weight = old["importance"] if importance is None else importance
             _validate(old["kind"], content, weight)
             row = (user_id, old["conversation_id"], old["kind"], content, vector, weight)
-            new_id = await _insert(conn, row, source_message_ids, None)
+            new_id = await _insert(conn, row, source_message_ids, None, require_sources)
             await conn.execute(
                 "UPDATE memories SET superseded_by = $1 WHERE id = $2", new_id, old_id
             )
@@ -301,13 +328,18 @@ async def _insert(
     row: tuple[uuid.UUID, uuid.UUID | None, str, str, npt.NDArray[np.float32], float],
     source_message_ids: Sequence[int],
     occurred_at: datetime | None,
+    require_sources: bool = False,
 ) -> int:
-    """Insert one memory; an unknown or foreign conversation is `MemoryNotFound`."""
+    """Insert one memory; an unknown or foreign conversation is `MemoryNotFound`, a
+    source message gone (with ``require_sources``) `SourcesGone`."""
+    sources = list(source_message_ids)
     try:
-        memory_id = await conn.fetchval(_INSERT_SQL, *row, list(source_message_ids), occurred_at)
+        memory_id = await conn.fetchval(_INSERT_SQL, *row, sources, occurred_at, require_sources)
     except asyncpg.ForeignKeyViolationError as exc:  # the user does not exist
         raise MemoryNotFound(f"no such user {row[0]}") from exc
     if memory_id is None:
+        if require_sources and await conn.fetchval(_SOURCES_GONE_SQL, row[0], sources):
+            raise SourcesGone(f"a source message of {sources} is gone")
         raise MemoryNotFound(f"conversation {row[1]} is not the user's")
     return int(memory_id)
 

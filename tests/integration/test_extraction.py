@@ -167,6 +167,66 @@ async def test_empty_fact_list_is_empty_not_unusable(
     assert await episodes(pool, user) == 1
 
 
+class HeldGenerator:
+    """Answers only once released: the model is still working when the user acts."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def generate_json(self, prompt_messages: object, schema: object, user_id: str) -> str:
+        self.asked.set()
+        await self.release.wait()
+        return self.answer
+
+
+@pytest.mark.parametrize("known", [None, "The user's sister lives in Porto"])
+async def test_a_turn_replaced_while_its_extraction_runs_leaves_no_memory_behind(
+    pool: asyncpg.Pool, store: LongTermMemory, embedder: SentenceEmbedder, known: str | None
+) -> None:
+    """The user edits the message while the model reads it: the episode stored before
+    goes with the message, and the fact the model then finds (new, or a new version of
+    a stored one) is not stored; the stored fact stays current."""
+    user = await new_user(pool)
+    conv = (await ConversationStore(pool).create(user)).id
+    if known is not None:
+        await store.add(user, "semantic", known, 0.7, [])
+    turn = await say(pool, user, conv, "My sister Anna lives in Lisbon now.", "Lovely city!")
+    replaces = 1 if known is not None else None
+    gen = HeldGenerator(
+        json.dumps(
+            {
+                "facts": [
+                    {
+                        "content": "The user's sister Anna lives in Lisbon",
+                        "importance": 0.7,
+                        "replaces": replaces,
+                    }
+                ]
+            }
+        )
+    )
+    job = asyncio.create_task(Extractor(pool, store, embedder, gen).extract(user, conv, turn))
+    await asyncio.wait_for(gen.asked.wait(), 60)
+    assert await episodes(pool, user) == 1  # stored before the model was asked
+    edited = await MessageStore(pool).replace_tail(
+        conv, user, turn[0].message_id, "user", "Never mind my sister. How are you?"
+    )
+    assert set(edited.removed_ids) == {turn[0].message_id, turn[1].message_id}
+    gen.release.set()
+    result = await asyncio.wait_for(job, 60)
+    assert result.status == "sources_gone" and result.decisions == []
+    assert await episodes(pool, user) == 0
+    assert await live_facts(pool, user) == ([known] if known else [])
+    kept = await pool.fetchval(
+        "SELECT count(*) FROM memories WHERE user_id = $1 AND source_message_ids && $2::bigint[]",
+        user,
+        edited.removed_ids,
+    )
+    assert kept == 0
+
+
 async def test_tiny_model_output_is_recorded_without_invented_facts(
     pool: asyncpg.Pool, store: LongTermMemory, embedder: SentenceEmbedder, tiny_gguf: Path
 ) -> None:
