@@ -119,3 +119,23 @@ def test_a_batch_carries_the_decodes_then_the_prompt_tokens_the_budget_gives() -
     assert [len(s.tokens) for s in spans[:8]] == [1] * 8
     assert sum(len(s.tokens) for s in spans[8:]) == allowed == len(items) - 8
     assert spans[8].active is waiting[0] and len(spans) == 9  # first come, first served
+
+
+def test_a_batch_is_in_sequence_order_whatever_order_the_requests_came_in() -> None:
+    """Per slot, llama.cpp takes consecutive sequence ids in batch order into one
+    micro-batch (one pass over the weights): 3, 0, 2, 1 would be three passes."""
+    budget = StepBudget(target_s=0.15, fixed_chunk=128)
+    streams = [_active(50, generating=True, seq=s) for s in (3, 0, 5, 1)]
+    prompt = _active(300, generating=False, seq=2)
+    prompt.n_past = 40  # part of it computed in earlier steps
+    items, spans = build_batch([*streams, prompt], budget, N_BATCH)
+    seqs = [item.seq for item in items]
+    assert seqs == sorted(seqs) and seqs[:2] == [0, 1] and seqs[-2:] == [3, 5]
+    assert [span.active.seq for span in spans] == [0, 1, 2, 3, 5]
+    chunk = spans[2]
+    assert chunk.active is prompt and chunk.start == 2 and not chunk.logits
+    assert [i.pos for i in items[2 : 2 + len(chunk.tokens)]] == list(range(40, 40 + 128))
+    for span in spans:  # each request samples from its own last token, if any
+        assert items[span.logit_index].seq == span.active.seq
+        assert items[span.logit_index].logits == span.logits
+    assert sum(item.logits for item in items) == 4  # the four decodes; the prompt goes on

@@ -131,38 +131,43 @@ class Span:
 def build_batch(
     work: list[Active], budget: StepBudget, n_batch: int
 ) -> tuple[list[BatchItem], list[Span]]:
-    """One step's batch: every generating request's next token, then prompt chunks
-    (as many prompt tokens as ``budget`` gives a step with that many streams)."""
-    items: list[BatchItem] = []
-    spans: list[Span] = []
+    """One step's batch: every generating request's next token and the prompt chunks
+    that ``budget`` gives a step with that many streams, in sequence order.
+
+    The order is for the per-slot KV layout: there llama.cpp cuts a batch into
+    micro-batches of *consecutive* sequence ids taken in batch order (``split_equal``
+    with ``sequential``), each a pass over the weights. Streams 3, 0, 1, 2 in that
+    order are two passes; 0, 1, 2, 3 one. The unified layout takes any order in one.
+    """
+    chosen: list[tuple[Active, list[int], bool]] = []
+    decodes = 0
     for active in work:
         if active.next_token is not None and active.seq is not None:
-            spans.append(Span(active, len(items), [active.next_token], logits=True))
-            items.append(BatchItem(active.next_token, active.n_past, active.seq, True))
+            chosen.append((active, [active.next_token], True))
+            decodes += 1
     # Prompts are computed first come, first served within a per-step budget: on a
     # compute-bound device a token costs about the same alone or batched, so finishing
     # one prompt before starting the next gives earlier first tokens, and the budget
     # keeps the generating streams flowing (`step_budget`). With none generating, use
     # it all. A user's prompt goes before any background job's admitted earlier (the
     # sort is stable: admission order within a priority).
-    left = budget.prompt_tokens(len(items), n_batch)
+    left = budget.prompt_tokens(decodes, n_batch)
     for active in sorted(work, key=lambda a: int(a.request.priority)):
         if not active.prefilling or left <= 0 or active.seq is None:
             continue
         n = min(len(active.prompt) - active.n_past, left)
-        _add_chunk(items, spans, active, n)
+        chunk = active.prompt[active.n_past : active.n_past + n]
+        chosen.append((active, chunk, active.n_past + n == len(active.prompt)))
         left -= n
+    items: list[BatchItem] = []
+    spans: list[Span] = []
+    for active, tokens, logits in sorted(chosen, key=lambda c: c[0].seq or 0):
+        assert active.seq is not None
+        spans.append(Span(active, len(items), tokens, logits))
+        last = len(tokens) - 1
+        for i, token in enumerate(tokens):
+            items.append(BatchItem(token, active.n_past + i, active.seq, logits and i == last))
     return items, spans
-
-
-def _add_chunk(items: list[BatchItem], spans: list[Span], active: Active, n: int) -> None:
-    """Add the next ``n`` prompt tokens of ``active``; logits on the prompt's last one."""
-    assert active.seq is not None
-    chunk = active.prompt[active.n_past : active.n_past + n]
-    last = active.n_past + n == len(active.prompt)
-    spans.append(Span(active, len(items), chunk, logits=last))
-    for i, token in enumerate(chunk):
-        items.append(BatchItem(token, active.n_past + i, active.seq, last and i == n - 1))
 
 
 def threadsafe_sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> Sink:
