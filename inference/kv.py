@@ -259,10 +259,12 @@ class SlotTable:
     ) -> tuple[Slot, int] | None:
         """The slot whose cells this prompt can share the most of: any slot's public
         prefix, or (never across users) the whole computed prefix of the owner's own
-        running sequences."""
+        sequences, running or idle: a user's new conversation that starts like one of
+        their others (the same system prompt on /v1, where nothing is public) copies
+        that prefix instead of computing it again."""
         best: tuple[Slot, int] | None = None
         for slot in self.slots:
-            if slot.busy and slot.owner == owner:
+            if slot.owner == owner:
                 shared = min(common_prefix(slot.tokens, tokens), limit)
             else:
                 shared = min(common_prefix(slot.tokens[: slot.public_len], tokens), public_limit)

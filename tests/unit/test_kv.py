@@ -66,6 +66,21 @@ def test_another_user_gets_only_the_public_prefix() -> None:
     assert plan.slot != 0  # alice's slot is left alone while an empty one exists
 
 
+def test_a_users_new_conversation_copies_the_prefix_of_their_idle_one() -> None:
+    """On /v1 nothing is public; a user's second conversation with the same system
+    prompt still starts from the first one's cells, copied, and leaves it whole.
+    Nobody else gets them."""
+    table = SlotTable(4)
+    system = list(range(500, 560))
+    occupy(table, 0, "alice", [*system, 1, 2, 3, 4, 5, 6, 7, 8, *range(60)])
+    plan = table.plan("alice", [*system, 9, 9], public_len=0)
+    assert plan is not None
+    assert (plan.source, plan.reuse, plan.donor) == ("public", len(system), 0)
+    assert plan.slot != 0  # an empty slot takes it; alice's conversation stays
+    other = table.plan("mallory", [*system, 9, 9], public_len=0)
+    assert other is not None and (other.source, other.reuse) == ("none", 0)
+
+
 def test_private_text_is_never_shared_even_if_marked_public_by_its_reader() -> None:
     table = SlotTable(2)
     occupy(table, 0, "alice", [*PERSONA, 1, 2, 3], public=40)
