@@ -98,6 +98,17 @@ RETURNING id
 
 TITLE_CHARS = 60
 
+# An edit of the first user message renames a conversation still named after it ($3,
+# the automatic title of the old text, to $4); a title the user chose stays.
+_RETITLE = """
+UPDATE conversations SET title = $4
+WHERE id = $1 AND title = $3
+  AND NOT EXISTS (
+      SELECT 1 FROM messages WHERE conversation_id = $1 AND role = 'user' AND id < $2
+  )
+"""
+_CONTENT = "SELECT content FROM messages WHERE id = $1"
+
 
 def title_from(message: str) -> str:
     """A conversation's automatic title: the first line of its first message, whitespace
@@ -292,6 +303,11 @@ class MessageStore:
             if await conn.fetchval(_LAST_USER_MESSAGE, conversation_id) != user_message_id:
                 raise TailMoved(
                     f"message {user_message_id} is not the conversation's last user message"
+                )
+            if role == "user":
+                old = await conn.fetchval(_CONTENT, user_message_id)
+                await conn.execute(
+                    _RETITLE, conversation_id, user_message_id, title_from(old), title_from(content)
                 )
             removed = [
                 row["id"] for row in await conn.fetch(_REMOVE_FROM, conversation_id, first_removed)

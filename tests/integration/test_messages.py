@@ -181,6 +181,32 @@ async def test_an_edit_replaces_the_message_and_its_replies(pool: asyncpg.Pool) 
     assert recent[-1] == edited.message and edited.message.role == "user"
 
 
+async def test_editing_the_first_message_renames_a_conversation_named_after_it(
+    pool: asyncpg.Pool,
+) -> None:
+    user = await new_user(pool)
+    conversations, store = ConversationStore(pool), MessageStore(pool)
+    auto = await conversations.create(user)
+    chosen = await conversations.create(user)
+    for conversation in (auto, chosen):
+        first = await store.append(conversation.id, user, "user", "Planning a trip to Rome")
+        await store.append(conversation.id, user, "assistant", "Lovely!")
+    await conversations.rename(chosen.id, user, "Holidays")
+    assert (await conversations.get(auto.id, user)).title == "Planning a trip to Rome"
+
+    first = (await store.recent(auto.id, 10))[0]
+    await store.replace_tail(auto.id, user, first.id, "user", "Planning a trip to Lisbon")
+    assert (await conversations.get(auto.id, user)).title == "Planning a trip to Lisbon"
+    mine = (await store.recent(chosen.id, 10))[0]
+    await store.replace_tail(chosen.id, user, mine.id, "user", "Planning a trip to Lisbon")
+    assert (await conversations.get(chosen.id, user)).title == "Holidays"
+    # a later message's edit leaves the title as it is
+    await store.append(auto.id, user, "assistant", "Great choice.")
+    later = await store.append(auto.id, user, "user", "Where should we eat?")
+    await store.replace_tail(auto.id, user, later.id, "user", "Planning a trip to Porto")
+    assert (await conversations.get(auto.id, user)).title == "Planning a trip to Lisbon"
+
+
 async def test_only_the_last_exchange_can_be_replaced(pool: asyncpg.Pool) -> None:
     user = await new_user(pool)
     stranger = await new_user(pool)
