@@ -59,6 +59,16 @@ class SessionConfig:
     retry_cap_s: float = 0.05
 
 
+class RouteCounters(msgspec.Struct, frozen=True):
+    """The routing fields of a session (`server.routing` reads and writes them)."""
+
+    route: str | None = None
+    route_lock_remaining: int = 0
+    explicit_attempts: int = 0
+    last_content_label: str | None = None
+    crisis_remaining: int = 0
+
+
 class SessionState(msgspec.Struct, frozen=True):
     """What the chat turn needs to remember about a conversation between messages."""
 
@@ -73,6 +83,23 @@ class SessionState(msgspec.Struct, frozen=True):
     explicit_attempts: int = 0  # explicit requests made without age verification
     last_content_label: str | None = None
     crisis_remaining: int = 0  # messages the crisis route still holds after self-harm
+    # the routing fields before the last message was routed: a regeneration or an edit
+    # routes that message again from here, so asking again spends no window or lock
+    before_last: RouteCounters | None = None
+
+    def route_counters(self) -> RouteCounters:
+        """The routing fields as they are now."""
+        return RouteCounters(
+            self.route,
+            self.route_lock_remaining,
+            self.explicit_attempts,
+            self.last_content_label,
+            self.crisis_remaining,
+        )
+
+    def with_counters(self, counters: RouteCounters) -> SessionState:
+        """This state with ``counters`` as its routing fields."""
+        return msgspec.structs.replace(self, **msgspec.structs.asdict(counters))
 
 
 _MISMATCH = 0  # what the scripts return when the session is another user's

@@ -13,6 +13,8 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 
+import msgspec
+
 from inference.classifiers.content import ContentClassifier, ContentContext, ContentResult
 from inference.classifiers.emotion import EmotionClassifier, EmotionResult
 from inference.types import ChatMessage
@@ -102,7 +104,9 @@ class Gatherer:
         if content.declares_minor and not minor:  # "I'm 15": the same as a date of birth
             await self._accounts.mark_minor(user_id)
             minor = True
-        decision = await clock.timed("route", self._route(conversation_id, user_id, content, minor))
+        again = history_before is not None  # the last message, answered anew
+        routed = self._route(conversation_id, user_id, content, minor, again)
+        decision = await clock.timed("route", routed)
         messages = loaded.history.messages
         return TurnParts(
             session=loaded.session,
@@ -138,13 +142,19 @@ class Gatherer:
         user_id: uuid.UUID,
         content: ContentResult,
         minor: bool,
+        again: bool,
     ) -> RouteDecision:
+        """Route the message and write the session's new counters. ``again`` (a
+        regeneration or an edit of the last message): from the counters as they were
+        before that message, so that answering it anew counts it once."""
         decided: list[RouteDecision] = []
 
         def route(state: SessionState) -> SessionState:
+            before = state.before_last if again and state.before_last else state.route_counters()
             decided.clear()  # the update may be retried: keep the last decision
-            decided.append(decide_route(state, content, minor=minor))
-            return apply_changes(state, decided[0].changes)
+            decided.append(decide_route(state.with_counters(before), content, minor=minor))
+            changed = apply_changes(state, decided[0].changes)
+            return msgspec.structs.replace(changed, before_last=before)
 
         await self._sessions.update(conversation_id, user_id, route)
         return decided[0]

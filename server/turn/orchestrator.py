@@ -153,8 +153,9 @@ class ChatTurnService:
 
         When the message has a reply (or a panel's replies), the new reply replaces it
         once it is complete; a regeneration that fails or is stopped leaves the old one
-        in place. The message is understood and routed again (the session's route
-        counters count it twice), and memories are retrieved anew.
+        in place. The message is understood and routed again, from the session's
+        routing counters as they were before it (so it counts once: asking again spends
+        no crisis window or route lock), and memories are retrieved anew.
         `NothingToAnswer` when the conversation has no user message.
         """
         where = Conversation(user_id, conversation_id)
@@ -177,7 +178,8 @@ class ChatTurnService:
         """The user's last message, changed, and a reply to it: a turn whose message and
         reply replace the old message and whatever answered it.
 
-        The edited message is checked, understood and routed as a new one, and stored
+        The edited message is checked, understood and routed in the old one's place (from
+        the session's routing counters as they were before it), and stored
         (replacing the old exchange) before the reply is generated, as a sent message
         is. `NotLastMessage` when ``message_id`` is not the user's last message.
         """

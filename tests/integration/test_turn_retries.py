@@ -17,6 +17,7 @@ from sse_events import sse_events
 from memory.buffer import ConversationBuffer
 from memory.conversation_log import ConversationLog
 from memory.messages import MessageStore
+from memory.session import SessionStore
 from server.app import create_app
 from server.idempotency import IdempotencyStore
 from server.settings import Settings
@@ -238,3 +239,38 @@ async def test_edit_replaces_the_last_message_and_answers_it_anew(
     log = ConversationLog(MessageStore(pool), ConversationBuffer(shared_redis))
     buffered = await log.history(uuid.UUID(conversation_id), me)
     assert [m.content for m in buffered.messages] == [m["content"] for m in after]
+
+
+async def test_answering_the_last_message_anew_counts_it_once(
+    chat_client: AsyncTestClient[Litestar], shared_redis: Redis
+) -> None:
+    """Regenerating or editing the last message routes it from the session as it was
+    before that message: asking again does not spend the crisis window."""
+    headers = await signed_in(chat_client)
+    conversation_id, url = await new_conversation(chat_client, headers)
+    me = uuid.UUID((await chat_client.get("/api/v1/me", headers=headers)).json()["id"])
+    sessions, cid = SessionStore(shared_redis), uuid.UUID(conversation_id)
+
+    async def remaining() -> int:
+        state = await sessions.get(cid, me)
+        assert state is not None
+        return state.crisis_remaining
+
+    said = await chat_client.post(url, json={"content": "I want to kill myself."}, headers=headers)
+    assert said.json()["meta"]["route"] == "crisis"
+    window = await remaining()
+    after = await chat_client.post(url, json={"content": "Tell me about owls."}, headers=headers)
+    assert after.json()["meta"]["route"] == "crisis"
+    assert await remaining() == window - 1
+    regenerate = f"/api/v1/conversations/{conversation_id}/regenerate"
+    for _ in range(window):
+        again = await chat_client.post(regenerate, headers=headers)
+        assert again.status_code == 200, again.text
+        assert again.json()["meta"]["route"] == "crisis"
+    assert await remaining() == window - 1
+    last = (await chat_client.get(url, headers=headers)).json()[-2]
+    edited = await chat_client.patch(
+        f"{url}/{last['id']}", json={"content": "Tell me about cats."}, headers={**headers, **SSE}
+    )
+    assert sse_events(edited.text)[0][1]["route"] == "crisis"
+    assert await remaining() == window - 1
