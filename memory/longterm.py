@@ -226,7 +226,10 @@ class LongTermMemory:
         if k <= 0 or not query.strip():
             return []
         started = time.perf_counter()
-        wanted = Query(user_id, query, await self._vector(query, None), conversation_id)
+        vector = await self._vector(query, None)
+        if self.config.query_adapter is not None:
+            vector = self.config.query_adapter.apply(vector)
+        wanted = Query(user_id, query, vector, conversation_id)
         limit = max(self.config.candidates, 2 * k)
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
             by_vector, by_text = await find_candidates(conn, self.config, wanted, limit)

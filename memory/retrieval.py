@@ -3,7 +3,8 @@
 `LongTermMemory.retrieve` (in `memory.longterm`) runs it; the steps
 (docs/memory.md has the full design and the LoCoMo numbers):
 
-1. The query is embedded once (by the store).
+1. The query is embedded once (by the store); a learned correction of its
+   vector (`memory.relevance`) applies when configured, off by default.
 2. Two candidate lists of the user's live (not superseded) memories, in one
    read transaction: vector neighbours by cosine distance (``<=>``) and
    full-text matches (``search @@ term`` per query term, ranked BM25-style by
@@ -44,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.ranking import Candidate, RankingConfig, combine, rank, second_hop, within_budget
+from memory.relevance import QueryAdapter
 
 Kind = Literal["episodic", "semantic"]
 
@@ -60,6 +62,8 @@ class RetrievalConfig:
     token_budget: int = 1500
     access_flush_s: float = 1.0  # access statistics are written in batches this often
     ranking: RankingConfig = field(default_factory=RankingConfig)
+    # A learned correction of the query vector (memory.relevance); None: the query as embedded.
+    query_adapter: QueryAdapter | None = None
 
 
 class RetrievedMemory(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,7 +8,9 @@ by the packaged MiniLM through `SentenceEmbedder.embed`), each episode with
 the one before it in its session as context (`LongTermMemory.add`'s
 ``context``). Both speakers' turns belong to that user's memory.
 ``--no-context`` and ``--feedback-top 0`` measure the retrieval without the
-episode context and without the second hop (docs/memory.md, "Second round").
+episode context and without the second hop (docs/memory.md, "Second round");
+``--query-adapter FILE`` retrieves with a learned query adapter (off by
+default; docs/memory.md, "Fourth round").
 
 Then every question of categories 1-4 is asked with `LongTermMemory.retrieve`
 and scored by provenance: recall@k is the share of the question's evidence
@@ -61,6 +63,7 @@ from memory.episodes import DEFAULT_EPISODE_TOKENS, Turn, cut_episodes
 from memory.longterm import LongTermMemory, RetrievalConfig
 from memory.migrate import migrate_url
 from memory.ranking import RankingConfig, estimate_tokens
+from memory.relevance import QueryAdapter
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 # Lenient on purpose: the data has entries like "D8:6; D9:17" and "D:11:26".
@@ -332,7 +335,8 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     await embedder.warm_up()
     pool = await create_pool(DatabaseConfig(pool_min=1, pool_max=8), url)
     ranking = dataclasses.replace(RankingConfig(), feedback_top=args.feedback_top)
-    store = LongTermMemory(pool, embedder, RetrievalConfig(ranking=ranking))
+    adapter = QueryAdapter.load(Path(args.query_adapter)) if args.query_adapter else None
+    store = LongTermMemory(pool, embedder, RetrievalConfig(ranking=ranking, query_adapter=adapter))
     report, memories = Report(), 0
     try:
         for sample in samples:
@@ -371,6 +375,11 @@ def main() -> None:
         "--ceiling",
         default="",
         help="comma-separated N: also the best recall of ten memories among the top N",
+    )
+    parser.add_argument(
+        "--query-adapter",
+        help="retrieve with a query adapter (an .npz from scripts/train_relevance.py fit; "
+        "one trained on the dev set gives no held-out figure there)",
     )
     parser.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     args = parser.parse_args()
