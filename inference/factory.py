@@ -35,7 +35,9 @@ def create_engine(
     if config.backend != "llamacpp":
         raise EngineUnavailable(f"unknown chat engine backend {config.backend!r}")
     path = config.model_path or _packaged_chat_model()
-    config = dataclasses.replace(config, model_path=path, n_ctx=kv_cells(config, gguf_shape(path)))
+    # the header is read only to size the cache (not again in the engine process)
+    n_ctx = config.n_ctx or kv_cells(config, gguf_shape(path))
+    config = dataclasses.replace(config, model_path=path, n_ctx=n_ctx)
     if config.process == "separate":
         from inference.engines.process import ProcessEngine
 
