@@ -141,3 +141,13 @@ def catalog_settings(settings: Settings, tiny_gguf: Path, **extra: str) -> Setti
     per_model = tiny_gguf.stat().st_size + 2048 * 256  # weights + KV (see the estimate test)
     budget_mb = (3 * per_model + per_model // 2) >> 20  # the default and two more
     return dataclasses.replace(settings, chat_engine=engine, model_memory_mb=budget_mb)
+
+
+async def live_facts(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[str]:
+    """The user's current facts (semantic memories not superseded), oldest first."""
+    rows = await pool.fetch(
+        "SELECT content FROM memories WHERE user_id = $1 AND kind = 'semantic' "
+        "AND superseded_by IS NULL ORDER BY id",
+        user_id,
+    )
+    return [r["content"] for r in rows]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import ScriptedGenerator, new_user
+from helpers import ScriptedGenerator, live_facts, new_user
 
 from inference.embedder import SentenceEmbedder
 from inference.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
@@ -58,15 +58,6 @@ async def say(
     a = await messages.append(conversation_id, user_id, "user", user)
     b = await messages.append(conversation_id, user_id, "assistant", reply)
     return [Turn(a.id, "user", user), Turn(b.id, "assistant", reply)]
-
-
-async def live_facts(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[str]:
-    rows = await pool.fetch(
-        "SELECT content FROM memories WHERE user_id = $1 AND kind = 'semantic' "
-        "AND superseded_by IS NULL ORDER BY id",
-        user_id,
-    )
-    return [r["content"] for r in rows]
 
 
 async def episodes(pool: asyncpg.Pool, user_id: uuid.UUID) -> int:

@@ -8,7 +8,7 @@ import json
 import uuid
 
 import asyncpg
-from helpers import ScriptedGenerator, new_user
+from helpers import ScriptedGenerator, live_facts, new_user
 
 from inference.embedder import SentenceEmbedder
 from memory.episodes import Turn
@@ -31,15 +31,6 @@ async def said(
         stored = await messages.append(conversation, user, role, text)  # type: ignore[arg-type]
         turns.append(Turn(stored.id, role, text))
     return turns
-
-
-async def live(pool: asyncpg.Pool, user: uuid.UUID) -> list[str]:
-    rows = await pool.fetch(
-        "SELECT content FROM memories WHERE user_id = $1 AND kind = 'semantic' "
-        "AND superseded_by IS NULL ORDER BY id",
-        user,
-    )
-    return [r["content"] for r in rows]
 
 
 async def test_two_facts_naming_the_same_known_fact_replace_it_once(
@@ -65,7 +56,7 @@ async def test_two_facts_naming_the_same_known_fact_replace_it_once(
     await store.close()
     assert result.status == "applied"
     assert [d.action for d in result.decisions] == ["update", "add"]
-    assert await live(pool, user) == [
+    assert await live_facts(pool, user) == [
         "The user lives in Paris",
         "The user started a job at a bakery",
     ]
@@ -90,11 +81,11 @@ async def test_titles_and_copied_sentences_are_not_stored_as_facts(
     first = await run.extract(user, conversation, turns)
     assert first.status == "unusable" and first.reason == "no fact grounded in the turns"
     assert first.dropped == ["The Lean Startup", "The pic takes me back."]
-    assert await live(pool, user) == []
+    assert await live_facts(pool, user) == []
     second = await run.extract(user, conversation, turns)
     await store.close()
     assert [d.content for d in second.decisions] == ["The user is reading The Lean Startup"]
-    assert await live(pool, user) == ["The user is reading The Lean Startup"]
+    assert await live_facts(pool, user) == ["The user is reading The Lean Startup"]
     episodes = await pool.fetchval(
         "SELECT count(*) FROM memories WHERE user_id = $1 AND kind = 'episodic'", user
     )
