@@ -47,6 +47,9 @@ class LlamaCppOptions:
     prefill_chunk: int = 128  # prompt tokens per step before the step times are known
     host_cache_bytes: int = 512 << 20  # KV saved in host RAM for conversations evicted
     repack: str = "auto"  # "auto", "on" or "off" (inference.engines.llamacpp.repack)
+    # "auto", "as-is" or "q8_0": load a Q8_0 copy of a model whose weights have no fast
+    # CPU kernel (Q4_1, Q5_1), as the packaged one (inference.engines.llamacpp.weights)
+    weights: str = "auto"
     # "unified": one pool of n_ctx cells for every sequence (a long conversation may take
     # most of it; a shared persona is stored once), but every decoded token attends over
     # the whole pool in use, idle conversations' cells included. "per_slot": each of the
@@ -75,6 +78,61 @@ def auto_kv_cells(n_slots: int, kv_bytes_per_token: int, memory_bytes: int) -> i
     if per_slot * kv_bytes_per_token <= memory_bytes // KV_MEMORY_SHARE:
         return per_slot
     return AUTO_UNIFIED_CELLS
+
+
+# ggml type numbers (ggml.h) of the quantizations without a fast CPU kernel in llama.cpp:
+# no repacked layout and no llamafile matrix kernel (inference.engines.llamacpp.weights)
+SLOW_CPU_TYPES = {3: "Q4_1", 7: "Q5_1"}
+_GGML_F32, _GGML_Q8_0 = 0, 8
+# bytes a weight of the ggml types a copy is made from or kept in: f32, f16, Q4_0, Q4_1,
+# Q5_0, Q5_1, Q8_0 (a Q8_0 block: 32 int8 values and an f16 scale)
+_BYTES_PER_WEIGHT = {0: 4, 1: 2, 2: 18 / 32, 3: 20 / 32, 6: 22 / 32, 7: 24 / 32, 8: 34 / 32}
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsPlan:
+    """Whether the llama.cpp engine loads a Q8_0 copy of the model, and why (logged)."""
+
+    copy: bool
+    reason: str
+
+
+def plan_weights(
+    mode: str, types: dict[int, int], file_bytes: int, memory_bytes: int
+) -> WeightsPlan:
+    """``COMPANION_CHAT_WEIGHTS`` ("auto", "as-is", "q8_0") decided for a model whose
+    weights are ``types`` (ggml type -> count), in a file of ``file_bytes``, on a machine
+    with ``memory_bytes``: "auto" copies when most quantized weights are of a slow type
+    and the copy's extra memory stays within the KV cache's share of the machine."""
+    if mode == "as-is":
+        return WeightsPlan(False, "COMPANION_CHAT_WEIGHTS=as-is")
+    if mode == "q8_0":
+        return WeightsPlan(True, "COMPANION_CHAT_WEIGHTS=q8_0")
+    quantized = sum(n for kind, n in types.items() if kind != _GGML_F32)
+    slow = {SLOW_CPU_TYPES[k]: n for k, n in types.items() if k in SLOW_CPU_TYPES}
+    if not quantized or sum(slow.values()) * 2 <= quantized:
+        return WeightsPlan(False, "its weights have fast CPU kernels")
+    names = "/".join(sorted(slow))
+    extra = q8_0_copy_bytes(types, file_bytes) - file_bytes
+    if extra > memory_bytes // KV_MEMORY_SHARE:
+        return WeightsPlan(
+            False,
+            f"{names}, but a Q8_0 copy would take {extra >> 20} MiB more memory,"
+            f" over 1/{KV_MEMORY_SHARE} of this machine's",
+        )
+    return WeightsPlan(True, f"{names} has no fast CPU kernel here; Q8_0 has")
+
+
+def q8_0_copy_bytes(types: dict[int, int], file_bytes: int) -> int:
+    """About the size of a Q8_0 copy of a file of ``file_bytes``: the same header (the
+    vocabulary), every weight matrix in Q8_0, f32 norms kept (other types: as large)."""
+    q8_0 = _BYTES_PER_WEIGHT[_GGML_Q8_0]
+    grows = sum(
+        n * (q8_0 - _BYTES_PER_WEIGHT.get(kind, q8_0))
+        for kind, n in types.items()
+        if kind != _GGML_F32
+    )
+    return file_bytes + int(grows)
 
 
 def per_slot_layout(kv_layout: str, n_ctx: int, n_slots: int) -> bool:

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 
-from inference.config import AUTO_UNIFIED_CELLS, ChatEngineConfig, auto_kv_cells
+from inference.config import (
+    AUTO_UNIFIED_CELLS,
+    ChatEngineConfig,
+    auto_kv_cells,
+    plan_weights,
+    q8_0_copy_bytes,
+)
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
+from inference.machine import machine_memory
 from inference.stats import EngineObserver
-from models.gguf import GGUFError, GGUFShape, read_shape
+from models.gguf import GGUFError, GGUFShape, read_shape, read_tensor_types
 from models.packaged import packaged_path
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,18 @@ def kv_cells(config: ChatEngineConfig, shape: GGUFShape | None) -> int:
     return auto_kv_cells(config.n_slots, shape.kv_bytes_per_token(), machine_memory())
 
 
+def weights_bytes(config: ChatEngineConfig, path: Path) -> int:
+    """About the bytes of weights a llama.cpp engine of ``config`` loads for ``path``:
+    the file's, or its Q8_0 copy's (`plan_weights`)."""
+    size = path.stat().st_size
+    try:
+        types = read_tensor_types(path)
+    except (GGUFError, OSError):
+        return size
+    plan = plan_weights(config.llamacpp.weights, types, size, machine_memory())
+    return q8_0_copy_bytes(types, size) if plan.copy else size
+
+
 def gguf_shape(path: Path) -> GGUFShape | None:
     """The KV-relevant hyper-parameters of the GGUF at ``path``; None (logged) when its
     header cannot be read: llama.cpp then says what is wrong with the file when it loads it."""
@@ -79,11 +97,6 @@ def gguf_shape(path: Path) -> GGUFShape | None:
     except (GGUFError, OSError) as exc:
         log.warning("cannot read the GGUF header", extra={"path": str(path), "error": str(exc)})
         return None
-
-
-def machine_memory() -> int:
-    """Bytes of memory this machine has."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _packaged_chat_model() -> Path:

@@ -19,6 +19,11 @@ def cpu_flags() -> str:
     return _cpuinfo_field("flags") or _cpuinfo_field("Features") or ""
 
 
+def machine_memory() -> int:
+    """Bytes of memory this machine has."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def file_identity(path: Path) -> str:
     """The resolved path, size and modification time (the path alone if it is gone)."""
     try:

@@ -14,7 +14,8 @@ Pinned models (the default chat model) are loaded at start and never
 unloaded: the companion chat turn and the memory jobs hold their engine.
 
 Memory estimate of a llama.cpp model (`estimate_memory`), unless the catalog
-gives ``memory_mb``: the GGUF file size (the weights are mapped whole) plus
+gives ``memory_mb``: the GGUF file size (the weights are mapped whole; the size of
+its Q8_0 copy when the engine loads that, `inference.factory.weights_bytes`) plus
 the KV cache, ``cells x layers x kv_heads x (key_length + value_length) x 2``
 bytes (f16 cells, from the GGUF header; ``cells`` as `inference.factory.kv_cells`
 gives the engine), plus the host-RAM KV cache bound
@@ -41,7 +42,7 @@ from pathlib import Path
 from inference.config import ChatEngineConfig
 from inference.engine import Engine
 from inference.errors import ModelBusy, NoRoomForModel, UnknownModel
-from inference.factory import gguf_shape, kv_cells
+from inference.factory import gguf_shape, kv_cells, weights_bytes
 from inference.types import GenerationRequest, StreamEvent
 from models.packaged import packaged_path
 
@@ -59,7 +60,7 @@ def estimate_memory(config: ChatEngineConfig) -> int:
     path = config.model_path or _packaged_chat_model()
     if path is None:
         return 0
-    size = path.stat().st_size
+    size = weights_bytes(config, path)  # a Q8_0 copy is larger than the file
     shape = gguf_shape(path)
     if shape is None:
         return size + config.llamacpp.host_cache_bytes

@@ -1,8 +1,9 @@
 """Reading a GGUF file's header: the hyper-parameters that size a model in memory.
 
-Only the metadata key/value section is parsed (little-endian GGUF v2/v3);
-tensors are never read, so this costs a few milliseconds even for large
-files. Array values (the tokenizer's vocabulary) are skipped, not kept.
+Only the metadata key/value section and the tensor table that follows it are
+parsed (little-endian GGUF v2/v3); tensor data is never read, so this costs a few
+milliseconds even for large files. Array values (the tokenizer's vocabulary) are
+skipped, not kept.
 """
 
 from __future__ import annotations
@@ -54,19 +55,42 @@ class GGUFShape:
 def read_metadata(path: Path) -> dict[str, object]:
     """Every scalar and string metadata value of the GGUF file at ``path``."""
     with path.open("rb") as handle:
-        if handle.read(4) != _MAGIC:
-            raise GGUFError(f"{path} is not a GGUF file")
-        version, _tensors, count = struct.unpack("<IQQ", _read(handle, 20))
-        if version < 2:
-            raise GGUFError(f"{path}: GGUF version {version} is not supported")
-        metadata: dict[str, object] = {}
-        for _ in range(count):
-            key = _string(handle)
-            (kind,) = struct.unpack("<I", _read(handle, 4))
-            value = _value(handle, kind)
-            if value is not None:
-                metadata[key] = value
+        metadata, _tensors = _read_metadata(handle, path)
         return metadata
+
+
+def read_tensor_types(path: Path) -> dict[int, int]:
+    """How many weights of each ggml type (its number: 2 Q4_0, 3 Q4_1, 8 Q8_0...) the
+    GGUF file at ``path`` holds, from its tensor table."""
+    with path.open("rb") as handle:
+        _metadata, tensors = _read_metadata(handle, path)
+        counts: dict[int, int] = {}
+        for _ in range(tensors):
+            _string(handle)  # the tensor's name
+            (n_dims,) = struct.unpack("<I", _read(handle, 4))
+            elements = 1
+            for dim in struct.unpack(f"<{n_dims}Q", _read(handle, 8 * n_dims)):
+                elements *= dim
+            kind, _offset = struct.unpack("<IQ", _read(handle, 12))
+            counts[kind] = counts.get(kind, 0) + elements
+        return counts
+
+
+def _read_metadata(handle: BinaryIO, path: Path) -> tuple[dict[str, object], int]:
+    """The metadata, and the number of tensors in the table that follows it."""
+    if handle.read(4) != _MAGIC:
+        raise GGUFError(f"{path} is not a GGUF file")
+    version, tensors, count = struct.unpack("<IQQ", _read(handle, 20))
+    if version < 2:
+        raise GGUFError(f"{path}: GGUF version {version} is not supported")
+    metadata: dict[str, object] = {}
+    for _ in range(count):
+        key = _string(handle)
+        (kind,) = struct.unpack("<I", _read(handle, 4))
+        value = _value(handle, kind)
+        if value is not None:
+            metadata[key] = value
+    return metadata, tensors
 
 
 def read_shape(path: Path) -> GGUFShape:

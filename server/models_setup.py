@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from inference.config import AUTO_UNIFIED_CELLS, ChatEngineConfig
 from inference.engine_choice import choose
 from inference.errors import UnknownModel
-from inference.factory import machine_memory
+from inference.machine import machine_memory
 from inference.manager import ModelManager, ModelOption, estimate_memory
 from inference.opener import EngineLauncher
 from models.catalog import Catalog, CatalogError, ModelSpec, load_catalog

@@ -193,6 +193,12 @@ FIELDS: tuple[Field, ...] = (
         "chat_repack", "COMPANION_CHAT_REPACK", parse.choice("auto", "on", "off"), "llamacpp.repack"
     ),
     _engine_field(
+        "chat_weights",
+        "COMPANION_CHAT_WEIGHTS",
+        parse.choice("auto", "as-is", "q8_0"),
+        "llamacpp.weights",
+    ),
+    _engine_field(
         "chat_process", "COMPANION_CHAT_PROCESS", parse.choice("separate", "inline"), "process"
     ),
     _engine_field(

@@ -27,6 +27,7 @@ from inference.config import (
     ChatEngineConfig,
     LlamaCppOptions,
 )
+from inference.engines.llamacpp.weights import copy_path
 from inference.engines.process import ProcessEngine
 from inference.errors import (
     DeadlineExceeded,
@@ -34,7 +35,8 @@ from inference.errors import (
     EngineUnavailable,
     InvalidRequest,
 )
-from inference.factory import create_engine, machine_memory
+from inference.factory import create_engine
+from inference.machine import machine_memory
 from inference.types import (
     ChatMessage,
     Finished,
@@ -150,7 +152,9 @@ async def test_by_default_the_packaged_model_gets_cells_of_its_own_for_every_slo
 ) -> None:
     """The default install's engine (COMPANION_CHAT_CTX=0, 16 slots, the packaged Q4_1
     model) is sized per slot where the machine has the memory (CI's and a laptop's of
-    16 GiB and more: 1.5 GB of KV), and two users' conversations decode side by side."""
+    16 GiB and more: 1.5 GB of KV), loads the Q8_0 copy of the weights (made once, in
+    this process: a restarted child loads it as it is), and two users' conversations
+    decode side by side."""
     from models.packaged import packaged_path
 
     model = packaged_path("chat")
@@ -163,6 +167,8 @@ async def test_by_default_the_packaged_model_gets_cells_of_its_own_for_every_slo
     assert engine.config.llamacpp.per_slot(engine.config.n_ctx, 16) == enough
     await engine.start()
     try:
+        assert engine.config.model_path == copy_path(model, tmp_path)
+        assert engine.config.model_path.exists() and engine.config.llamacpp.weights == "as-is"
         alice = request("Hello! How was your day?", max_tokens=16)
         bob = request("Tell me about the sea.", max_tokens=16, user_id="bob")
         answers = await asyncio.gather(collect(engine, alice), collect(engine, bob))
@@ -287,7 +293,7 @@ _ORPHAN = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from inference.config import ChatEngineConfig
-    from inference.factory import create_engine, machine_memory
+    from inference.factory import create_engine
 
     async def main():
         engine = create_engine(ChatEngineConfig(model_path=Path(sys.argv[1]), n_ctx=512))

@@ -11,6 +11,8 @@ from inference.config import (
     ChatEngineConfig,
     auto_kv_cells,
     per_slot_layout,
+    plan_weights,
+    q8_0_copy_bytes,
 )
 from server.settings import Environment, RateLimit, SettingsError, load_settings, mask_url
 
@@ -320,3 +322,35 @@ def test_chat_ctx_0_sizes_the_kv_cache_for_the_model_and_the_machine(tmp_path: P
     # vLLM takes the cells as its longest sequence: 0 is AUTO_UNIFIED_CELLS there
     assert ChatEngineConfig().max_model_len == AUTO_UNIFIED_CELLS
     assert ChatEngineConfig(n_ctx=4096).max_model_len == 4096
+
+
+def test_chat_weights_q8_0_copy_only_for_slow_types_within_the_memory_share(
+    tmp_path: Path,
+) -> None:
+    def weights(value: str | None = None) -> str:
+        env = {"COMPANION_DATA_DIR": str(tmp_path)}
+        if value is not None:
+            env["COMPANION_CHAT_WEIGHTS"] = value
+        return load_settings(env).chat_engine.llamacpp.weights
+
+    assert weights() == "auto" and weights("as-is") == "as-is" and weights("q8_0") == "q8_0"
+    with pytest.raises(SettingsError, match="COMPANION_CHAT_WEIGHTS"):
+        weights("q4_0")
+    gib = 1 << 30
+    # the packaged SmolLM2: Q4_1 matrices, a Q8_0 embedding (tied output), f32 norms
+    smollm2 = {3: 106_168_320, 8: 28_311_552, 0: 35_136}
+    file_bytes = 98_362_432  # the packaged file; its copy is 144,811,072 bytes
+    assert q8_0_copy_bytes(smollm2, file_bytes) == 144_811_072
+    copy = plan_weights("auto", smollm2, file_bytes, 24 * gib)
+    assert copy.copy and "Q4_1" in copy.reason
+    assert not plan_weights("as-is", smollm2, file_bytes, 24 * gib).copy
+    # types with fast kernels stay: Q4_0, Q8_0, Q4_K (12), an all-f32 model
+    for fast in ({2: 10**8, 0: 10**4}, {8: 10**8}, {12: 10**8, 3: 10**7}, {0: 10**6}):
+        assert not plan_weights("auto", fast, 10**8, 24 * gib).copy, fast
+    assert plan_weights("q8_0", {2: 10**8}, 10**8, 24 * gib).copy  # asked for
+    # Q5_1 is as slow as Q4_1; a copy whose extra memory is over an eighth of the machine
+    # is not made (an 8B Q4_1: ~4.5 GB -> ~8.5 GB, 4 GB more, on 16 GiB)
+    assert plan_weights("auto", {7: 10**8}, 75 * 10**6, 24 * gib).copy
+    big = plan_weights("auto", {3: 8 * 10**9}, 4_500_000_000, 16 * gib)
+    assert not big.copy and "more memory" in big.reason
+    assert plan_weights("auto", {3: 8 * 10**9}, 4_500_000_000, 64 * gib).copy

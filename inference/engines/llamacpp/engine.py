@@ -51,6 +51,7 @@ from inference.engines.llamacpp.model import (
 from inference.engines.llamacpp.prompt import prompt_tokens, prompt_with_public_len
 from inference.engines.llamacpp.repack import resolve_repack
 from inference.engines.llamacpp.step_budget import StepBudget
+from inference.engines.llamacpp.weights import resolve_weights
 from inference.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -100,6 +101,7 @@ class LlamaCppConfig:
     # weight repacking: "auto" probes once per model, CPU and build (`repack.resolve_repack`),
     # caching the answer in ``state_dir``
     repack: str = _OPTIONS.repack
+    weights: str = _OPTIONS.weights  # "auto": a Q8_0 copy of Q4_1/Q5_1 weights (`weights`)
     kv_layout: str = _OPTIONS.kv_layout  # "auto", "unified" or "per_slot" (inference.config)
     state_dir: Path | None = None
 
@@ -160,7 +162,7 @@ class LlamaCppEngine:
         self._thread.start()
 
     def _load(self, shape: ContextShape) -> LlamaModel:
-        path = self.config.model_path
+        path = resolve_weights(self.config.weights, self.config.model_path, self.config.state_dir)
         repack = resolve_repack(self.config.repack, path, self.config.state_dir)
         model = LlamaModel(path, shape, repack=repack)
         log.info("llama.cpp CPU backend: %s", load_cpu_backend().describe())

@@ -54,7 +54,7 @@ class LlamaModel:
 
     def __init__(self, path: Path, shape: ContextShape, *, repack: bool = True) -> None:
         global _backend_ready
-        llama_cpp.llama_log_set(_silent_log, ctypes.c_void_p(0))
+        quiet_logs()
         if not _backend_ready:
             # portable builds: the CPU variant for this machine (a native build: no-op)
             load_cpu_backend()
@@ -289,6 +289,11 @@ def _selection(s: SamplingParams) -> list[Any]:
     seed = s.seed if s.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
     parts.append(llama_cpp.llama_sampler_init_dist(seed))
     return parts
+
+
+def quiet_logs() -> None:
+    """From now on llama.cpp writes only its errors to stderr."""
+    llama_cpp.llama_log_set(_silent_log, ctypes.c_void_p(0))
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]

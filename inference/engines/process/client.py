@@ -136,7 +136,7 @@ class ProcessEngine:
             return
         self._closing = False
         self._up = asyncio.Event()
-        await self._resolve_repack()
+        await self._prepare_model()
         await self._launch()
         self._supervisor = asyncio.create_task(self._supervise(), name="engine-supervisor")
 
@@ -280,21 +280,25 @@ class ProcessEngine:
 
     # --- the child process
 
-    async def _resolve_repack(self) -> None:
-        """Decide weight repacking here, once: the engine processes this one starts (again,
-        after a crash) reuse the answer instead of probing each time."""
+    async def _prepare_model(self) -> None:
+        """Decide the weights file and repacking here, once: the engine processes this
+        one starts (again, after a crash) load that file and reuse the answer instead of
+        converting or probing each time."""
         config = self.config
-        if (
-            config.backend != "llamacpp"
-            or config.llamacpp.repack != "auto"
-            or config.model_path is None
-        ):
+        if config.backend != "llamacpp" or config.model_path is None:
             return
         from inference.engines.llamacpp.repack import resolve_repack
+        from inference.engines.llamacpp.weights import resolve_weights
 
-        path = config.model_path
-        repack = await asyncio.to_thread(resolve_repack, "auto", path, config.state_dir)
-        self.config = config.with_llamacpp(repack="on" if repack else "off")
+        options = config.llamacpp
+        path = await asyncio.to_thread(
+            resolve_weights, options.weights, config.model_path, config.state_dir
+        )
+        config = dataclasses.replace(config.with_llamacpp(weights="as-is"), model_path=path)
+        if options.repack == "auto":
+            repack = await asyncio.to_thread(resolve_repack, "auto", path, config.state_dir)
+            config = config.with_llamacpp(repack="on" if repack else "off")
+        self.config = config
 
     async def _launch(self) -> None:
         child, pid = await spawn(self.config)
