@@ -60,6 +60,7 @@ def _report_engine(settings: Settings, echo: Echo) -> bool:
     if config.backend not in ("llamacpp", "auto"):  # auto: not chosen yet, llama.cpp may be
         return True
     from inference.engines.llamacpp.repack import cached_probe
+    from inference.engines.llamacpp.weights import planned_copy
     from models.packaged import packaged_path
 
     echo("Chat engine:")
@@ -70,6 +71,13 @@ def _report_engine(settings: Settings, echo: Echo) -> bool:
     except FileNotFoundError as exc:
         echo(f"  {'repacking':<24} {config.llamacpp.repack} (no model: {exc})")
         return runs
+    copy, why = planned_copy(config.llamacpp.weights, model, config.state_dir)
+    if copy is None:
+        echo(f"  {'weights':<24} {config.llamacpp.weights}: the file as it is ({why})")
+    else:
+        made = "made" if copy.exists() else "made at the next start"
+        echo(f"  {'weights':<24} {config.llamacpp.weights}: a Q8_0 copy, {made} ({why})")
+        model = copy  # what the engine loads, and what repacking was probed on
     if config.llamacpp.repack != "auto":
         echo(f"  {'repacking':<24} {config.llamacpp.repack} (set)")
         return runs

@@ -27,6 +27,7 @@ from support import (
     signed_up,
 )
 
+from inference.engines.llamacpp.weights import copy_path
 from models.packaged import packaged_model, packaged_path
 
 MODEL_ID = packaged_model("chat").id
@@ -77,7 +78,10 @@ def test_the_default_model_is_served_and_its_repack_decision_recorded(
 ) -> None:
     assert client.models.list().data[0].id == MODEL_ID  # loaded models come first
     entries = json.loads((data_dir / "engines" / "repack.json").read_text(encoding="utf-8"))
-    probed = [e for e in entries.values() if Path(e["model"]) == packaged_path("chat")]
+    # probed on what the engine loads: the Q8_0 copy of the packaged Q4_1 weights
+    loaded = copy_path(packaged_path("chat"), data_dir / "engines")
+    assert loaded.exists()
+    probed = [e for e in entries.values() if Path(e["model"]) == loaded]
     assert probed, entries
     outcome = probed[0]["outcome"]
     assert outcome == "ok" or outcome.startswith("killed by "), outcome

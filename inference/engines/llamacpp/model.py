@@ -166,6 +166,11 @@ class LlamaModel:
         """Sample from the logits of batch position ``batch_index`` (and accept the token)."""
         return int(llama_cpp.llama_sampler_sample(sampler, self._ctx, batch_index))
 
+    def logits(self, batch_index: int) -> list[float]:
+        """The logits of batch position ``batch_index`` of the last decode (it asked for them)."""
+        row = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
+        return list(row[: self.n_vocab])
+
     @staticmethod
     def free_sampler(sampler: Any) -> None:
         llama_cpp.llama_sampler_free(sampler)

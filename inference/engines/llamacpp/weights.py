@@ -54,25 +54,34 @@ DISK_MARGIN_BYTES = 256 << 20  # what the copy must leave free on the data disk
 SUBDIR = "weights"
 
 
-def resolve_weights(mode: str, model_path: Path, state_dir: Path | None) -> Path:
-    """The file to load for ``mode``: ``model_path`` or its Q8_0 copy (made if missing)."""
-    if mode == "as-is" or state_dir is None:
-        return model_path
+def planned_copy(mode: str, model_path: Path, state_dir: Path | None) -> tuple[Path | None, str]:
+    """Where the Q8_0 copy an engine of ``mode`` loads is (it may not be made yet), or
+    None for the file itself; and why (for the log and `companion doctor`)."""
+    if state_dir is None and mode != "as-is":
+        return None, "no state directory to keep a copy in"
     try:
         types = read_tensor_types(model_path)
         size = model_path.stat().st_size
-    except (GGUFError, OSError):
-        return model_path  # llama.cpp says what is wrong with the file when it loads it
+    except (GGUFError, OSError) as exc:
+        return None, f"its tensor table cannot be read ({exc})"
     plan = plan_weights(mode, types, size, machine_memory())
-    if not plan.copy:
-        log.info("llama.cpp weights: %s as it is (%s)", model_path.name, plan.reason)
+    if not plan.copy or state_dir is None:
+        return None, plan.reason
+    return copy_path(model_path, state_dir), plan.reason
+
+
+def resolve_weights(mode: str, model_path: Path, state_dir: Path | None) -> Path:
+    """The file to load for ``mode``: ``model_path`` or its Q8_0 copy (made if missing)."""
+    target, reason = planned_copy(mode, model_path, state_dir)
+    if target is None:
+        log.info("llama.cpp weights: %s as it is (%s)", model_path.name, reason)
         return model_path
-    target = copy_path(model_path, state_dir)
     if target.exists():
-        log.info("llama.cpp weights: the Q8_0 copy of %s (%s)", model_path.name, plan.reason)
+        log.info("llama.cpp weights: the Q8_0 copy of %s (%s)", model_path.name, reason)
         return target
+    needed = q8_0_copy_bytes(read_tensor_types(model_path), model_path.stat().st_size)
     free = shutil.disk_usage(_existing_parent(target)).free
-    if free < q8_0_copy_bytes(types, size) + DISK_MARGIN_BYTES:
+    if free < needed + DISK_MARGIN_BYTES:
         log.warning(
             "llama.cpp weights: %s as it is: no room for a Q8_0 copy (%d MiB free)",
             model_path.name,
@@ -86,7 +95,7 @@ def resolve_weights(mode: str, model_path: Path, state_dir: Path | None) -> Path
         "llama.cpp weights: made a Q8_0 copy of %s in %.1f s (%s)",
         model_path.name,
         time.monotonic() - started,
-        plan.reason,
+        reason,
     )
     _remove_stale(model_path, target)
     return target
