@@ -6,6 +6,7 @@ budget the fit gives can be checked against the one that cost implies.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -79,6 +80,29 @@ def test_a_long_run_of_identical_steps_does_not_wind_the_fit_up() -> None:
     serve(budget, 20, rng)  # then the usual traffic again
     assert budget.prompt_tokens(decodes=8, n_batch=N_BATCH) == pytest.approx(45, abs=2)
     assert budget.estimate_s(8, 0) == pytest.approx(cost(8, 0), rel=0.02)
+
+
+def test_minutes_of_one_conversation_leave_a_budget_for_the_next_eight() -> None:
+    """What a server does between busy times, replayed from a measured run: one stream
+    for thousands of steps and, now and then, a turn's prompt computed alone (a pass
+    with a large fixed cost). The fit that preceded this one (recursive least squares)
+    diverged here (estimates of 1e22 s) and gave eight streams 400 prompt tokens a step."""
+    budget = StepBudget(target_s=0.15, fixed_chunk=128)
+    rng = random.Random(8)
+    serve(budget, 200, rng)
+    for step in range(6_000):
+        if step % 60 == 59:
+            prompt = rng.randint(128, 142)
+            budget.observe(0, prompt, (0.1 + 0.0015 * prompt) * rng.uniform(0.95, 1.05))
+        else:
+            budget.observe(1, 0, cost(1, 0) * rng.uniform(0.9, 1.2))
+        for decodes in (1, 8, 16):
+            assert math.isfinite(budget.estimate_s(decodes, 32))
+    assert budget.estimate_s(1, 0) == pytest.approx(cost(1, 0), rel=0.1)
+    # eight streams arrive: not far from what the cost allows (45), and right once seen
+    assert MIN_PROMPT_TOKENS <= budget.prompt_tokens(decodes=8, n_batch=N_BATCH) <= 60
+    serve(budget, 40, rng)
+    assert budget.prompt_tokens(decodes=8, n_batch=N_BATCH) == pytest.approx(45, abs=3)
 
 
 def test_no_target_keeps_the_fixed_chunk() -> None:

@@ -12,12 +12,28 @@ tokens, so one setting fits any CPU and model).
 
 The time a step takes is learnt from the engine's own steps, as
 
-    seconds = fixed + per_decode x decodes + per_prompt x prompt tokens
+    seconds = decode(streams) + chunk + per_prompt x prompt tokens (when there are any)
 
-fitted by recursive least squares with forgetting (each step's weight decays by
-`FORGET` per later step): it follows the machine as it warms, as other processes take
-cores and as conversations lengthen, and needs no calibration run. Until the fit has
-seen steps of both kinds the configured fixed chunk is used.
+``decode(d)``: the time of a step of ``d`` streams alone, an average kept for each ``d``
+seen (decaying by `FORGET` a step); for a ``d`` not seen yet, it is interpolated
+between the nearest seen, or scaled from the nearest as ``(d + 1) / (d' + 1)`` (a step
+costs about one stream's time on top of its streams). ``chunk`` (the extra pass over
+the weights a prompt chunk takes) and ``per_prompt``: least squares of what prompt
+steps took beyond ``decode(d)`` against their prompt tokens, each step's weight
+decaying by `FORGET` a step, ``chunk`` kept at 0 or more and drawn towards
+``decode(1)`` (a pass over the weights) where the prompts do not vary enough to say.
+It follows the machine as it warms, as other processes take cores and as
+conversations lengthen, and needs no calibration run. Until it has seen steps of both
+kinds the configured fixed chunk is used.
+
+One least-squares fit of all three terms (recursive least squares with forgetting)
+was used first, and failed where the steps do not vary: one conversation at a time for
+a few minutes (thousands of steps of exactly one stream, a prompt alone now and then)
+cannot tell a step's fixed cost from a stream's, the fit's covariance lost its
+positive definiteness to rounding and its estimates reached 1e22 s, so the next steps
+of eight streams were given 400 prompt tokens (a 1.3 s gap) or the fixed chunk. Kept
+per stream count, the decode time is measured where it is used
+(tests/unit/test_step_budget.py replays the pattern).
 
 A floor of `MIN_PROMPT_TOKENS` a step holds whatever the estimate: when the decodes
 alone already take longer than the target (many streams on a slow CPU), prompts still
@@ -36,10 +52,10 @@ from dataclasses import dataclass, field
 MIN_PROMPT_TOKENS = 16
 FORGET = 0.97  # a step's weight halves after ~23 later steps
 _WARMUP = 3  # steps of each kind (with and without prompt tokens) before the fit is used
-_PRIOR = 1e3  # the initial covariance: the first few steps decide the fit
-# Forgetting inflates the covariance along directions the steps do not vary (the number
-# of streams held constant for minutes): its trace is kept at most this (no wind-up).
-_MAX_TRACE = 3 * _PRIOR
+# The weight, as of that many steps, of a prior for the chunk's cost in the prompt fit:
+# one more pass over the weights, about a one-stream step. Prompts of one length (one
+# user's turns) cannot tell a chunk's fixed cost from its per-token cost; this decides.
+_CHUNK_PRIOR = 4.0
 
 
 @dataclass
@@ -48,11 +64,13 @@ class StepBudget:
 
     target_s: float  # 0: no target, the fixed chunk
     fixed_chunk: int
-    # the fit: theta = (fixed, per_decode, per_prompt) seconds, and its covariance
-    theta: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    cov: list[list[float]] = field(
-        default_factory=lambda: [[_PRIOR if i == j else 0.0 for j in range(3)] for i in range(3)]
-    )
+    # decode-only steps: stream count -> (decayed sum of seconds, decayed weight)
+    decode: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # prompt steps, riding along streams (True) or alone (False): decayed sums for
+    # extra = chunk + per_prompt x tokens: w, wp, wpp, we, wpe
+    sums: dict[bool, list[float]] = field(default_factory=dict)
+    chunk_s: float = 0.0
+    per_prompt_s: float = 0.0
     seen_decode_only: int = 0
     seen_with_prompt: int = 0
 
@@ -65,36 +83,63 @@ class StepBudget:
         room = n_batch - decodes
         if decodes == 0:
             return room
-        if self.target_s <= 0 or not self.fitted:
+        if self.target_s <= 0 or not self.fitted or self.per_prompt_s <= 0:
             return min(self.fixed_chunk, room)
-        fixed, per_decode, per_prompt = self.theta
-        if per_prompt <= 0 or not math.isfinite(per_prompt):
-            return min(self.fixed_chunk, room)  # not identified yet: no prompt steps varied
-        left = self.target_s - fixed - per_decode * decodes
-        return max(MIN_PROMPT_TOKENS, min(room, int(left / per_prompt)))
+        left = self.target_s - self.decode_s(decodes) - self.chunk_s
+        return max(MIN_PROMPT_TOKENS, min(room, int(left / self.per_prompt_s)))
 
     def observe(self, decodes: int, prompt_tokens: int, seconds: float) -> None:
-        """Fold one step's time into the fit (recursive least squares with forgetting)."""
-        if seconds <= 0 or decodes + prompt_tokens == 0:
+        """Fold one step's time into the estimates."""
+        if seconds <= 0 or decodes + prompt_tokens == 0 or not math.isfinite(seconds):
             return
-        x = (1.0, float(decodes), float(prompt_tokens))
-        p = self.cov
-        px = [sum(p[i][j] * x[j] for j in range(3)) for i in range(3)]
-        denom = FORGET + sum(x[i] * px[i] for i in range(3))
-        gain = [v / denom for v in px]
-        error = seconds - self.estimate_s(decodes, prompt_tokens)
-        self.theta = [self.theta[i] + gain[i] * error for i in range(3)]
-        cov = [[(p[i][j] - gain[i] * px[j]) / FORGET for j in range(3)] for i in range(3)]
-        trace = cov[0][0] + cov[1][1] + cov[2][2]
-        if trace > _MAX_TRACE:
-            cov = [[v * _MAX_TRACE / trace for v in row] for row in cov]
-        self.cov = cov
-        if prompt_tokens:
-            self.seen_with_prompt += 1
-        else:
+        if not prompt_tokens:
+            total, weight = self.decode.get(decodes, (0.0, 0.0))
+            self.decode[decodes] = (FORGET * total + seconds, FORGET * weight + 1.0)
             self.seen_decode_only += 1
+            return
+        extra = seconds - self.decode_s(decodes)
+        p = float(prompt_tokens)
+        sums = self.sums.setdefault(decodes > 0, [0.0] * 5)
+        for i, value in enumerate((1.0, p, p * p, extra, p * extra)):
+            sums[i] = FORGET * sums[i] + value
+        # what a chunk costs beside streams, once seen: a prompt alone is one pass
+        # where no stream waits, and its fixed cost is not a chunk's (measured: ~100 ms
+        # against ~10, from the first turns' prompt steps)
+        riding = self.sums.get(True)
+        self._fit_prompt(riding if riding is not None and riding[0] >= 1.0 else sums)
+        self.seen_with_prompt += 1
+
+    def decode_s(self, decodes: int) -> float:
+        """The estimated time of a step of ``decodes`` streams and no prompt."""
+        seen = {d: total / weight for d, (total, weight) in self.decode.items() if weight > 0}
+        if not seen or decodes <= 0:
+            return 0.0
+        if decodes in seen:
+            return seen[decodes]
+        below = max((d for d in seen if d < decodes), default=None)
+        above = min((d for d in seen if d > decodes), default=None)
+        if below is not None and above is not None:
+            share = (decodes - below) / (above - below)
+            return seen[below] + share * (seen[above] - seen[below])
+        nearest = below if below is not None else above
+        assert nearest is not None
+        return seen[nearest] * (decodes + 1) / (nearest + 1)
 
     def estimate_s(self, decodes: int, prompt_tokens: int) -> float:
-        """The fitted time of a step with ``decodes`` streams and ``prompt_tokens``."""
-        fixed, per_decode, per_prompt = self.theta
-        return fixed + per_decode * decodes + per_prompt * prompt_tokens
+        """The estimated time of a step with ``decodes`` streams and ``prompt_tokens``."""
+        prompt = self.chunk_s + self.per_prompt_s * prompt_tokens if prompt_tokens else 0.0
+        return self.decode_s(decodes) + prompt
+
+    def _fit_prompt(self, sums: list[float]) -> None:
+        """chunk and per_prompt from ``sums``: least squares, chunk pulled towards a
+        one-stream step's time by `_CHUNK_PRIOR` and kept at 0 or more."""
+        w, wp, wpp, we, wpe = sums
+        w += _CHUNK_PRIOR
+        we += _CHUNK_PRIOR * self.decode_s(1)
+        det = w * wpp - wp * wp
+        chunk = (wpp * we - wp * wpe) / det if det > 0 else 0.0
+        if chunk < 0 or det <= 0:
+            chunk = 0.0
+        per_prompt = (wpe - chunk * wp) / wpp if wpp > 0 else 0.0
+        if math.isfinite(chunk) and math.isfinite(per_prompt):
+            self.chunk_s, self.per_prompt_s = chunk, per_prompt
