@@ -3,14 +3,14 @@
 llama.cpp's CPU kernels are not equally fast for every quantization. Q4_1 and Q5_1
 (blocks with a scale *and* a minimum) have no repacked layout and no llamafile
 matrix-matrix kernel, so every batch goes through the generic dot product. On the
-development machine (AMD EPYC, AVX-512, 2 threads; docs/benchmarks.md "Decode
-speed: the kernels of the weights") the packaged SmolLM2 Q4_1 decoded eight streams
-in 55 ms a step where the same weights as Q8_0 took 45, and a step carrying a 16-token
-prompt chunk 122 against 90 ms; one stream 11.6 against 10.8. Q8_0 holds every Q4_1
-weight to within half a step of 1/127 of its block's largest value, so the copy is the
-same model for practical purposes: perplexity on LoCoMo dialogue 11.74 (Q4_1) against
-11.78 (the Q8_0 copy), where a Q4_0 copy, faster still, lost 21% (14.25) and is not
-offered.
+development machine (AMD EPYC, AVX-512, 2 threads; `scripts/bench_weights.py`,
+docs/inference.md "Weights") the packaged SmolLM2 Q4_1 decoded eight streams in 54 ms
+a step where the same weights as Q8_0 took 45, a step carrying a 16-token prompt chunk
+122 against 89 ms, a 128-token prompt 712 against 418; one stream 11.5 against 10.7.
+Q8_0 holds every Q4_1 weight to within half a step of 1/127 of its block's largest
+value, so the copy is the same model for practical purposes: perplexity on LoCoMo
+dialogue 11.854 (Q4_1) against 11.871 (the copy), where a Q4_0 copy, faster still,
+loses 21% (14.380) and is not offered.
 
 ``COMPANION_CHAT_WEIGHTS``:
 
