@@ -72,3 +72,14 @@ def test_a_file_the_quantizer_cannot_read_is_loaded_as_it_is(
     assert read_tensor_types(broken).get(Q4_1)
     assert resolve_weights("q8_0", broken, tmp_path / "engines") == broken
     assert not list((tmp_path / "engines" / SUBDIR).glob("*"))
+
+
+def test_a_data_directory_that_cannot_hold_the_copy_leaves_the_file_loaded(
+    tiny_gguf_q4: Path, tmp_path: Path
+) -> None:
+    """A read-only or broken data directory must not stop the engine from starting: here
+    the state directory's place is taken by a file, so no folder can be made under it."""
+    blocked = tmp_path / "engines"
+    blocked.write_text("not a directory", encoding="utf-8")
+    assert resolve_weights("q8_0", tiny_gguf_q4, blocked) == tiny_gguf_q4
+    assert blocked.read_text(encoding="utf-8") == "not a directory"

@@ -32,6 +32,7 @@ nowhere to keep it, and the file is loaded as it is.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import hashlib
@@ -110,13 +111,13 @@ def copy_path(model_path: Path, state_dir: Path) -> Path:
 def make_copy(source: Path, target: Path) -> bool:
     """Quantize ``source`` to Q8_0 at ``target`` (atomically); False (logged) on failure."""
     quiet_logs()  # the quantizer logs a line per tensor
-    target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.allow_requantize = True  # the source is quantized: widen, then quantize
     params.nthread = 0  # every core
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         status = llama_cpp.llama_model_quantize(
             str(source).encode(), str(scratch).encode(), ctypes.byref(params)
         )
@@ -125,8 +126,12 @@ def make_copy(source: Path, target: Path) -> bool:
             return False
         scratch.replace(target)
         return True
+    except OSError as exc:  # a read-only or full data directory: serve the file instead
+        log.warning("llama.cpp weights: no Q8_0 copy: %s", exc)
+        return False
     finally:
-        scratch.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            scratch.unlink(missing_ok=True)
 
 
 def _remove_stale(model_path: Path, current: Path) -> None:
@@ -134,7 +139,8 @@ def _remove_stale(model_path: Path, current: Path) -> None:
     for old in current.parent.glob(f"{glob.escape(model_path.stem)}.*.q8_0.gguf"):
         key = old.name[len(model_path.stem) + 1 : -len(".q8_0.gguf")]
         if old != current and len(key) == 16 and all(c in "0123456789abcdef" for c in key):
-            old.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another process's to remove, or read-only
+                old.unlink(missing_ok=True)
 
 
 def _existing_parent(path: Path) -> Path:
