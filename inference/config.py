@@ -91,10 +91,12 @@ _BYTES_PER_WEIGHT = {0: 4, 1: 2, 2: 18 / 32, 3: 20 / 32, 6: 22 / 32, 7: 24 / 32,
 
 @dataclass(frozen=True, slots=True)
 class WeightsPlan:
-    """Whether the llama.cpp engine loads a Q8_0 copy of the model, and why (logged)."""
+    """Whether the llama.cpp engine loads a Q8_0 copy of the model, and why (logged);
+    ``load_bytes``: about the bytes of weights it loads then (the file's or the copy's)."""
 
     copy: bool
     reason: str
+    load_bytes: int
 
 
 def plan_weights(
@@ -104,23 +106,24 @@ def plan_weights(
     weights are ``types`` (ggml type -> count), in a file of ``file_bytes``, on a machine
     with ``memory_bytes``: "auto" copies when most quantized weights are of a slow type
     and the copy's extra memory stays within the KV cache's share of the machine."""
+    copied = q8_0_copy_bytes(types, file_bytes)
     if mode == "as-is":
-        return WeightsPlan(False, "COMPANION_CHAT_WEIGHTS=as-is")
+        return WeightsPlan(False, "COMPANION_CHAT_WEIGHTS=as-is", file_bytes)
     if mode == "q8_0":
-        return WeightsPlan(True, "COMPANION_CHAT_WEIGHTS=q8_0")
+        return WeightsPlan(True, "COMPANION_CHAT_WEIGHTS=q8_0", copied)
     quantized = sum(n for kind, n in types.items() if kind != _GGML_F32)
     slow = {SLOW_CPU_TYPES[k]: n for k, n in types.items() if k in SLOW_CPU_TYPES}
     if not quantized or sum(slow.values()) * 2 <= quantized:
-        return WeightsPlan(False, "its weights have fast CPU kernels")
+        return WeightsPlan(False, "its weights have fast CPU kernels", file_bytes)
     names = "/".join(sorted(slow))
-    extra = q8_0_copy_bytes(types, file_bytes) - file_bytes
-    if extra > memory_bytes // KV_MEMORY_SHARE:
+    if copied - file_bytes > memory_bytes // KV_MEMORY_SHARE:
         return WeightsPlan(
             False,
-            f"{names}, but a Q8_0 copy would take {extra >> 20} MiB more memory,"
-            f" over 1/{KV_MEMORY_SHARE} of this machine's",
+            f"{names}, but a Q8_0 copy would take {(copied - file_bytes) >> 20} MiB more"
+            f" memory, over 1/{KV_MEMORY_SHARE} of this machine's",
+            file_bytes,
         )
-    return WeightsPlan(True, f"{names} has no fast CPU kernel here; Q8_0 has")
+    return WeightsPlan(True, f"{names} has no fast CPU kernel here; Q8_0 has", copied)
 
 
 def q8_0_copy_bytes(types: dict[int, int], file_bytes: int) -> int:

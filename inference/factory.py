@@ -14,9 +14,9 @@ from pathlib import Path
 from inference.config import (
     AUTO_UNIFIED_CELLS,
     ChatEngineConfig,
+    WeightsPlan,
     auto_kv_cells,
     plan_weights,
-    q8_0_copy_bytes,
 )
 from inference.engine import Engine
 from inference.errors import EngineUnavailable
@@ -79,14 +79,22 @@ def kv_cells(config: ChatEngineConfig, shape: GGUFShape | None) -> int:
 
 def weights_bytes(config: ChatEngineConfig, path: Path) -> int:
     """About the bytes of weights a llama.cpp engine of ``config`` loads for ``path``:
-    the file's, or its Q8_0 copy's (`plan_weights`)."""
-    size = path.stat().st_size
+    the file's, or its Q8_0 copy's."""
+    return plan_model_weights(config.llamacpp.weights, path).load_bytes
+
+
+def plan_model_weights(mode: str, path: Path) -> WeightsPlan:
+    """`plan_weights` for the GGUF at ``path`` on this machine; the file as it is when
+    its tensor table cannot be read (llama.cpp says what is wrong when it loads it)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return WeightsPlan(False, f"it cannot be read ({exc})", 0)
     try:
         types = read_tensor_types(path)
-    except (GGUFError, OSError):
-        return size
-    plan = plan_weights(config.llamacpp.weights, types, size, machine_memory())
-    return q8_0_copy_bytes(types, size) if plan.copy else size
+    except (GGUFError, OSError) as exc:
+        return WeightsPlan(False, f"its tensor table cannot be read ({exc})", size)
+    return plan_weights(mode, types, size, machine_memory())
 
 
 def gguf_shape(path: Path) -> GGUFShape | None:

@@ -71,7 +71,8 @@ def _report_engine(settings: Settings, echo: Echo) -> bool:
     except FileNotFoundError as exc:
         echo(f"  {'repacking':<24} {config.llamacpp.repack} (no model: {exc})")
         return runs
-    copy, why = planned_copy(config.llamacpp.weights, model, config.state_dir)
+    copy, plan = planned_copy(config.llamacpp.weights, model, config.state_dir)
+    why = plan.reason
     if copy is None:
         echo(f"  {'weights':<24} {config.llamacpp.weights}: the file as it is ({why})")
     else:

@@ -306,7 +306,17 @@ def wait_engine_idle(page: Page, client: httpx.Client) -> None:
     while running_requests(client) and deadline_ms > 0:
         page.wait_for_timeout(250)
         deadline_ms -= 250
-    assert running_requests(client) == 0
+    assert running_requests(client) == 0, still_running(client)
+
+
+def still_running(client: httpx.Client) -> str:
+    """What the engine and the job queue hold, and the server log's end: whether a reply
+    that was stopped still runs, or background jobs (memory extraction) do."""
+    engine = client.get("/models").json()["engine"]
+    base = str(client.base_url).removesuffix("/api/v1")
+    metrics = httpx.get(f"{base}/metrics", timeout=30).text.splitlines()
+    jobs = [line for line in metrics if line.startswith(("companion:job", "companion_job"))]
+    return f"engine {engine}\njobs:\n" + "\n".join(jobs[-30:])
 
 
 def test_stop_ends_the_reply_and_keeps_the_message_then_verify_age(

@@ -44,10 +44,10 @@ from pathlib import Path
 
 import llama_cpp
 
-from inference.config import plan_weights, q8_0_copy_bytes
+from inference.config import WeightsPlan
 from inference.engines.llamacpp.model import quiet_logs
-from inference.machine import file_identity, machine_memory
-from models.gguf import GGUFError, read_tensor_types
+from inference.factory import plan_model_weights
+from inference.machine import file_identity
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +55,30 @@ DISK_MARGIN_BYTES = 256 << 20  # what the copy must leave free on the data disk
 SUBDIR = "weights"
 
 
-def planned_copy(mode: str, model_path: Path, state_dir: Path | None) -> tuple[Path | None, str]:
+def planned_copy(
+    mode: str, model_path: Path, state_dir: Path | None
+) -> tuple[Path | None, WeightsPlan]:
     """Where the Q8_0 copy an engine of ``mode`` loads is (it may not be made yet), or
-    None for the file itself; and why (for the log and `companion doctor`)."""
-    if state_dir is None and mode != "as-is":
-        return None, "no state directory to keep a copy in"
-    try:
-        types = read_tensor_types(model_path)
-        size = model_path.stat().st_size
-    except (GGUFError, OSError) as exc:
-        return None, f"its tensor table cannot be read ({exc})"
-    plan = plan_weights(mode, types, size, machine_memory())
-    if not plan.copy or state_dir is None:
-        return None, plan.reason
-    return copy_path(model_path, state_dir), plan.reason
+    None for the file itself; and the plan (why, for the log and `companion doctor`)."""
+    plan = plan_model_weights(mode, model_path)
+    if state_dir is None and plan.copy:
+        size = model_path.stat().st_size  # read by the plan just now
+        return None, WeightsPlan(False, "no state directory to keep a copy in", size)
+    return (copy_path(model_path, state_dir) if plan.copy else None), plan
 
 
 def resolve_weights(mode: str, model_path: Path, state_dir: Path | None) -> Path:
     """The file to load for ``mode``: ``model_path`` or its Q8_0 copy (made if missing)."""
-    target, reason = planned_copy(mode, model_path, state_dir)
+    target, plan = planned_copy(mode, model_path, state_dir)
+    reason = plan.reason
     if target is None:
         log.info("llama.cpp weights: %s as it is (%s)", model_path.name, reason)
         return model_path
     if target.exists():
         log.info("llama.cpp weights: the Q8_0 copy of %s (%s)", model_path.name, reason)
         return target
-    needed = q8_0_copy_bytes(read_tensor_types(model_path), model_path.stat().st_size)
     free = shutil.disk_usage(_existing_parent(target)).free
-    if free < needed + DISK_MARGIN_BYTES:
+    if free < plan.load_bytes + DISK_MARGIN_BYTES:
         log.warning(
             "llama.cpp weights: %s as it is: no room for a Q8_0 copy (%d MiB free)",
             model_path.name,
