@@ -315,8 +315,8 @@ def still_running(client: httpx.Client) -> str:
     engine = client.get("/models").json()["engine"]
     base = str(client.base_url).removesuffix("/api/v1")
     metrics = httpx.get(f"{base}/metrics", timeout=30).text.splitlines()
-    jobs = [line for line in metrics if line.startswith(("companion:job", "companion_job"))]
-    return f"engine {engine}\njobs:\n" + "\n".join(jobs[-30:])
+    jobs = [m for m in metrics if m.startswith(("companion:jobs", "companion:job_queue_depth"))]
+    return f"engine {engine}\njobs:\n" + "\n".join(jobs)
 
 
 def test_stop_ends_the_reply_and_keeps_the_message_then_verify_age(
