@@ -8,6 +8,10 @@ What the harness does with them:
 
 - **load shapes**: ``fixed:C`` keeps C sessions in flight (closed loop: a
   worker takes the next session when its current one has finished every turn);
+  ``fixed:C,think=S`` has each user read and type for a while between a reply
+  and their next message (uniform over 0..2S, S on average, seeded per session;
+  not counted in any latency), so the users stop arriving together as a closed
+  loop of identical replies makes them do, as people do;
   ``poisson:R`` sends requests at R per second on average, with exponential
   gaps drawn from a seeded generator (open loop: the schedule does not wait for
   the server). Request i of the schedule is the next turn of session i mod N,
@@ -61,17 +65,31 @@ class LoadShape:
     # the same instant (a load tester's ramp-up), so the run measures users arriving, not
     # a synchronized burst of first requests
     ramp_s: float = 0.0
+    # fixed: the mean pause between a reply and the user's next message (see the module doc)
+    think_s: float = 0.0
 
     @property
     def label(self) -> str:
         if self.kind == "fixed":
             ramp = f", ramp {self.ramp_s:g}s" if self.ramp_s else ""
-            return f"fixed C={int(self.value)}{ramp}"
+            think = f", think {self.think_s:g}s" if self.think_s else ""
+            return f"fixed C={int(self.value)}{ramp}{think}"
         return f"poisson {self.value:g}/s"
 
 
 def parse_load(text: str, seed: int = 0) -> LoadShape:
-    """``fixed:4`` or ``poisson:0.5`` (a bare number is a fixed concurrency)."""
+    """``fixed:4``, ``fixed:4,think=2`` or ``poisson:0.5`` (a bare number is a fixed
+    concurrency)."""
+    text, _, options = text.partition(",")
+    think = 0.0
+    if options:
+        name, _, seconds = options.partition("=")
+        try:
+            think = float(seconds) if name == "think" else math.nan
+        except ValueError:
+            think = math.nan
+        if not 0 <= think < math.inf or text.startswith("poisson"):
+            raise ValueError(f"load {text},{options}: the option is think=SECONDS (fixed only)")
     kind, _, value = text.partition(":")
     if not value:
         kind, value = "fixed", kind
@@ -82,7 +100,7 @@ def parse_load(text: str, seed: int = 0) -> LoadShape:
     if kind == "fixed":
         if number < 1 or number != int(number):
             raise ValueError(f"load {text!r}: concurrency must be a positive integer")
-        return LoadShape("fixed", int(number), seed)
+        return LoadShape("fixed", int(number), seed, think_s=think)
     if kind == "poisson":
         if not number > 0 or math.isinf(number):
             raise ValueError(f"load {text!r}: rate must be a positive number")
@@ -273,7 +291,7 @@ async def run_load(shape: LoadShape, sessions: Sequence[Session], description: s
     clock = _Clock(time.perf_counter(), [], bar)  # started after the bar: it takes a while
     try:
         if shape.kind == "fixed":
-            await _run_fixed(int(shape.value), sessions, clock, shape.ramp_s)
+            await _run_fixed(shape, sessions, clock)
         else:
             await _run_poisson(shape, sessions, clock)
     finally:
@@ -283,27 +301,31 @@ async def run_load(shape: LoadShape, sessions: Sequence[Session], description: s
     return LoadRun(shape, records, wall)
 
 
-async def _run_fixed(
-    concurrency: int, sessions: Sequence[Session], clock: _Clock, ramp_s: float = 0.0
-) -> None:
+async def _run_fixed(shape: LoadShape, sessions: Sequence[Session], clock: _Clock) -> None:
     queue = list(enumerate(sessions))
     queue.reverse()
-    workers = min(concurrency, len(sessions))
+    workers = min(int(shape.value), len(sessions))
 
     async def worker(number: int) -> None:
         first = queue.pop()  # taken now: a quick early worker must not start it sooner
-        start = ramp_s * number / workers
+        start = shape.ramp_s * number / workers
         await asyncio.sleep(max(0.0, start - clock.now()))
-        await _converse(*first, clock, start)
+        await _converse(*first, clock, start, shape)
         while queue:
-            await _converse(*queue.pop(), clock, None)
+            await _converse(*queue.pop(), clock, None, shape)
 
     await asyncio.gather(*(worker(n) for n in range(workers)))
 
 
-async def _converse(index: int, session: Session, clock: _Clock, start: float | None) -> None:
-    """One session's turns back to back; the first is due at ``start`` (None: now)."""
+async def _converse(
+    index: int, session: Session, clock: _Clock, start: float | None, shape: LoadShape
+) -> None:
+    """One session's turns, the user pausing between them (``think_s``); the first is
+    due at ``start`` (None: now), each later one when its pause ends."""
+    pauses = random.Random(shape.seed * 1_000_003 + index)
     for turn in range(session.turns):
+        if turn and shape.think_s:
+            await asyncio.sleep(pauses.uniform(0.0, 2 * shape.think_s))
         if not (await clock.send(index, session, turn, start if turn == 0 else None)).ok:
             clock.bar.update(session.turns - turn - 1)
             return

@@ -205,6 +205,25 @@ async def test_a_ramp_starts_the_users_one_after_another() -> None:
     assert h.LoadShape("fixed", 4, ramp_s=0.2).label == "fixed C=4, ramp 0.2s"
 
 
+async def test_users_pause_between_turns_when_asked_to_think() -> None:
+    shape = h.parse_load("fixed:3,think=0.05", seed=1)
+    assert shape == h.LoadShape("fixed", 3, 1, think_s=0.05)
+    assert shape.label == "fixed C=3, think 0.05s"
+    run = await h.run_load(shape, [Instant(3) for _ in range(3)])
+    gaps = {}
+    for session in range(3):
+        due = sorted(r.due_s for r in run.records if r.session == session)
+        gaps[session] = [b - a for a, b in itertools.pairwise(due)]
+    # each user pauses 0..0.1 s before a later turn, each for their own time: the
+    # closed loop no longer sends the next turns of all users in the same instant
+    assert all(0 <= g <= 0.1 + 0.04 for pauses in gaps.values() for g in pauses)
+    assert len({round(pauses[0], 3) for pauses in gaps.values()}) == 3
+    assert sum(r.held_s for r in run.records) < 0.05  # a pause is not a latency
+    for bad in ("fixed:3,think=-1", "fixed:3,wait=1", "poisson:1,think=1", "fixed:3,think=x"):
+        with pytest.raises(ValueError, match="think=SECONDS"):
+            h.parse_load(bad)
+
+
 def test_the_table_has_a_row_per_target_and_load() -> None:
     run = h.LoadRun(h.LoadShape("fixed", 1), [record(), record(ttft_s=0.7)], wall_s=1.0)
     summaries = [{"target": name, **h.summarize(run, {})} for name in ("a", "b")]
