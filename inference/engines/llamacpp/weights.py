@@ -61,10 +61,12 @@ def planned_copy(
     """Where the Q8_0 copy an engine of ``mode`` loads is (it may not be made yet), or
     None for the file itself; and the plan (why, for the log and `companion doctor`)."""
     plan = plan_model_weights(mode, model_path)
-    if state_dir is None and plan.copy:
+    if not plan.copy:
+        return None, plan
+    if state_dir is None:
         size = model_path.stat().st_size  # read by the plan just now
         return None, WeightsPlan(False, "no state directory to keep a copy in", size)
-    return (copy_path(model_path, state_dir) if plan.copy else None), plan
+    return copy_path(model_path, state_dir), plan
 
 
 def resolve_weights(mode: str, model_path: Path, state_dir: Path | None) -> Path:
