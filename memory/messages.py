@@ -10,7 +10,10 @@ a new reply to their last message, or that message edited). The replaced
 messages are deleted and the new one gets a new id, so every cache keyed on
 "the newest id" (the buffer) sees the change; the long-term memories drawn from
 the deleted messages go with them in the same transaction, since they quote
-text that no longer exists (the new exchange is extracted again).
+text that no longer exists (the new exchange is extracted again), and so does
+what the profile drew from them (`memory.profile.forget_drawn_from`: trait
+observations, with the traits they moved rebuilt; goal notes; goals they alone
+named).
 
 Appends to one conversation are serialised by a row lock on the conversation
 (the same statement bumps ``conversations.updated_at``, which orders the
@@ -32,6 +35,7 @@ import asyncpg
 import msgspec
 
 from memory.errors import ConversationNotFoundError, ConversationOwnerError, TailMoved
+from memory.profile import forget_drawn_from
 
 Role = Literal["system", "user", "assistant"]
 
@@ -317,6 +321,7 @@ class MessageStore:
             )
             if removed:
                 await conn.execute(_FORGET_DRAWN_FROM, user_id, removed)
+                await forget_drawn_from(conn, user_id, removed)
         return ReplacedTail(message_from_row(row), row["previous_id"], removed)
 
     async def recent(self, conversation_id: uuid.UUID, limit: int) -> list[StoredMessage]:

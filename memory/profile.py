@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 import asyncpg
 import msgspec
@@ -118,11 +118,20 @@ class NearGoal:
     similarity: float
 
 
+class Weighed(Protocol):
+    """What `smooth` needs of an observation, new (`Observation`) or stored."""
+
+    @property
+    def value(self) -> float: ...
+    @property
+    def weight(self) -> float: ...
+
+
 def smooth(
     score: float,
     evidence: float,
     updated_at: datetime | None,
-    observation: Observation,
+    observation: Weighed,
     now: datetime,
     config: ProfileConfig,
 ) -> tuple[float, float]:
@@ -185,6 +194,34 @@ ORDER BY embedding <=> $2, id DESC LIMIT 1
 """
 
 
+# What the profile learns from messages is stored only while they exist: every source
+# message is locked (FOR SHARE) until the insert commits, so a concurrent
+# `MessageStore.replace_tail` either removed it first (nothing is stored) or waits, and
+# then takes it back with the rest (`forget_drawn_from`). A profile job that read the
+# exchange before an edit cannot bring the edited words back.
+_SOURCE_KEPT = """(SELECT count(DISTINCT s) FROM unnest({ids}) AS s) = (
+    SELECT count(*) FROM (
+        SELECT 1 FROM messages WHERE id = ANY({ids}) AND user_id = {user} FOR SHARE
+    ) AS kept)"""
+_OBSERVE_SQL = f"""
+INSERT INTO personality_observations (user_id, trait, value, weight, source, message_id, cue)
+SELECT $1, $2, $3, $4, $5, $6, $7
+WHERE {_SOURCE_KEPT.format(ids="ARRAY[$6::bigint]", user="$1")}
+ON CONFLICT (user_id, message_id, trait, source) DO NOTHING RETURNING id
+"""
+_ADD_GOAL_SQL = f"""
+INSERT INTO goals (user_id, description, embedding, source, source_message_ids)
+SELECT $1, $2, $3, $4, $5 WHERE {_SOURCE_KEPT.format(ids="$5::bigint[]", user="$1")}
+RETURNING id
+"""
+_ADD_NOTE_SQL = f"""
+INSERT INTO goal_notes (goal_id, note, status, message_id)
+SELECT $1, $2, $3, $4 FROM goals g
+WHERE g.id = $1 AND {_SOURCE_KEPT.format(ids="ARRAY[$4::bigint]", user="g.user_id")}
+ON CONFLICT (goal_id, message_id) DO NOTHING RETURNING id
+"""
+
+
 class ProfileStore:
     """Trait estimates, their observations, goals and notes of every user."""
 
@@ -207,10 +244,7 @@ class ProfileStore:
         self, conn: asyncpg.Connection, user_id: uuid.UUID, item: Observation, now: datetime
     ) -> int:
         inserted = await conn.fetchval(
-            "INSERT INTO personality_observations"
-            " (user_id, trait, value, weight, source, message_id, cue)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " ON CONFLICT (user_id, message_id, trait, source) DO NOTHING RETURNING id",
+            _OBSERVE_SQL,
             user_id,
             item.trait,
             item.value,
@@ -220,7 +254,7 @@ class ProfileStore:
             item.cue[:300],
         )
         if inserted is None:
-            return 0  # a retried job: this message already counted
+            return 0  # a retried job (this message already counted), or the message is gone
         row = await conn.fetchrow(
             "SELECT score, evidence, updated_at FROM personality_traits"
             " WHERE user_id = $1 AND trait = $2 FOR UPDATE",
@@ -325,10 +359,10 @@ class ProfileStore:
         embedding: npt.NDArray[np.float32],
         source: Source,
         message_ids: Sequence[int],
-    ) -> int:
-        goal_id: int = await self._pool.fetchval(
-            "INSERT INTO goals (user_id, description, embedding, source, source_message_ids)"
-            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    ) -> int | None:
+        """A new goal; None when one of ``message_ids`` is gone (see `_SOURCE_KEPT`)."""
+        goal_id: int | None = await self._pool.fetchval(
+            _ADD_GOAL_SQL,
             user_id,
             description[:200],
             embedding,
@@ -340,11 +374,11 @@ class ProfileStore:
     async def add_note(
         self, goal_id: int, note: str, status: GoalStatus | None, message_id: int
     ) -> bool:
-        """A progress note (setting the status, if given); False if this message has one."""
+        """A progress note (setting the status, if given); False if this message has one,
+        or is gone (see `_SOURCE_KEPT`)."""
         async with self._pool.acquire() as conn, conn.transaction():
             added = await conn.fetchval(
-                "INSERT INTO goal_notes (goal_id, note, status, message_id) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (goal_id, message_id) DO NOTHING RETURNING id",
+                _ADD_NOTE_SQL,
                 goal_id,
                 note[:300],
                 status,
@@ -382,3 +416,92 @@ class ProfileStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM personality_observations WHERE user_id = $1", user_id)
             await conn.execute("DELETE FROM personality_traits WHERE user_id = $1", user_id)
+
+
+async def forget_drawn_from(
+    conn: asyncpg.Connection,
+    user_id: uuid.UUID,
+    message_ids: Sequence[int],
+    config: ProfileConfig | None = None,
+) -> None:
+    """Take back what the profile drew from ``message_ids``, in the caller's transaction:
+    the exchange an edit or a regeneration replaced (`MessageStore.replace_tail`) no
+    longer says anything about the user.
+
+    - trait observations from those messages go, and each trait they moved is rebuilt
+      from the observations left, replayed in order at the times they were made (the
+      same `smooth` steps the estimate took, without the removed ones); a trait left
+      with none goes too;
+    - goals named by those messages alone go (their notes with them); a goal also named
+      elsewhere keeps its other sources;
+    - progress notes from those messages go; where one had set the goal's status, the
+      status goes back to the one the latest remaining note set ("active" with none).
+    """
+    config = config or ProfileConfig()
+    ids = list(message_ids)
+    moved = await conn.fetch(
+        "DELETE FROM personality_observations WHERE user_id = $1 AND message_id = ANY($2)"
+        " RETURNING trait",
+        user_id,
+        ids,
+    )
+    for trait in sorted({row["trait"] for row in moved}):
+        await _rebuild_trait(conn, user_id, trait, config)
+    await conn.execute(
+        "DELETE FROM goals WHERE user_id = $1 AND source_message_ids && $2::bigint[]"
+        " AND source_message_ids <@ $2::bigint[]",
+        user_id,
+        ids,
+    )
+    await conn.execute(
+        "UPDATE goals SET source_message_ids = ARRAY("
+        "   SELECT s FROM unnest(source_message_ids) AS s WHERE s <> ALL($2::bigint[]))"
+        " WHERE user_id = $1 AND source_message_ids && $2::bigint[]",
+        user_id,
+        ids,
+    )
+    notes = await conn.fetch(
+        "DELETE FROM goal_notes n USING goals g"
+        " WHERE g.id = n.goal_id AND g.user_id = $1 AND n.message_id = ANY($2)"
+        " RETURNING n.goal_id, n.status",
+        user_id,
+        ids,
+    )
+    for goal_id in sorted({row["goal_id"] for row in notes if row["status"] is not None}):
+        await conn.execute(
+            "UPDATE goals SET updated_at = now(), status = coalesce((SELECT status FROM"
+            " goal_notes WHERE goal_id = $1 AND status IS NOT NULL ORDER BY id DESC LIMIT 1),"
+            " 'active') WHERE id = $1",
+            goal_id,
+        )
+
+
+async def _rebuild_trait(
+    conn: asyncpg.Connection, user_id: uuid.UUID, trait: str, config: ProfileConfig
+) -> None:
+    rows = await conn.fetch(
+        "SELECT trait, value, weight, source, message_id, cue, created_at"
+        " FROM personality_observations WHERE user_id = $1 AND trait = $2 ORDER BY id",
+        user_id,
+        trait,
+    )
+    if not rows:
+        await conn.execute(
+            "DELETE FROM personality_traits WHERE user_id = $1 AND trait = $2", user_id, trait
+        )
+        return
+    score, evidence, at = 0.5, 0.0, None
+    for row in rows:
+        seen = StoredObservation(**dict(row))
+        score, evidence = smooth(score, evidence, at, seen, seen.created_at, config)
+        at = seen.created_at
+    await conn.execute(
+        "UPDATE personality_traits SET score = $3, evidence = $4, observations = $5,"
+        " updated_at = $6 WHERE user_id = $1 AND trait = $2",
+        user_id,
+        trait,
+        score,
+        evidence,
+        len(rows),
+        at,
+    )

@@ -206,6 +206,8 @@ class ProfileUpdater:
         if status != "active":
             return  # a goal first heard of as finished or dropped is not worth tracking
         goal_id = await self._store.add_goal(user_id, description, vector, source, [message_id])
+        if goal_id is None:
+            return  # the message was edited away meanwhile
         tally.goals.append(goal_id)
         if note:
             tally.notes += await self._store.add_note(goal_id, note, None, message_id)

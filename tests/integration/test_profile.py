@@ -117,6 +117,66 @@ async def test_rule_signals_from_a_scripted_conversation(
     assert len(goals) == 1 and goals[0].status == "active"  # the same goal, active again
 
 
+async def test_a_replaced_exchange_takes_back_what_the_profile_drew_from_it(
+    pool: asyncpg.Pool, embedder: SentenceEmbedder
+) -> None:
+    """An edited message no longer says anything about the user: its trait observations go
+    (the trait rebuilt as if it had never been seen), its goal notes and the status one
+    set, and goals it alone named. Another user's profile is untouched."""
+    user, other = await new_user(pool), await new_user(pool)
+    store, messages = ProfileStore(pool), MessageStore(pool)
+    updater = ProfileUpdater(store, embedder, None)
+    opening = (("I'm such an introvert, parties drain me.", "Ok."), SCRIPT[1])
+    for who in (user, other):
+        for exchange in opening:
+            turns = await conversation(pool, who, exchange)
+            await updater.update(who, turns)
+    conv = (await ConversationStore(pool).create(user)).id
+    before = await store.traits(user)
+    assert [(t.trait, t.observations) for t in before] == [("extraversion", 1)]
+    theirs = (await store.traits(other), await store.goals(other))
+
+    async def say(text: str) -> list[Turn]:
+        said = await messages.append(conv, user, "user", text)
+        reply = await messages.append(conv, user, "assistant", "I see.")
+        turns = [Turn(said.id, "user", text), Turn(reply.id, "assistant", "I see.")]
+        await updater.update(user, turns)
+        return turns
+
+    finished = await say(
+        "I did it, I finished the 10k race today! Parties drain me, I'm an introvert."
+    )
+    done = finished[0].message_id
+    goals = await store.goals(user)
+    assert [(g.status, len(g.notes)) for g in goals] == [("achieved", 1)]
+    assert [(t.trait, t.observations) for t in await store.traits(user)] == [("extraversion", 2)]
+
+    await messages.replace_tail(conv, user, done, "user", "Never mind.")
+
+    after = await store.traits(user)
+    assert [(t.trait, t.observations) for t in after] == [("extraversion", 1)]
+    assert after[0].score == pytest.approx(before[0].score, abs=1e-6)
+    assert after[0].evidence == pytest.approx(before[0].evidence, rel=1e-3)
+    assert {o.message_id for o in await store.observations(user)}.isdisjoint({done})
+    goals = await store.goals(user)
+    assert [(g.description, g.status, g.notes) for g in goals] == [
+        ("run a 10k this autumn", "active", [])
+    ]
+    # a profile job that read the exchange before the edit stores nothing of it now
+    late = await ProfileUpdater(store, embedder, None).update(user, finished)
+    assert (late.observations, late.notes_added) == (0, 0)
+    assert await store.traits(user) == after and await store.goals(user) == goals
+
+    # a goal named only by the replaced message goes; a new reply to it changes nothing
+    paint = (await say("I want to learn to paint."))[0].message_id
+    assert len(await store.goals(user)) == 2
+    await messages.replace_tail(conv, user, paint, "assistant", "Lovely.")
+    assert len(await store.goals(user)) == 2
+    await messages.replace_tail(conv, user, paint, "user", "Anyway.")
+    assert [g.description for g in await store.goals(user)] == ["run a 10k this autumn"]
+    assert (await store.traits(other), await store.goals(other)) == theirs
+
+
 async def test_model_signals_are_grounded_and_update_goals(
     pool: asyncpg.Pool, embedder: SentenceEmbedder
 ) -> None:
