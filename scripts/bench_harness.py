@@ -458,6 +458,7 @@ def summarize(run: LoadRun, slos: Mapping[str, float]) -> dict[str, Any]:
         **_ttft_by_turn(ok),
         "tpot_s": distribution(r.tpot_s for r in ok),
         "itl_s": distribution(gap for r in ok for gap in r.itl_s),
+        "itl_beside_prompt": beside_prompt(ok),
         "e2e_s": distribution(r.e2e_s for r in ok),
         "held_s": distribution(r.held_s for r in run.records),
         "prompt_tokens_mean": mean(r.prompt_tokens for r in ok),
@@ -465,6 +466,27 @@ def summarize(run: LoadRun, slos: Mapping[str, float]) -> dict[str, Any]:
         "goodput": goodput(run.records, slos, wall),
         "first_errors": [r.error for r in run.records if not r.ok][:3],
     }
+
+
+def beside_prompt(ok: Sequence[RequestRecord]) -> float | None:
+    """The share of inter-token gaps during which another request was waiting for its
+    first token (its prompt computed or queued). A server whose closed-loop users fall
+    into lockstep (every reply the same length, the next turns sent in the same instant)
+    computes their prompts while no one streams, and its gaps never carry a prompt:
+    near 0. One that starts each reply as soon as it can has its prompts ride along
+    others' decoding: its slowest gaps are those. (Times: seconds since the run began;
+    a request was sent at ``due + held`` and its first token came at ``due + ttft``.)"""
+    waits = [(r.due_s + r.held_s, r.due_s + r.ttft_s, i) for i, r in enumerate(ok) if r.ttft_s]
+    gaps = beside = 0
+    for i, r in enumerate(ok):
+        if r.ttft_s is None:
+            continue
+        at = r.due_s + r.ttft_s
+        for gap in r.itl_s:
+            gaps += 1
+            beside += any(s < at + gap and e > at and j != i for s, e, j in waits)
+            at += gap
+    return beside / gaps if gaps else None
 
 
 def _ttft_by_turn(ok: Sequence[RequestRecord]) -> dict[str, Any]:

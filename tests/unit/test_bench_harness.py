@@ -224,6 +224,17 @@ async def test_users_pause_between_turns_when_asked_to_think() -> None:
             h.parse_load(bad)
 
 
+def test_the_gaps_that_carry_another_users_prompt_are_counted() -> None:
+    # a streams from 1.0 s in gaps of 0.1 s; b waits for its first token from 1.15 to 1.3 s
+    a = record(due_s=0.0, ttft_s=1.0, itl_s=[0.1] * 5)
+    b = record(due_s=1.15, ttft_s=0.15, itl_s=[0.1])
+    # a's gaps 1.1-1.2 and 1.2-1.3 overlap b's wait; b's one gap (1.3-1.4) no one's
+    assert h.beside_prompt([a, b]) == pytest.approx(2 / 6)
+    lockstep = [record(due_s=0.0, ttft_s=1.0, itl_s=[0.1] * 5) for _ in range(3)]
+    assert h.beside_prompt(lockstep) == 0
+    assert h.beside_prompt([]) is None
+
+
 def test_the_table_has_a_row_per_target_and_load() -> None:
     run = h.LoadRun(h.LoadShape("fixed", 1), [record(), record(ttft_s=0.7)], wall_s=1.0)
     summaries = [{"target": name, **h.summarize(run, {})} for name in ("a", "b")]
