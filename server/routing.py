@@ -5,9 +5,10 @@ fields (`memory.session.SessionState` or anything shaped like it) and the
 message's content label, and returns a `RouteDecision`: the route, its
 persona prompt id and model id, reasons, flags for the reply
 (``needs_verification``, ``refused``), whether the message may enter
-long-term memory, and the session fields to write (`SessionChanges`,
-absolute values, so `apply_changes` can run inside `SessionStore.update`,
-which may call it more than once).
+long-term memory, and the session's routing fields after it
+(`memory.session.RouteCounters`, absolute values, so writing them with
+`SessionState.with_counters` inside `SessionStore.update`, which may call it
+more than once, is safe to repeat).
 
 Rules, most critical first:
 
@@ -41,6 +42,7 @@ from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
+from memory.session import RouteCounters
 from models.packaged import packaged_model
 
 Route = Literal["normal", "explicit", "fetish", "crisis", "blocked"]
@@ -98,17 +100,6 @@ class ContentLabel(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class SessionChanges:
-    """The session fields after this message (absolute values, safe to apply twice)."""
-
-    route: Route
-    route_lock_remaining: int
-    explicit_attempts: int
-    last_content_label: str
-    crisis_remaining: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class RouteDecision:
     """Where a message goes and why; recorded with the message."""
 
@@ -116,7 +107,7 @@ class RouteDecision:
     persona: str
     model: str
     reasons: tuple[str, ...]
-    changes: SessionChanges
+    changes: RouteCounters  # the session's routing fields after this message
     needs_verification: bool = False
     refused: bool = False  # an explicit route refused for good (the user is a minor)
     store_in_memory: bool = True
@@ -145,7 +136,7 @@ def decide_route(
     """Route one message; ``minor`` is the user's permanent minor flag."""
     step = _step(session, content, minor, lock_messages, crisis_messages)
     target = (routes if routes is not None else default_routes())[step.route]
-    changes = SessionChanges(
+    changes = RouteCounters(
         route=step.route,
         route_lock_remaining=step.lock,
         explicit_attempts=session.explicit_attempts + int(step.attempted),
@@ -219,21 +210,6 @@ def _locked_step(session: RoutingSession, label: str, minor: bool) -> _Step:
     return _Step(route, remaining, (f"{label} inside {route} lock, {remaining} left",))
 
 
-S = TypeVar("S", bound=msgspec.Struct)
-
-
-def apply_changes(state: S, changes: SessionChanges) -> S:
-    """``state`` with the decision's fields written (for `SessionStore.update`)."""
-    return msgspec.structs.replace(
-        state,
-        route=changes.route,
-        route_lock_remaining=changes.route_lock_remaining,
-        explicit_attempts=changes.explicit_attempts,
-        last_content_label=changes.last_content_label,
-        crisis_remaining=changes.crisis_remaining,
-    )
-
-
 class InvalidDateOfBirth(ValueError):
     """A date of birth that cannot be right: in the future, or over 120 years ago."""
 
@@ -270,6 +246,9 @@ def age_on(date_of_birth: date, today: date) -> int:
     """Whole years between the two dates (a 29 February birthday counts on 1 March)."""
     had_birthday = (today.month, today.day) >= (date_of_birth.month, date_of_birth.day)
     return today.year - date_of_birth.year - (0 if had_birthday else 1)
+
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 def apply_verification(state: S, verification: AgeVerification, *, minor: bool, now: datetime) -> S:

@@ -24,7 +24,7 @@ from memory.longterm import LongTermMemory, RetrievedMemory
 from memory.messages import StoredMessage
 from memory.profile import ProfileStore
 from memory.session import SessionState, SessionStore
-from server.routing import RouteDecision, apply_changes, decide_route
+from server.routing import RouteDecision, decide_route
 from server.turn.stats import TurnClock
 
 MEMORY_TOKEN_BUDGET = 600
@@ -153,7 +153,7 @@ class Gatherer:
             before = state.before_last if again and state.before_last else state.route_counters()
             decided.clear()  # the update may be retried: keep the last decision
             decided.append(decide_route(state.with_counters(before), content, minor=minor))
-            changed = apply_changes(state, decided[0].changes)
+            changed = state.with_counters(decided[0].changes)
             return msgspec.structs.replace(changed, before_last=before)
 
         await self._sessions.update(conversation_id, user_id, route)

@@ -14,7 +14,6 @@ from server.routing import (
     LOCK_MESSAGES,
     InvalidDateOfBirth,
     RouteDecision,
-    apply_changes,
     apply_verification,
     decide_route,
     default_routes,
@@ -43,7 +42,7 @@ def turn(
     state: SessionState, label: str, minor: bool = False, calmer: bool = False
 ) -> tuple[SessionState, RouteDecision]:
     decision = decide_route(state, Label(label, calmer), minor=minor)
-    return apply_changes(state, decision.changes), decision
+    return state.with_counters(decision.changes), decision
 
 
 def test_unverified_explicit_attempt_stays_normal_and_is_counted() -> None:
@@ -175,8 +174,8 @@ def test_every_route_names_a_persona_and_a_model() -> None:
 def test_decision_is_idempotent_to_apply() -> None:
     state = fresh()
     decision = decide_route(state, Label("explicit"))
-    once = apply_changes(state, decision.changes)
-    assert apply_changes(once, decision.changes) == once
+    once = state.with_counters(decision.changes)
+    assert once.with_counters(decision.changes) == once
 
 
 def test_crisis_window_holds_then_releases() -> None:
