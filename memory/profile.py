@@ -436,6 +436,8 @@ async def forget_drawn_from(
       elsewhere keeps its other sources;
     - progress notes from those messages go; where one had set the goal's status, the
       status goes back to the one the latest remaining note set ("active" with none).
+      A status the user set by hand is not recorded apart from the notes, so such an
+      edit resets it to what the notes say.
     """
     config = config or ProfileConfig()
     ids = list(message_ids)
