@@ -28,6 +28,9 @@ crash in the kernels does not take the API down. What this module adds:
   land in the same Prometheus registry. Per request, queueing and time to first
   token come from vLLM's request timestamps, inter-token gaps from the arrival
   of each step's output here.
+- **Its socket files.** vLLM's processes talk over ZeroMQ sockets that are files;
+  they go to a directory of this process's own, emptied when the engine closes
+  (`inference.engines.vllm_sockets`), not to ``/tmp``, where vLLM leaves them.
 - **Restarts.** When the engine core dies, requests in flight fail with
   `EngineUnavailable`; the next request, or the next readiness check, starts
   a fresh `AsyncLLM` (with the same settings, after ``restart_backoff_s``).
@@ -53,6 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inference.config import ChatEngineConfig
+from inference.engines import vllm_sockets
 from inference.engines.vllm_requests import (
     FINISH,
     Progress,
@@ -108,6 +112,7 @@ class VllmEngine:
         self._base = StepStats()  # totals of earlier AsyncLLM instances (after restarts)
         self._kv_cells = 0
         self._restart: asyncio.Task[AsyncLLM] | None = None
+        self._sockets = False  # holds a claim on `vllm_sockets`' directory
         self.model_dir: Path | None = None
         self.restarts = 0
 
@@ -128,6 +133,9 @@ class VllmEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             await _shut_down(llm)
+        if self._sockets:
+            self._sockets = False
+            vllm_sockets.release()
 
     async def health(self) -> None:
         llm = self._llm
@@ -161,6 +169,9 @@ class VllmEngine:
 
     async def _launch(self) -> None:
         _check_cuda_builds()  # before vLLM's imports, which it breaks
+        if not self._sockets:  # before vLLM reads its environment
+            vllm_sockets.claim()
+            self._sockets = True
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

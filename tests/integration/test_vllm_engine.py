@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -107,6 +109,17 @@ async def test_streams_a_reply_and_reports_it(engine: VllmEngine, recorder: Reco
     assert finished.timings.time_to_first_token_s is not None
     assert recorder.finished[-1][0] == "smollm2-vllm"
     assert recorder.finished[-1][1] == finished
+
+
+async def test_its_socket_files_are_not_left_in_the_temporary_directory(
+    engine: VllmEngine,
+) -> None:
+    """vLLM binds its ZeroMQ sockets as files in VLLM_RPC_BASE_PATH: a directory of this
+    process's own (`inference.engines.vllm_sockets`), not /tmp where vLLM leaves them."""
+    private = Path(os.environ["VLLM_RPC_BASE_PATH"])
+    assert private.parent == Path(tempfile.gettempdir())
+    assert private.name.startswith("companion-vllm-")
+    assert any(path.is_socket() for path in private.iterdir())  # vLLM honours it
 
 
 async def test_a_measure_counts_what_generate_computes(engine: VllmEngine) -> None:
