@@ -476,7 +476,11 @@ def beside_prompt(ok: Sequence[RequestRecord]) -> float | None:
     near 0. One that starts each reply as soon as it can has its prompts ride along
     others' decoding: its slowest gaps are those. (Times: seconds since the run began;
     a request was sent at ``due + held`` and its first token came at ``due + ttft``.)"""
-    waits = [(r.due_s + r.held_s, r.due_s + r.ttft_s, i) for i, r in enumerate(ok) if r.ttft_s]
+    waits = [
+        (r.due_s + r.held_s, r.due_s + r.ttft_s, i)
+        for i, r in enumerate(ok)
+        if r.ttft_s is not None
+    ]
     gaps = beside = 0
     for i, r in enumerate(ok):
         if r.ttft_s is None:
