@@ -310,8 +310,8 @@ def wait_engine_idle(page: Page, client: httpx.Client) -> None:
 
 
 def still_running(client: httpx.Client) -> str:
-    """What the engine and the job queue hold, and the server log's end: whether a reply
-    that was stopped still runs, or background jobs (memory extraction) do."""
+    """What the engine and the job queue hold: whether a reply that was stopped still
+    runs, or background jobs (memory extraction) do."""
     engine = client.get("/models").json()["engine"]
     base = str(client.base_url).removesuffix("/api/v1")
     metrics = httpx.get(f"{base}/metrics", timeout=30).text.splitlines()
